@@ -1,0 +1,235 @@
+//! From `POST /events` to the socket: isolation between sessions, order within a session,
+//! byte-exact data, sessions spread over both shards, and slow readers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn socket_of_another_session_never_sees_its_events() {
+    let node = Node::start();
+    let mut s1 = node.ws_welcomed("iso-1");
+    let mut s2 = node.ws_welcomed("iso-2");
+    // A session whose name extends the other's is a different session too.
+    let mut s1x = node.ws_welcomed("iso-10");
+    let events: Vec<String> = (0..20)
+        .map(|i| event("iso-1", "e", &i.to_string()))
+        .collect();
+    node.publish_ok(&batch(&events), 20);
+    node.publish_ok(&event("iso-1", "e", "20"), 1);
+    node.publish_ok(&event("iso-2", "marker", r#""two""#), 1);
+    node.publish_ok(&event("iso-10", "marker", r#""ten""#), 1);
+    for i in 0..21 {
+        let ev = s1.next_event(PROMPT);
+        assert_eq!(ev["session"], "iso-1");
+        assert_eq!(ev["data"], i);
+    }
+    let ev = s2.next_event(PROMPT);
+    assert_eq!(
+        (ev["session"].clone(), ev["event"].clone()),
+        (json!("iso-2"), json!("marker"))
+    );
+    let ev = s1x.next_event(PROMPT);
+    assert_eq!(
+        (ev["session"].clone(), ev["event"].clone()),
+        (json!("iso-10"), json!("marker"))
+    );
+    s1.assert_no_text(Duration::from_millis(300));
+    s2.assert_no_text(Duration::from_millis(100));
+}
+
+#[test]
+fn events_of_a_session_arrive_in_publish_order_over_1000_events() {
+    let node = Node::start();
+    let mut sockets: Vec<Ws> = (0..3).map(|_| node.ws_welcomed("order")).collect();
+    let with_id = |i: usize| {
+        format!(r#"{{"session":"order","event":"seq","data":{{"i":{i}}},"id":"e-{i}"}}"#)
+    };
+    let mut conn = HttpConn::connect(node.addr);
+    // 300 one by one on a keep-alive connection, then 700 in batches of 100.
+    for i in 0..300 {
+        let resp = conn.request(post_events_request(&with_id(i), Some(API_KEY)).as_bytes());
+        assert_eq!(resp.status, 202, "event {i}: {}", resp.body_str());
+    }
+    for b in 0..7 {
+        let events: Vec<String> = (300 + b * 100..400 + b * 100).map(with_id).collect();
+        let resp = conn.request(post_events_request(&batch(&events), Some(API_KEY)).as_bytes());
+        assert_eq!(resp.status, 202, "batch {b}: {}", resp.body_str());
+        assert_eq!(resp.json()["accepted"], 100);
+    }
+    for (n, ws) in sockets.iter_mut().enumerate() {
+        for i in 0..1000 {
+            let ev = ws.next_event(PROMPT);
+            assert_eq!(
+                ev["data"]["i"], i,
+                "socket {n}: event {i} out of order: {ev}"
+            );
+            assert_eq!(ev["id"], format!("e-{i}"), "socket {n}: {ev}");
+        }
+        ws.assert_no_text(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn data_arrives_byte_for_byte() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("bytes");
+    let payloads = [
+        "{ \"a\" :  [1, 2 ,[ 3, [ ] ] ] ,\n\t\"u\" : \"\\u00e9\\ud83d\\ude00 caf\\u00E9\" }",
+        "1.0e+2",
+        "12345678901234567890",
+        "-0.0",
+        "123456789012345678901234567890",
+        "[[],[{}],[[[1.50]]], [ null ,true,false ]]",
+        "\"quote \\\" backslash \\\\ slash \\/ tab \\t\"",
+        "\"raw utf-8: é 😀 中文\"",
+        "{\"nested\":{\"deeper\":{\"deepest\":[0.1,2.50e-3,{\"k\":\"v\"}]}}}",
+        "null",
+    ];
+    // Odd whitespace around the value too; only the value itself must be kept.
+    let events: Vec<String> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!("{{ \"session\" : \"bytes\", \"event\":\"e{i}\" , \"data\" :  {p}  }}")
+        })
+        .collect();
+    node.publish_ok(&batch(&events[..5]), 5);
+    for e in &events[5..] {
+        node.publish_ok(e, 1);
+    }
+    for (i, p) in payloads.iter().enumerate() {
+        let frame = ws.next_text(PROMPT);
+        let v: serde_json::Value = serde_json::from_str(&frame)
+            .unwrap_or_else(|e| panic!("frame {i} is not JSON ({e}): {frame}"));
+        assert_eq!(v["event"], format!("e{i}"), "{frame}");
+        let data = raw_member(&frame, "data").unwrap_or_else(|| panic!("no data in {frame}"));
+        assert_eq!(data, *p, "data {i} changed on the way; frame {frame}");
+    }
+}
+
+#[test]
+fn session_spread_over_both_shards_delivers_every_event_to_every_socket() {
+    let node = Node::start();
+    // SO_REUSEPORT spreads connections over the 2 shards by address hash; with 16
+    // sockets the chance that all land on the session's owner is 1 in 65,536.
+    let mut sockets: Vec<Ws> = (0..16).map(|_| node.ws_welcomed("spread")).collect();
+    let events: Vec<String> = (0..10)
+        .map(|i| event("spread", "e", &i.to_string()))
+        .collect();
+    node.publish_ok(&batch(&events), 10);
+    for i in 10..20 {
+        node.publish_ok(&event("spread", "e", &i.to_string()), 1);
+    }
+    for (n, ws) in sockets.iter_mut().enumerate() {
+        for i in 0..20 {
+            let ev = ws.next_event(PROMPT);
+            assert_eq!(ev["data"], i, "socket {n}: {ev}");
+        }
+    }
+    let handoffs = node.metric("relay_socket_handoffs_total", &[]);
+    assert!(
+        handoffs > 0.0,
+        "no socket was handed to its session's shard"
+    );
+    assert_eq!(node.metric("relay_connected_clients", &[]), 16.0);
+}
+
+#[test]
+fn reader_that_stops_reading_is_closed_with_4008_while_others_keep_receiving() {
+    let node = Node::builder()
+        .flag("--max-outbound-bytes", "65536")
+        .start();
+    let readers: Vec<Ws> = (0..2).map(|_| node.ws_welcomed("slow")).collect();
+    let mut stuck = RawSocket::upgrade(node.addr, "slow");
+    let rss_before = node.rss_kib();
+
+    let handles: Vec<_> = readers
+        .into_iter()
+        .map(|mut ws| {
+            std::thread::spawn(move || {
+                let mut seqs = Vec::new();
+                loop {
+                    let ev = ws.next_event(Duration::from_secs(20));
+                    if ev["event"] == "end" {
+                        return seqs;
+                    }
+                    seqs.push(ev["data"]["seq"].as_u64().expect("seq"));
+                }
+            })
+        })
+        .collect();
+
+    // ~4 KiB events, 4 to a request (16 KiB, a quarter of the queue), until the stuck
+    // socket is dropped (with a ceiling of 16 MiB).
+    let pad = "x".repeat(4000);
+    let mut conn = HttpConn::connect(node.addr);
+    let mut seq = 0u64;
+    let mut tripped = false;
+    for b in 0..1000 {
+        let events: Vec<String> = (0..4)
+            .map(|k| {
+                event(
+                    "slow",
+                    "e",
+                    &format!(r#"{{"seq":{},"pad":"{pad}"}}"#, seq + k),
+                )
+            })
+            .collect();
+        seq += 4;
+        let resp = conn.request(post_events_request(&batch(&events), Some(API_KEY)).as_bytes());
+        assert_eq!(resp.status, 202, "batch {b}: {}", resp.body_str());
+        if b % 8 == 7
+            && node.metric(
+                "relay_socket_disconnects_total",
+                &[("reason", "slow_consumer")],
+            ) >= 1.0
+        {
+            tripped = true;
+            break;
+        }
+    }
+    let resp =
+        conn.request(post_events_request(&event("slow", "end", "0"), Some(API_KEY)).as_bytes());
+    assert_eq!(resp.status, 202);
+    let rss_after = node.rss_kib();
+    assert!(
+        tripped,
+        "published {seq} events of 4 KiB and the stuck socket is still queued"
+    );
+
+    for (n, h) in handles.into_iter().enumerate() {
+        let seqs = h.join().expect("reader thread panicked");
+        assert_eq!(seqs.len() as u64, seq, "reader {n} missed events");
+        assert!(
+            seqs.iter().enumerate().all(|(i, s)| *s == i as u64),
+            "reader {n} got events out of order"
+        );
+    }
+
+    let slow = node.wait_metric(
+        "relay_socket_disconnects_total",
+        &[("reason", "slow_consumer")],
+        PROMPT,
+        |v| v >= 1.0,
+    );
+    assert_eq!(slow, 1.0, "exactly the stuck socket is a slow consumer");
+
+    match stuck.read_until_close(PROMPT) {
+        Ok(code) => assert_eq!(code, Some(4008), "stuck socket closed with {code:?}"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "stuck socket neither got close 4008 nor a reset: {e}"
+        ),
+    }
+
+    let grown_kib = rss_after.saturating_sub(rss_before);
+    assert!(
+        grown_kib < 64 * 1024,
+        "node RSS grew by {grown_kib} KiB while a reader was stuck"
+    );
+}

@@ -1,0 +1,210 @@
+//! The life of a socket after the upgrade: token expiry and refresh, bad client messages,
+//! message size, pings and dead peers, and the drain on SIGTERM.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn no_leeway() -> Node {
+    Node::builder().flag("--jwt-leeway", "0s").start()
+}
+
+fn connect_with(node: &Node, token: &str) -> Ws {
+    let (mut ws, _) = ws_connect(node.addr, &format!("/ws?token={token}"), &[])
+        .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.body_str()));
+    assert_eq!(ws.next_json(PROMPT)["type"], "welcome");
+    ws
+}
+
+// --- token expiry and refresh ---------------------------------------------------------
+
+#[test]
+fn socket_whose_token_expires_is_closed_with_4001() {
+    let node = no_leeway();
+    let exp = now() + 2;
+    let mut ws = connect_with(&node, &token_expiring("exp1", exp));
+    let start = Instant::now();
+    let code = ws.expect_close(Duration::from_secs(8));
+    assert_eq!(code, Some(4001));
+    assert!(
+        now() >= exp,
+        "closed {:?} after connecting, before the token's exp",
+        start.elapsed()
+    );
+    assert_eq!(
+        node.wait_metric(
+            "relay_socket_disconnects_total",
+            &[("reason", "token_expired")],
+            PROMPT,
+            |v| v >= 1.0
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn refresh_before_expiry_keeps_the_socket_open_past_the_old_exp() {
+    let node = no_leeway();
+    let exp = now() + 2;
+    let mut ws = connect_with(&node, &token_expiring("ref1", exp));
+    ws.send_text(&json!({"type": "refresh", "token": token("ref1")}).to_string());
+    // Stay connected well past the old exp (pings are fine, a close is not).
+    ws.assert_no_text(Duration::from_secs(4));
+    assert!(now() > exp);
+    node.publish_ok(&event("ref1", "still-here", "1"), 1);
+    assert_eq!(ws.next_event(PROMPT)["event"], "still-here");
+}
+
+#[test]
+fn refresh_for_another_session_closes_with_1008() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("ref2");
+    ws.send_text(&json!({"type": "refresh", "token": token("someone-else")}).to_string());
+    assert_eq!(ws.expect_close(PROMPT), Some(1008));
+}
+
+// --- bad client messages --------------------------------------------------------------
+
+#[test]
+fn non_json_client_message_closes_with_1008() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("bad1");
+    ws.send_text("hello, relay");
+    assert_eq!(ws.expect_close(PROMPT), Some(1008));
+}
+
+#[test]
+fn unknown_client_message_type_closes_with_1008() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("bad2");
+    ws.send_text(r#"{"type":"subscribe","session":"other"}"#);
+    assert_eq!(ws.expect_close(PROMPT), Some(1008));
+}
+
+#[test]
+fn client_message_over_the_limit_closes_with_1009() {
+    let node = Node::builder().flag("--max-message-bytes", "1024").start();
+    let mut ws = node.ws_welcomed("big1");
+    let msg = json!({"type": "refresh", "token": "x".repeat(2000)}).to_string();
+    ws.send_text(&msg);
+    assert_eq!(ws.expect_close(PROMPT), Some(1009));
+}
+
+// --- pings and dead peers -------------------------------------------------------------
+
+fn pinging_node() -> Node {
+    Node::builder()
+        .flag("--ping-interval", "1s")
+        .flag("--ping-timeout", "3s")
+        .start()
+}
+
+#[test]
+fn idle_socket_receives_pings() {
+    let node = pinging_node();
+    let mut ws = node.ws_welcomed("ping1");
+    match ws.recv(Duration::from_secs(5)) {
+        Ok(tungstenite::Message::Ping(_)) => {}
+        Ok(other) => panic!("expected a ping, got {other:?}"),
+        Err(e) => panic!("no ping within 5 s at a 1 s interval: {e:?}"),
+    }
+}
+
+#[test]
+fn socket_that_answers_pings_outlives_the_ping_timeout() {
+    let node = pinging_node();
+    let mut ws = node.ws_welcomed("ping2");
+    // tungstenite answers each ping with a pong while we read.
+    ws.assert_no_text(Duration::from_secs(5));
+    node.publish_ok(&event("ping2", "alive", "1"), 1);
+    assert_eq!(ws.next_event(PROMPT)["event"], "alive");
+    assert_eq!(
+        node.metric("relay_socket_disconnects_total", &[("reason", "timeout")]),
+        0.0
+    );
+}
+
+#[test]
+fn silent_client_is_closed_and_counted_as_timeout() {
+    let node = pinging_node();
+    let mut dead = RawSocket::upgrade(node.addr, "dead1");
+    assert!(
+        wait_until(PROMPT, || node.metric("relay_connected_clients", &[])
+            == 1.0),
+        "raw socket never counted as connected"
+    );
+    let timeouts = node.wait_metric(
+        "relay_socket_disconnects_total",
+        &[("reason", "timeout")],
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    assert_eq!(timeouts, 1.0, "silent client not closed as a timeout");
+    assert!(
+        wait_until(PROMPT, || node.metric("relay_connected_clients", &[])
+            == 0.0),
+        "silent client still counted as connected"
+    );
+    // The connection really is gone: reading ends with a close frame, EOF or a reset.
+    match dead.read_until_close(PROMPT) {
+        Ok(_) => {}
+        Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::TimedOut, "socket still open"),
+    }
+}
+
+// --- drain ----------------------------------------------------------------------------
+
+#[test]
+fn sigterm_closes_sockets_with_1012_and_exits_0() {
+    let mut node = Node::builder().flag("--drain-timeout", "3s").start();
+    let mut a = node.ws_welcomed("drain1");
+    let mut b = node.ws_welcomed("drain2");
+    let start = Instant::now();
+    node.sigterm();
+    assert_eq!(a.expect_close(Duration::from_secs(5)), Some(1012));
+    assert_eq!(b.expect_close(Duration::from_secs(5)), Some(1012));
+    let status = node
+        .wait_exit(Duration::from_secs(6))
+        .unwrap_or_else(|| panic!("node still running {:?} after SIGTERM", start.elapsed()));
+    assert!(status.success(), "node exited with {status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "exit took {:?}, drain timeout was 3 s",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn draining_node_answers_readyz_503_and_refuses_upgrades_with_503() {
+    let mut node = Node::builder().flag("--drain-timeout", "4s").start();
+    // A client that never answers the close keeps the drain going.
+    let _stuck = RawSocket::upgrade(node.addr, "drain3");
+    // Connections accepted before the signal; each has served one request.
+    let mut ready = HttpConn::connect(node.addr);
+    let mut upgrade = HttpConn::connect(node.addr);
+    for c in [&mut ready, &mut upgrade] {
+        let r = c.request(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert_eq!(r.status, 200, "readyz before SIGTERM");
+    }
+    node.sigterm();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        node.wait_exit(Duration::ZERO).is_none(),
+        "node exited at once"
+    );
+
+    let r = ready.request(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.status, 503, "readyz while draining: {}", r.body_str());
+
+    let r =
+        upgrade.request(upgrade_request(&format!("/ws?token={}", token("drain3")), &[]).as_bytes());
+    r.assert_error(503, "unavailable");
+
+    let status = node
+        .wait_exit(Duration::from_secs(7))
+        .expect("node did not exit");
+    assert!(status.success(), "node exited with {status:?}");
+}
