@@ -823,7 +823,11 @@ impl Ws {
                 return Err(WsEnd::Timeout);
             }
             match self.recv(left)? {
-                Message::Close(frame) => return Ok(frame.map(|f| u16::from(f.code))),
+                Message::Close(frame) => {
+                    // Send the close reply tungstenite queued, as a polite client does.
+                    let _ = self.ws.flush();
+                    return Ok(frame.map(|f| u16::from(f.code)));
+                }
                 _ => continue,
             }
         }
