@@ -1,0 +1,333 @@
+//! One client WebSocket on a tokio `TcpStream`: open (TCP, upgrade, welcome), read frames in
+//! batches, answer pings, close.
+//!
+//! Owns: the socket's read buffer. Frames are parsed in place with [`crate::ws`]; text
+//! payloads are handed to a callback without copying.
+
+use std::io;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::target::Target;
+use crate::ws::{self, FrameError, HandshakeError, Rng};
+
+/// Initial read buffer; grows for larger frames. Small so 10k idle sockets stay cheap.
+const READ_BUF: usize = 4 * 1024;
+/// Largest server frame accepted (the relay sends events up to its 1 MiB body limit).
+const MAX_FRAME: usize = 16 << 20;
+
+/// How opening or reading a socket failed. `kind()` names it in the report.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// TCP connect failed (refused, no ports left, …): the node is down or the host is out of
+    /// ephemeral ports — add `source_addrs`.
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    /// The server refused or botched the upgrade.
+    #[error("upgrade: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The connection broke.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The server broke the framing rules.
+    #[error("protocol: {0}")]
+    Frame(#[from] FrameError),
+    /// The server closed before sending the welcome frame.
+    #[error("closed before welcome (code {0:?})")]
+    ClosedBeforeWelcome(Option<u16>),
+    /// The first text frame was not a welcome.
+    #[error("first frame was not a welcome")]
+    NoWelcome,
+    /// The connect + upgrade + welcome took longer than `connect_timeout`.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl ConnError {
+    pub fn kind(&self) -> String {
+        match self {
+            ConnError::Connect(e) => match e.raw_os_error() {
+                Some(libc::ECONNREFUSED) => "connect_refused".into(),
+                Some(libc::EADDRNOTAVAIL) => "connect_no_ports".into(),
+                Some(libc::EMFILE) | Some(libc::ENFILE) => "connect_no_fds".into(),
+                Some(libc::ECONNRESET) => "connect_reset".into(),
+                _ => "connect_io".into(),
+            },
+            ConnError::Handshake(h) => h.kind(),
+            ConnError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => "socket_reset".into(),
+            ConnError::Io(_) => "socket_io".into(),
+            ConnError::Frame(_) => "socket_protocol".into(),
+            ConnError::ClosedBeforeWelcome(_) => "closed_before_welcome".into(),
+            ConnError::NoWelcome => "no_welcome".into(),
+            ConnError::Timeout => "handshake_timeout".into(),
+        }
+    }
+}
+
+/// What one read brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Frames (maybe zero complete ones) were processed.
+    Data,
+    /// Nothing arrived before the deadline.
+    Idle,
+    /// The server sent a close frame with this code (already answered).
+    Closed(Option<u16>),
+    /// TCP ended without a close frame.
+    Eof,
+}
+
+/// An open, welcomed WebSocket.
+pub struct WsConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Unprocessed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// Reassembly of a fragmented text message (rare: the relay sends whole frames).
+    frag: Vec<u8>,
+    out: Vec<u8>,
+    rng: Rng,
+}
+
+impl WsConn {
+    /// TCP connect from `src`, upgrade with `?token=`, wait for the welcome frame.
+    pub async fn open(
+        target: &Target,
+        src: Option<IpAddr>,
+        rcvbuf: Option<u32>,
+        token: &str,
+        seed: u64,
+        deadline: Instant,
+    ) -> Result<WsConn, ConnError> {
+        let stream = match timeout_at(deadline, crate::net::connect(target.addr, src, rcvbuf)).await
+        {
+            Err(_) => return Err(ConnError::Timeout),
+            Ok(r) => r.map_err(ConnError::Connect)?,
+        };
+        let mut rng = Rng::new(seed);
+        let key = ws::make_key(rng.key_bytes());
+        let accept = ws::accept_for(&key);
+        let mut c = WsConn {
+            stream,
+            buf: vec![0; READ_BUF],
+            start: 0,
+            end: 0,
+            frag: Vec::new(),
+            out: Vec::new(),
+            rng,
+        };
+        let req = ws::upgrade_request(&format!("/ws?token={token}"), &target.host, &key);
+        match timeout_at(deadline, c.stream.write_all(&req)).await {
+            Err(_) => return Err(ConnError::Timeout),
+            Ok(r) => r?,
+        }
+        // Read the response head.
+        loop {
+            if let Some(n) = ws::parse_upgrade_response(&c.buf[..c.end], &accept)? {
+                c.start = n;
+                break;
+            }
+            if c.end == c.buf.len() {
+                c.buf.resize(c.buf.len() * 2, 0);
+            }
+            let n = match timeout_at(deadline, c.stream.read(&mut c.buf[c.end..])).await {
+                Err(_) => return Err(ConnError::Timeout),
+                Ok(r) => r?,
+            };
+            if n == 0 {
+                return Err(ConnError::Handshake(HandshakeError::Malformed));
+            }
+            c.end += n;
+        }
+        // The first text frame must be the welcome.
+        let mut welcome = None;
+        while welcome.is_none() {
+            let mut first = None;
+            match c
+                .read_some(deadline, |payload| {
+                    if first.is_none() {
+                        first = Some(memchr::memmem::find(payload, b"\"welcome\"").is_some());
+                    }
+                })
+                .await?
+            {
+                ReadOutcome::Data => welcome = first,
+                ReadOutcome::Idle => return Err(ConnError::Timeout),
+                ReadOutcome::Closed(code) => return Err(ConnError::ClosedBeforeWelcome(code)),
+                ReadOutcome::Eof => return Err(ConnError::ClosedBeforeWelcome(None)),
+            }
+        }
+        if welcome == Some(false) {
+            return Err(ConnError::NoWelcome);
+        }
+        Ok(c)
+    }
+
+    /// Processes frames already buffered, then (if none were complete) reads once, waiting
+    /// until `deadline`. Text payloads go to `on_text`; pings are answered; a close frame is
+    /// answered and reported.
+    pub async fn read_some(
+        &mut self,
+        deadline: Instant,
+        mut on_text: impl FnMut(&[u8]),
+    ) -> Result<ReadOutcome, ConnError> {
+        let (progressed, closed) = self.drain_frames(&mut on_text)?;
+        if let Some(code) = closed {
+            return Ok(ReadOutcome::Closed(code));
+        }
+        if progressed {
+            self.flush_out().await?;
+            return Ok(ReadOutcome::Data);
+        }
+        self.make_room()?;
+        let n = match timeout_at(deadline, self.stream.read(&mut self.buf[self.end..])).await {
+            Err(_) => return Ok(ReadOutcome::Idle),
+            Ok(r) => r?,
+        };
+        if n == 0 {
+            return Ok(ReadOutcome::Eof);
+        }
+        self.end += n;
+        let (_, closed) = self.drain_frames(&mut on_text)?;
+        self.flush_out().await?;
+        Ok(match closed {
+            Some(code) => ReadOutcome::Closed(code),
+            None => ReadOutcome::Data,
+        })
+    }
+
+    /// Ensures free space after `end`, compacting or growing for the frame in progress.
+    fn make_room(&mut self) -> Result<(), ConnError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let need = ws::frame_needs(&self.buf[self.start..self.end]).unwrap_or(0);
+        if need > MAX_FRAME + 14 {
+            return Err(ConnError::Frame(FrameError::TooLarge(need as u64)));
+        }
+        if self.start > 0 && (self.end == self.buf.len() || self.start + need > self.buf.len()) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() || need > self.buf.len() {
+            let size = (self.buf.len() * 2).max(need);
+            self.buf.resize(size, 0);
+        }
+        Ok(())
+    }
+
+    /// Parses every complete frame in the buffer. Returns (any frame processed, close code if
+    /// a close frame came).
+    #[allow(clippy::type_complexity)]
+    fn drain_frames(
+        &mut self,
+        on_text: &mut impl FnMut(&[u8]),
+    ) -> Result<(bool, Option<Option<u16>>), ConnError> {
+        let mut progressed = false;
+        while let Some(h) = ws::parse_frame(&self.buf[self.start..self.end], MAX_FRAME)? {
+            progressed = true;
+            let p0 = self.start + h.header_len;
+            let p1 = p0 + h.payload_len;
+            self.start += h.total_len();
+            match h.opcode {
+                ws::OP_TEXT | ws::OP_BINARY if h.fin && self.frag.is_empty() => {
+                    on_text(&self.buf[p0..p1]);
+                }
+                ws::OP_TEXT | ws::OP_BINARY => {
+                    self.frag.clear();
+                    self.frag.extend_from_slice(&self.buf[p0..p1]);
+                }
+                ws::OP_CONTINUATION => {
+                    if self.frag.len() + h.payload_len > MAX_FRAME {
+                        return Err(ConnError::Frame(FrameError::TooLarge(
+                            (self.frag.len() + h.payload_len) as u64,
+                        )));
+                    }
+                    self.frag.extend_from_slice(&self.buf[p0..p1]);
+                    if h.fin {
+                        on_text(&self.frag);
+                        self.frag.clear();
+                    }
+                }
+                ws::OP_PING => {
+                    let mask = self.rng.mask();
+                    let payload = self.buf[p0..p1].to_vec();
+                    ws::encode_client_frame(&mut self.out, ws::OP_PONG, &payload, mask);
+                }
+                ws::OP_CLOSE => {
+                    let code = ws::close_code(&self.buf[p0..p1]);
+                    let mask = self.rng.mask();
+                    let reply = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
+                    ws::encode_client_frame(&mut self.out, ws::OP_CLOSE, &reply, mask);
+                    return Ok((true, Some(code)));
+                }
+                _ => {} // pong: nothing to do
+            }
+        }
+        Ok((progressed, None))
+    }
+
+    async fn flush_out(&mut self) -> Result<(), ConnError> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends a close frame (best effort, bounded by `wait`) and drops the socket. Any queued
+    /// reply to a server close is flushed first.
+    pub async fn close(mut self, code: u16, wait: Duration) {
+        if self.out.is_empty() {
+            let mask = self.rng.mask();
+            ws::encode_client_frame(
+                &mut self.out,
+                ws::OP_CLOSE,
+                &ws::close_payload(code, "done"),
+                mask,
+            );
+        }
+        let _ = tokio::time::timeout(wait, async {
+            let _ = self.stream.write_all(&self.out).await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+
+    /// For a socket that never read: reads and discards the backlog until the server's close
+    /// frame (its code is returned), EOF, silence for `idle`, or `deadline`.
+    pub async fn drain_until_close(&mut self, idle: Duration, deadline: Instant) -> DrainEnd {
+        loop {
+            let until = (Instant::now() + idle).min(deadline);
+            match self.read_some(until, |_| {}).await {
+                Ok(ReadOutcome::Data) => continue,
+                Ok(ReadOutcome::Closed(code)) => {
+                    let _ = self.flush_out().await;
+                    return DrainEnd::Closed(code);
+                }
+                Ok(ReadOutcome::Eof) => return DrainEnd::Eof,
+                Ok(ReadOutcome::Idle) => return DrainEnd::StillOpen,
+                Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return DrainEnd::Eof
+                }
+                Err(e) => return DrainEnd::Error(e.kind()),
+            }
+        }
+    }
+}
+
+/// How a drained slow socket ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainEnd {
+    Closed(Option<u16>),
+    Eof,
+    StillOpen,
+    Error(String),
+}

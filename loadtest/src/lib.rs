@@ -1,0 +1,44 @@
+//! `loadtest`: an open-loop load generator for relay nodes. It talks to nodes only over the
+//! network, as the contract describes: `POST /events` with the API key, `GET /ws?token=JWT`
+//! with tokens it signs itself.
+//!
+//! Layout:
+//! - `cli`       clap commands: run, check, child
+//! - `scenario`  the TOML schema, `--set` overrides, validation (pure)
+//! - `target`    node URLs, the loopback-only rule, source addresses (pure)
+//! - `token`     HS256 JWT minting
+//! - `event`     event `data` with the scheduled timestamp; the receiver's fast scan (pure)
+//! - `ws`        RFC 6455 client bytes: upgrade, frame parser, masked frames (sans-IO)
+//! - `net`       TCP connect with source address; the keep-alive HTTP publisher client
+//! - `conn`      one WebSocket on tokio: open, read batches, ping/pong, close
+//! - `engine`    worker threads (a current-thread runtime each), phases, publisher, churn
+//! - `run`       one process or `--procs N` children; start signal; RSS; the report
+//! - `stats`     histograms, per-worker parts, merge, loss and rate math (pure)
+//! - `output`    table, JSON, hgrm, progress line
+//! - `sys`       RLIMIT_NOFILE, CPU pinning, VmRSS
+//!
+//! Data flow:
+//! ```text
+//! scenario.toml + flags ─► Scenario ─► run ─► engine (per process) ─► workers
+//!    publisher: schedule t0 + j·Δ ─► POST /events {data: {"lt":"<scheduled ns>:<seq>"}} ─► node
+//!    node ─► socket ─► worker: latency = now − scheduled ns ─► its own HDR histogram
+//! workers ─► Part ─► merge (threads, then processes) ─► Report ─► table / JSON / hgrm
+//! ```
+
+pub mod cli;
+pub mod conn;
+pub mod engine;
+pub mod event;
+pub mod net;
+pub mod output;
+pub mod run;
+pub mod scenario;
+pub mod stats;
+pub mod sys;
+pub mod target;
+pub mod token;
+pub mod ws;
+
+pub use run::{run, RunError, RunOptions};
+pub use scenario::{Kind, Scenario};
+pub use stats::Report;

@@ -1,0 +1,70 @@
+//! Thin entry: parse the CLI, run, print, choose the exit status.
+//!
+//! Exit status: 0 the run passed; 1 it ran but failed (lost events, errors over budget);
+//! 2 it was refused or could not run (bad scenario, non-loopback target, limits, no node).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use loadtest::cli::{Cli, Command, RunArgs};
+use loadtest::output;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(args) => check(&args),
+        Command::Child => loadtest::run::child_main()
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(args: &loadtest::cli::ScenarioArgs) -> anyhow::Result<ExitCode> {
+    let scn = loadtest::scenario::load(&args.file, &args.overrides())?;
+    loadtest::run::check_targets(&scn)?;
+    print!("{}", toml::to_string(&scn).context("print scenario")?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let scn = loadtest::scenario::load(&args.scenario.file, &args.scenario.overrides())?;
+    let cpus = args
+        .cpus
+        .as_deref()
+        .map(loadtest::sys::parse_cpus)
+        .transpose()?;
+    let opts = loadtest::RunOptions {
+        secret: args.secret,
+        api_key: args.api_key,
+        server_pid: args.server_pid,
+        procs: args.procs,
+        threads: args.threads.map(usize::from),
+        cpus,
+        progress: !args.quiet,
+    };
+    let report = loadtest::run(&scn, &opts)?;
+    print!("{}", output::table(&report));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).context("encode report")?;
+        std::fs::write(path, json + "\n").with_context(|| format!("write {}", path.display()))?;
+    }
+    if let Some(path) = &args.hgrm {
+        std::fs::write(path, output::hgrm(report.hists.primary()))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,229 @@
+//! TCP connect with a chosen source address, and the small HTTP/1.1 client the publisher uses.
+//!
+//! Owns: socket options and the `POST /events` round trip on a keep-alive connection. The
+//! response parser is sans-IO ([`parse_response`]) and unit-tested.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Largest response head the publisher accepts.
+const MAX_HEAD: usize = 16 * 1024;
+/// Largest response body the publisher reads (error bodies are small JSON).
+const MAX_BODY: usize = 1 << 20;
+
+/// Opens a TCP connection to `addr`, bound to `src` when given. `rcvbuf` shrinks SO_RCVBUF
+/// (slow consumers) so the server's queue, not the kernel, holds the backlog.
+pub async fn connect(
+    addr: SocketAddr,
+    src: Option<IpAddr>,
+    rcvbuf: Option<u32>,
+) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(ip) = src {
+        // Choose the port at connect() time, not bind(): ports are then unique per 4-tuple
+        // rather than per source address, which is what lets many sockets share one source.
+        set_bind_address_no_port(&socket);
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn set_bind_address_no_port(socket: &TcpSocket) {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid fd owned by `socket`, a pointer to a c_int that lives across the call,
+    // and its exact size. Failure only means the kernel picks ports at bind time; ignored.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// A publish round trip that did not produce a status.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The connection failed or was closed by the server: reconnect, the outcome is unknown.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The response is not HTTP/1.1 we understand: a bug on one side or the other.
+    #[error("malformed response")]
+    Malformed,
+    /// The server closed before a whole response arrived: outcome unknown.
+    #[error("connection closed mid-response")]
+    Closed,
+}
+
+impl HttpError {
+    /// Short error kind for the report.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HttpError::Io(_) => "publish_io",
+            HttpError::Malformed => "publish_malformed_response",
+            HttpError::Closed => "publish_closed",
+        }
+    }
+}
+
+/// The parts of a response head the publisher needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub head_len: usize,
+    pub body_len: usize,
+    /// The server said `Connection: close`; reconnect before the next request.
+    pub close: bool,
+}
+
+/// Parses a response head at the start of `buf`. `Ok(None)`: need more bytes.
+/// Bodies must be `Content-Length` framed (or absent).
+pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HttpError::Malformed),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(HttpError::Malformed),
+    };
+    let status = resp.code.ok_or(HttpError::Malformed)?;
+    let mut body_len = 0;
+    let mut close = resp.version == Some(0);
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            body_len = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|n| *n <= MAX_BODY)
+                .ok_or(HttpError::Malformed)?;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::Malformed);
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            close = h.value.eq_ignore_ascii_case(b"close");
+        }
+    }
+    Ok(Some(ResponseHead {
+        status,
+        head_len,
+        body_len,
+        close,
+    }))
+}
+
+/// Writes a `POST /events` request with the API key into `out`.
+pub fn post_events_request(out: &mut Vec<u8>, host: &str, api_key: &str, body: &[u8]) {
+    use std::io::Write;
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "POST /events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {api_key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    out.extend_from_slice(body);
+}
+
+/// One keep-alive HTTP/1.1 connection.
+pub struct HttpConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// The server asked to close; the caller must reconnect.
+    pub closed: bool,
+}
+
+impl HttpConn {
+    pub async fn connect(addr: SocketAddr, src: Option<IpAddr>) -> io::Result<Self> {
+        Ok(HttpConn {
+            stream: connect(addr, src, None).await?,
+            buf: Vec::with_capacity(1024),
+            closed: false,
+        })
+    }
+
+    /// Sends `request` and reads one response; returns its status.
+    pub async fn round_trip(&mut self, request: &[u8]) -> Result<u16, HttpError> {
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(head) = parse_response(&self.buf)? {
+                let need = head.head_len + head.body_len;
+                while self.buf.len() < need {
+                    let n = self.stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Err(HttpError::Closed);
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                self.closed = head.close;
+                return Ok(head.status);
+            }
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(HttpError::Closed);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_response_parses() {
+        let r = b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{\"accepted\":1}";
+        let h = parse_response(r).expect("ok").expect("complete");
+        assert_eq!(h.status, 202);
+        assert_eq!(h.head_len + h.body_len, r.len());
+        assert!(!h.close);
+        assert!(parse_response(&r[..10]).expect("ok").is_none());
+    }
+
+    #[test]
+    fn close_and_http10_mean_reconnect() {
+        let r =
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        assert!(parse_response(r).expect("ok").expect("complete").close);
+        let r = b"HTTP/1.0 202 Accepted\r\nContent-Length: 0\r\n\r\n";
+        assert!(parse_response(r).expect("ok").expect("complete").close);
+    }
+
+    #[test]
+    fn unframed_or_garbage_responses_are_malformed() {
+        let chunked = b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(parse_response(chunked), Err(HttpError::Malformed)));
+        assert!(matches!(
+            parse_response(b"SSH-2.0-x\r\n\r\n"),
+            Err(HttpError::Malformed)
+        ));
+    }
+
+    #[test]
+    fn request_carries_key_and_length() {
+        let mut out = Vec::new();
+        post_events_request(&mut out, "127.0.0.1:3000", "k", b"{}");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("POST /events HTTP/1.1\r\n"));
+        assert!(text.contains("Authorization: Bearer k\r\n"));
+        assert!(text.ends_with("Content-Length: 2\r\n\r\n{}"));
+    }
+}

@@ -1,0 +1,305 @@
+//! Report output: the human table (stdout), `--json FILE`, `--hgrm FILE`, and the one-line
+//! progress display (stderr).
+//!
+//! Owns: formatting only; every number comes from [`crate::stats::Report`].
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::stats::{Hist, LatencyMs, Report};
+
+/// HdrHistogram's percentile-distribution text, values in milliseconds (the format
+/// HdrHistogram's plotter and `hdr-plot` read).
+pub fn hgrm(h: &Hist) -> String {
+    let h = &h.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    if !h.is_empty() {
+        let mut total = 0u64;
+        for v in h.iter_quantiles(5) {
+            let value = v.value_iterated_to() as f64 / 1000.0;
+            let q = v.quantile_iterated_to();
+            total += v.count_since_last_iteration();
+            if q < 1.0 {
+                let _ = writeln!(
+                    out,
+                    "{value:12.3} {q:2.12} {total:10} {:14.2}",
+                    1.0 / (1.0 - q)
+                );
+            } else {
+                let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10}");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        h.distinct_values()
+    );
+    out
+}
+
+fn lat(l: &LatencyMs) -> String {
+    if l.count == 0 {
+        return "-".into();
+    }
+    format!(
+        "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n={})",
+        l.p50, l.p90, l.p99, l.p99_9, l.max, l.count
+    )
+}
+
+fn map(m: &std::collections::BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}×{v}"))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// The human-readable table.
+pub fn table(r: &Report) -> String {
+    let s = &r.scenario;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "loadtest {}: {} sessions × {} sockets, {} ev/s × {} B, batch {}, {:.1}s{}",
+        r.kind,
+        s.sessions,
+        s.sockets_per_session,
+        s.rate,
+        s.event_bytes,
+        s.batch,
+        r.duration_s,
+        if r.procs > 1 {
+            format!(", {} procs", r.procs)
+        } else {
+            String::new()
+        }
+    );
+    let row = |o: &mut String, k: &str, v: String| {
+        let _ = writeln!(o, "  {k:<14} {v}");
+    };
+    row(
+        &mut o,
+        "sockets",
+        format!(
+            "{} connected / {} planned   ({:.0} handshakes/s)",
+            r.sockets_connected, r.sockets_planned, r.handshakes_per_sec
+        ),
+    );
+    row(&mut o, "handshake ms", lat(&r.handshake_ms));
+    if r.kind.publishes() {
+        row(
+            &mut o,
+            "published",
+            format!(
+                "{} events scheduled, {} accepted ({:.0}/s), {} unknown; requests {} accepted / {} sent",
+                r.events_scheduled,
+                r.events_accepted,
+                r.events_per_sec,
+                r.events_unknown,
+                r.requests_accepted,
+                r.requests_sent
+            ),
+        );
+        row(&mut o, "publish ms", lat(&r.publish_latency_ms));
+        row(
+            &mut o,
+            "deliveries",
+            format!(
+                "{} ({:.0}/s over {:.2}s), expected {}, lost {}, excess {}",
+                r.deliveries,
+                r.deliveries_per_sec,
+                r.window_s,
+                r.expected_deliveries,
+                r.lost,
+                r.excess
+            ),
+        );
+        row(&mut o, "latency ms", lat(&r.latency_ms));
+    }
+    if r.slow_sockets > 0 {
+        row(
+            &mut o,
+            "slow sockets",
+            format!(
+                "{} (closed with 4008: {})",
+                r.slow_sockets, r.slow_closed_4008
+            ),
+        );
+    }
+    if r.churn_opened > 0 || r.churn_failed > 0 {
+        row(
+            &mut o,
+            "churn",
+            format!("{} opened, {} failed", r.churn_opened, r.churn_failed),
+        );
+    }
+    row(&mut o, "close codes", map(&r.close_codes));
+    row(
+        &mut o,
+        "errors",
+        format!(
+            "{} (budget {})  {}",
+            r.errors_total,
+            r.error_budget,
+            map(&r.errors)
+        ),
+    );
+    if let Some(rss) = &r.server_rss {
+        row(
+            &mut o,
+            "server RSS",
+            format!(
+                "before {:.1} MiB, hold {:.1} MiB, after {:.1} MiB → {:.0} B per connection",
+                rss.before_kib as f64 / 1024.0,
+                rss.hold_kib as f64 / 1024.0,
+                rss.after_kib as f64 / 1024.0,
+                rss.per_conn_bytes
+            ),
+        );
+    }
+    if r.passed {
+        row(&mut o, "result", "PASS".into());
+    } else {
+        row(&mut o, "result", format!("FAIL: {}", r.failures.join("; ")));
+    }
+    o
+}
+
+/// Counters the workers bump (Relaxed, one writer per cache line is not needed at these
+/// rates: one add per read batch) and the progress line reads.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub connected: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub accepted: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl Progress {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Prints a one-line status to stderr every second (rewriting the line on a terminal,
+/// a new line every 5 s otherwise).
+pub struct ProgressLine {
+    label: String,
+    started: Instant,
+    last: Instant,
+    last_deliveries: u64,
+    tty: bool,
+    enabled: bool,
+    printed: bool,
+}
+
+impl ProgressLine {
+    pub fn new(label: String, enabled: bool) -> Self {
+        let now = Instant::now();
+        ProgressLine {
+            label,
+            started: now,
+            last: now,
+            last_deliveries: 0,
+            tty: std::io::stderr().is_terminal(),
+            enabled,
+            printed: false,
+        }
+    }
+
+    /// Call often; prints at most once per interval.
+    pub fn tick(&mut self, p: &Progress, phase: &str) {
+        let interval = if self.tty {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        };
+        if !self.enabled || self.last.elapsed() < interval {
+            return;
+        }
+        let dt = self.last.elapsed().as_secs_f64();
+        self.last = Instant::now();
+        let d = p.deliveries.load(Ordering::Relaxed);
+        let rate = (d - self.last_deliveries.min(d)) as f64 / dt;
+        self.last_deliveries = d;
+        let line = format!(
+            "[{}] {:>6.1}s {:<10} sockets {:>7}  accepted {:>9}  deliveries {:>10} ({:>9.0}/s)  errors {}",
+            self.label,
+            self.started.elapsed().as_secs_f64(),
+            phase,
+            p.connected.load(Ordering::Relaxed),
+            p.accepted.load(Ordering::Relaxed),
+            d,
+            rate,
+            p.errors.load(Ordering::Relaxed)
+        );
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+        self.printed = true;
+    }
+
+    /// Ends the line so the report starts on a fresh one.
+    pub fn finish(&mut self) {
+        if self.enabled && self.tty && self.printed {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hgrm_has_header_rows_and_footer() {
+        let mut h = Hist::new();
+        for us in 1..=100u64 {
+            h.record_ns(us * 10_000);
+        }
+        let text = hgrm(&h);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("Percentile"));
+        assert!(lines[1].is_empty());
+        let first: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(first.len(), 4);
+        assert!((first[0].parse::<f64>().expect("value") - 0.01).abs() < 1e-3);
+        assert!(text.contains("#[Max     =        1.000, Total count    =          100]"));
+        let last_row = lines[lines.len() - 4];
+        assert!(last_row.contains("1.000000000000"), "{last_row}");
+    }
+
+    #[test]
+    fn empty_histogram_still_writes_a_footer() {
+        let text = hgrm(&Hist::new());
+        assert!(text.contains("Total count    =            0"));
+    }
+}

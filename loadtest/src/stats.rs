@@ -1,0 +1,639 @@
+//! What a run measured: per-worker histograms and counters ([`Part`]), merged across workers
+//! and processes, then turned into a [`Report`] (the math lives here and is unit-tested).
+//!
+//! Owns: histogram bounds, the loss rule, rates, pass/fail. Output formats are in
+//! [`crate::output`].
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::{Kind, Scenario};
+
+/// Latencies are recorded in microseconds, from 1 µs to one hour, 3 significant digits.
+pub const HIST_MAX_US: u64 = 3_600_000_000;
+const HIST_SIGFIG: u8 = 3;
+
+/// An HDR histogram of latencies in microseconds.
+#[derive(Debug, Clone)]
+pub struct Hist(pub Histogram<u64>);
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hist {
+    pub fn new() -> Self {
+        // Bounds are constants that hdrhistogram accepts; a failure here is a bug.
+        #[allow(clippy::expect_used)]
+        let h = Histogram::new_with_bounds(1, HIST_MAX_US, HIST_SIGFIG).expect("valid bounds");
+        Hist(h)
+    }
+
+    /// Records a latency given in nanoseconds (clamped into the histogram's range).
+    pub fn record_ns(&mut self, ns: u64) {
+        self.0.saturating_record((ns / 1000).max(1));
+    }
+
+    /// Records `n` equal latencies.
+    pub fn record_ns_n(&mut self, ns: u64, n: u64) {
+        let us = (ns / 1000).clamp(1, HIST_MAX_US);
+        // In range by the clamp above, so this cannot fail.
+        let _ = self.0.record_n(us, n);
+    }
+
+    pub fn merge(&mut self, other: &Hist) {
+        // Same bounds on both sides, so `add` cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
+    /// (value µs, count) pairs, for carrying a histogram between processes.
+    pub fn to_pairs(&self) -> Vec<[u64; 2]> {
+        self.0
+            .iter_recorded()
+            .map(|v| [v.value_iterated_to(), v.count_at_value()])
+            .collect()
+    }
+
+    pub fn from_pairs(pairs: &[[u64; 2]]) -> Self {
+        let mut h = Hist::new();
+        for [v, c] in pairs {
+            let _ = h.0.record_n((*v).clamp(1, HIST_MAX_US), *c);
+        }
+        h
+    }
+
+    /// Percentile summary in milliseconds.
+    pub fn summary(&self) -> LatencyMs {
+        let h = &self.0;
+        let ms = |us: u64| us as f64 / 1000.0;
+        if h.is_empty() {
+            return LatencyMs::default();
+        }
+        LatencyMs {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p99_9: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+            count: h.len(),
+        }
+    }
+}
+
+impl Serialize for Hist {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_pairs().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hist {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<[u64; 2]>::deserialize(d)?;
+        Ok(Hist::from_pairs(&pairs))
+    }
+}
+
+/// Percentiles in milliseconds, as they appear in the JSON report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyMs {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub count: u64,
+}
+
+/// Received events on one loss-tracked socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketTally {
+    pub session: u32,
+    pub received: u64,
+}
+
+/// What one worker (and, merged, one process) measured. Crosses process boundaries as JSON.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Part {
+    /// UNIX ns: first handshake attempt, last successful welcome.
+    pub connect_first_ns: u64,
+    pub connect_last_ns: u64,
+    /// UNIX ns when publishing (or holding) began; the shared start.
+    pub start_ns: u64,
+    /// UNIX ns when the last publish response came back.
+    pub publish_last_ns: u64,
+    /// UNIX ns of the last stamped frame received.
+    pub delivery_last_ns: u64,
+    pub sockets_planned: u64,
+    pub sockets_connected: u64,
+    /// Publish→receive latency of every stamped frame on healthy and churn sockets.
+    pub latency: Hist,
+    /// Start of the handshake (or its scheduled time, when paced) → welcome frame.
+    pub handshake: Hist,
+    /// Scheduled publish time → `202` received.
+    pub publish: Hist,
+    pub deliveries: u64,
+    pub requests_sent: u64,
+    pub requests_accepted: u64,
+    pub events_scheduled: u64,
+    pub events_accepted: u64,
+    /// Events in requests whose outcome is unknown (connection lost, timeout).
+    pub events_unknown: u64,
+    /// 202-accepted events per session index (publishing process only; others empty).
+    pub accepted_per_session: Vec<u64>,
+    /// Sockets whose every event counts for loss.
+    pub sockets: Vec<SocketTally>,
+    pub errors: BTreeMap<String, u64>,
+    pub close_codes: BTreeMap<String, u64>,
+    pub slow_sockets: u64,
+    pub slow_closed_4008: u64,
+    pub churn_opened: u64,
+    pub churn_failed: u64,
+}
+
+fn min_nonzero(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (x, y) => x.min(y),
+    }
+}
+
+impl Part {
+    pub fn error(&mut self, kind: impl Into<String>) {
+        *self.errors.entry(kind.into()).or_insert(0) += 1;
+    }
+
+    pub fn close_code(&mut self, code: Option<u16>) {
+        let key = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        *self.close_codes.entry(key).or_insert(0) += 1;
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Folds `other` into `self` (workers into a process, processes into a run).
+    pub fn merge(&mut self, other: Part) {
+        self.connect_first_ns = min_nonzero(self.connect_first_ns, other.connect_first_ns);
+        self.connect_last_ns = self.connect_last_ns.max(other.connect_last_ns);
+        self.start_ns = min_nonzero(self.start_ns, other.start_ns);
+        self.publish_last_ns = self.publish_last_ns.max(other.publish_last_ns);
+        self.delivery_last_ns = self.delivery_last_ns.max(other.delivery_last_ns);
+        self.sockets_planned += other.sockets_planned;
+        self.sockets_connected += other.sockets_connected;
+        self.latency.merge(&other.latency);
+        self.handshake.merge(&other.handshake);
+        self.publish.merge(&other.publish);
+        self.deliveries += other.deliveries;
+        self.requests_sent += other.requests_sent;
+        self.requests_accepted += other.requests_accepted;
+        self.events_scheduled += other.events_scheduled;
+        self.events_accepted += other.events_accepted;
+        self.events_unknown += other.events_unknown;
+        if self.accepted_per_session.len() < other.accepted_per_session.len() {
+            self.accepted_per_session
+                .resize(other.accepted_per_session.len(), 0);
+        }
+        for (a, b) in self
+            .accepted_per_session
+            .iter_mut()
+            .zip(other.accepted_per_session)
+        {
+            *a += b;
+        }
+        self.sockets.extend(other.sockets);
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_insert(0) += v;
+        }
+        for (k, v) in other.close_codes {
+            *self.close_codes.entry(k).or_insert(0) += v;
+        }
+        self.slow_sockets += other.slow_sockets;
+        self.slow_closed_4008 += other.slow_closed_4008;
+        self.churn_opened += other.churn_opened;
+        self.churn_failed += other.churn_failed;
+    }
+}
+
+/// Loss accounting over loss-tracked sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loss {
+    /// Σ accepted events of each socket's session.
+    pub expected: u64,
+    /// Σ events a socket should have got and did not.
+    pub lost: u64,
+    /// Σ events received beyond the accepted count (duplicates, or events whose publish
+    /// outcome was unknown but that were delivered after all).
+    pub excess: u64,
+}
+
+/// The loss rule: each tracked socket should receive every event accepted (202) for its
+/// session while the run was on. Sockets are connected and welcomed before publishing starts.
+pub fn loss(accepted_per_session: &[u64], sockets: &[SocketTally]) -> Loss {
+    let mut l = Loss::default();
+    for s in sockets {
+        let want = accepted_per_session
+            .get(s.session as usize)
+            .copied()
+            .unwrap_or(0);
+        l.expected += want;
+        l.lost += want.saturating_sub(s.received);
+        l.excess += s.received.saturating_sub(want);
+    }
+    l
+}
+
+/// `count / seconds`, 0 when the window is empty.
+pub fn per_sec(count: u64, ns: u64) -> f64 {
+    if ns == 0 {
+        0.0
+    } else {
+        count as f64 * 1e9 / ns as f64
+    }
+}
+
+/// Server memory samples from /proc/PID/status (VmRSS, KiB).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rss {
+    /// Before any socket was opened.
+    pub before_kib: u64,
+    /// With every socket connected and idle, after `settle`.
+    pub hold_kib: u64,
+    /// After every socket closed, after `settle`.
+    pub after_kib: u64,
+    /// (hold − before) / connected sockets, in bytes.
+    pub per_conn_bytes: f64,
+}
+
+impl Rss {
+    pub fn new(before_kib: u64, hold_kib: u64, after_kib: u64, connected: u64) -> Self {
+        let per_conn_bytes = if connected == 0 {
+            0.0
+        } else {
+            hold_kib.saturating_sub(before_kib) as f64 * 1024.0 / connected as f64
+        };
+        Rss {
+            before_kib,
+            hold_kib,
+            after_kib,
+            per_conn_bytes,
+        }
+    }
+}
+
+/// The final report, as written by `--json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub kind: Kind,
+    /// Scheduled publish (or hold) duration, seconds.
+    pub duration_s: f64,
+    /// Window deliveries/s is computed over: from start to the later of the scheduled end
+    /// and the last delivery, seconds.
+    pub window_s: f64,
+    pub procs: u32,
+    pub sockets_planned: u64,
+    pub sockets_connected: u64,
+    pub handshakes_per_sec: f64,
+    pub requests_sent: u64,
+    pub requests_accepted: u64,
+    pub events_scheduled: u64,
+    pub events_accepted: u64,
+    pub events_unknown: u64,
+    pub events_per_sec: f64,
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    pub expected_deliveries: u64,
+    pub lost: u64,
+    pub excess: u64,
+    /// Scheduled publish → frame received, on healthy sockets.
+    pub latency_ms: LatencyMs,
+    /// Scheduled publish → 202.
+    pub publish_latency_ms: LatencyMs,
+    /// Handshake start (or scheduled time) → welcome.
+    pub handshake_ms: LatencyMs,
+    pub errors: BTreeMap<String, u64>,
+    pub errors_total: u64,
+    pub error_budget: u64,
+    pub close_codes: BTreeMap<String, u64>,
+    pub slow_sockets: u64,
+    pub slow_closed_4008: u64,
+    pub churn_opened: u64,
+    pub churn_failed: u64,
+    pub server_rss: Option<Rss>,
+    pub passed: bool,
+    /// Why the run failed, one line each; empty when it passed.
+    pub failures: Vec<String>,
+    /// The merged histograms themselves (for `--hgrm`); not part of the JSON.
+    #[serde(skip)]
+    pub hists: Hists,
+}
+
+/// The three merged histograms of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Hists {
+    pub latency: Hist,
+    pub publish: Hist,
+    pub handshake: Hist,
+}
+
+impl Hists {
+    /// The histogram `--hgrm` writes: publish→receive when events were delivered, else
+    /// publish→202, else handshakes.
+    pub fn primary(&self) -> &Hist {
+        if !self.latency.0.is_empty() {
+            &self.latency
+        } else if !self.publish.0.is_empty() {
+            &self.publish
+        } else {
+            &self.handshake
+        }
+    }
+}
+
+impl Report {
+    /// Builds the report from the merged part. `procs` is informational.
+    pub fn build(scn: &Scenario, part: &Part, procs: u32, rss: Option<Rss>) -> Report {
+        let duration_ns = u64::try_from(scn.duration.0.as_nanos()).unwrap_or(u64::MAX);
+        let l = loss(&part.accepted_per_session, &part.sockets);
+        let mut errors = part.errors.clone();
+        if l.excess > 0 && part.events_unknown == 0 {
+            *errors.entry("unexpected_events".into()).or_insert(0) += l.excess;
+        }
+        let errors_total: u64 = errors.values().sum();
+        let operations = part.sockets_planned + part.requests_sent + part.churn_opened;
+        let error_budget = scn.error_budget(operations);
+
+        let start = part.start_ns;
+        let sched_end = start.saturating_add(duration_ns);
+        let window_end = sched_end.max(part.delivery_last_ns);
+        let window_ns = if start == 0 {
+            0
+        } else {
+            window_end.saturating_sub(start)
+        };
+        let publish_ns = if start == 0 {
+            0
+        } else {
+            sched_end.max(part.publish_last_ns).saturating_sub(start)
+        };
+
+        let mut failures = Vec::new();
+        if l.lost > 0 {
+            failures.push(format!(
+                "lost {} of {} expected deliveries (published with 202, never received)",
+                l.lost, l.expected
+            ));
+        }
+        if errors_total > error_budget {
+            failures.push(format!(
+                "{errors_total} errors, above the scenario's budget of {error_budget}"
+            ));
+        }
+        if part.sockets_planned > 0 && part.sockets_connected == 0 {
+            failures.push("no socket connected".into());
+        }
+        if scn.kind.publishes() && part.requests_accepted == 0 {
+            failures.push("no publish request was accepted".into());
+        }
+
+        Report {
+            scenario: scn.clone(),
+            kind: scn.kind,
+            duration_s: scn.duration.0.as_secs_f64(),
+            window_s: window_ns as f64 / 1e9,
+            procs,
+            sockets_planned: part.sockets_planned,
+            sockets_connected: part.sockets_connected,
+            handshakes_per_sec: per_sec(
+                part.sockets_connected,
+                part.connect_last_ns.saturating_sub(part.connect_first_ns),
+            ),
+            requests_sent: part.requests_sent,
+            requests_accepted: part.requests_accepted,
+            events_scheduled: part.events_scheduled,
+            events_accepted: part.events_accepted,
+            events_unknown: part.events_unknown,
+            events_per_sec: per_sec(part.events_accepted, publish_ns),
+            deliveries: part.deliveries,
+            deliveries_per_sec: per_sec(part.deliveries, window_ns),
+            expected_deliveries: l.expected,
+            lost: l.lost,
+            excess: l.excess,
+            latency_ms: part.latency.summary(),
+            publish_latency_ms: part.publish.summary(),
+            handshake_ms: part.handshake.summary(),
+            errors,
+            errors_total,
+            error_budget,
+            close_codes: part.close_codes.clone(),
+            slow_sockets: part.slow_sockets,
+            slow_closed_4008: part.slow_closed_4008,
+            churn_opened: part.churn_opened,
+            churn_failed: part.churn_failed,
+            server_rss: rss,
+            passed: failures.is_empty(),
+            failures,
+            hists: Hists {
+                latency: part.latency.clone(),
+                publish: part.publish.clone(),
+                handshake: part.handshake.clone(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario() -> Scenario {
+        crate::scenario::from_str("kind = \"fanout\"\nduration = \"10s\"\n", &[]).expect("valid")
+    }
+
+    #[test]
+    fn loss_counts_missing_events_per_socket() {
+        let accepted = vec![10, 5];
+        let sockets = [
+            SocketTally {
+                session: 0,
+                received: 10,
+            },
+            SocketTally {
+                session: 0,
+                received: 7,
+            },
+            SocketTally {
+                session: 1,
+                received: 6,
+            },
+            SocketTally {
+                session: 9,
+                received: 0,
+            },
+        ];
+        let l = loss(&accepted, &sockets);
+        assert_eq!(
+            l,
+            Loss {
+                expected: 25,
+                lost: 3,
+                excess: 1
+            }
+        );
+    }
+
+    #[test]
+    fn percentiles_come_out_in_milliseconds() {
+        let mut h = Hist::new();
+        for us in 1..=1000u64 {
+            h.record_ns(us * 1000);
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 1000);
+        assert!((s.p50 - 0.5).abs() < 0.002, "{s:?}");
+        assert!((s.p99 - 0.99).abs() < 0.002, "{s:?}");
+        assert!((s.p99_9 - 0.999).abs() < 0.002, "{s:?}");
+        assert!((s.max - 1.0).abs() < 0.002, "{s:?}");
+        assert_eq!(Hist::new().summary(), LatencyMs::default());
+    }
+
+    #[test]
+    fn histograms_survive_the_trip_between_processes() {
+        let mut h = Hist::new();
+        h.record_ns_n(250_000, 10);
+        h.record_ns(7_000_000);
+        let json = serde_json::to_string(&h).expect("ser");
+        let back: Hist = serde_json::from_str(&json).expect("de");
+        assert_eq!(back.summary(), h.summary());
+    }
+
+    #[test]
+    fn merge_adds_counts_and_widens_windows() {
+        let mut a = Part {
+            start_ns: 100,
+            delivery_last_ns: 500,
+            deliveries: 3,
+            accepted_per_session: vec![1, 2],
+            ..Part::default()
+        };
+        a.error("x");
+        let mut b = Part {
+            start_ns: 90,
+            delivery_last_ns: 400,
+            deliveries: 4,
+            accepted_per_session: vec![1, 1, 1],
+            ..Part::default()
+        };
+        b.error("x");
+        b.error("y");
+        b.latency.record_ns(1000);
+        a.merge(b);
+        assert_eq!(a.start_ns, 90);
+        assert_eq!(a.delivery_last_ns, 500);
+        assert_eq!(a.deliveries, 7);
+        assert_eq!(a.accepted_per_session, vec![2, 3, 1]);
+        assert_eq!(a.errors.get("x"), Some(&2));
+        assert_eq!(a.errors_total(), 3);
+        assert_eq!(a.latency.summary().count, 1);
+        let mut c = Part::default();
+        c.merge(Part {
+            start_ns: 5,
+            ..Part::default()
+        });
+        assert_eq!(c.start_ns, 5, "zero means unset, not earliest");
+    }
+
+    #[test]
+    fn rates_use_the_longer_of_schedule_and_last_delivery() {
+        let scn = scenario();
+        let s = 1_000_000_000_000;
+        let mut p = Part {
+            start_ns: s,
+            delivery_last_ns: s + 20_000_000_000,
+            publish_last_ns: s + 10_000_000_000,
+            deliveries: 2_000_000,
+            events_accepted: 10_000,
+            requests_sent: 10_000,
+            requests_accepted: 10_000,
+            sockets_planned: 1,
+            sockets_connected: 1,
+            accepted_per_session: vec![10_000],
+            ..Part::default()
+        };
+        p.sockets.push(SocketTally {
+            session: 0,
+            received: 10_000,
+        });
+        let r = Report::build(&scn, &p, 1, None);
+        assert!((r.window_s - 20.0).abs() < 1e-9);
+        assert!((r.deliveries_per_sec - 100_000.0).abs() < 1e-6);
+        assert!((r.events_per_sec - 1000.0).abs() < 1e-6);
+        assert!(r.passed, "{:?}", r.failures);
+        p.delivery_last_ns = s + 1;
+        let r = Report::build(&scn, &p, 1, None);
+        assert!((r.window_s - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn loss_or_errors_over_budget_fail_the_run() {
+        let scn = scenario();
+        let mut p = Part {
+            start_ns: 1,
+            requests_sent: 1,
+            requests_accepted: 1,
+            accepted_per_session: vec![3],
+            sockets_planned: 1,
+            sockets_connected: 1,
+            ..Part::default()
+        };
+        p.sockets.push(SocketTally {
+            session: 0,
+            received: 2,
+        });
+        let r = Report::build(&scn, &p, 1, None);
+        assert!(!r.passed);
+        assert_eq!(r.lost, 1);
+        p.sockets[0].received = 3;
+        p.error("publish_http_503");
+        let r = Report::build(&scn, &p, 1, None);
+        assert_eq!(r.lost, 0);
+        assert!(!r.passed);
+        assert!(r.failures[0].contains("budget of 0"), "{:?}", r.failures);
+    }
+
+    #[test]
+    fn excess_without_unknown_outcomes_is_an_error() {
+        let scn = scenario();
+        let mut p = Part {
+            start_ns: 1,
+            requests_sent: 1,
+            requests_accepted: 1,
+            accepted_per_session: vec![1],
+            sockets_planned: 1,
+            sockets_connected: 1,
+            ..Part::default()
+        };
+        p.sockets.push(SocketTally {
+            session: 0,
+            received: 2,
+        });
+        let r = Report::build(&scn, &p, 1, None);
+        assert_eq!(r.errors.get("unexpected_events"), Some(&1));
+        p.events_unknown = 1;
+        let r = Report::build(&scn, &p, 1, None);
+        assert!(r.passed);
+    }
+
+    #[test]
+    fn rss_per_connection_is_growth_over_sockets() {
+        let r = Rss::new(10_000, 20_000, 11_000, 10_000);
+        assert!((r.per_conn_bytes - 1024.0).abs() < 1e-9);
+        assert_eq!(Rss::new(1, 2, 3, 0).per_conn_bytes, 0.0);
+    }
+}
