@@ -1,0 +1,160 @@
+//! The command line: `relay serve`, `relay token` (the mock signer) and
+//! `relay publish` (the mock publisher). Every flag has an environment variable
+//! behind it; the contract fixes the names of the main ones.
+//!
+//! This module only describes arguments; [`crate::config`] validates them.
+
+use std::net::IpAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config;
+
+#[derive(Debug, Parser)]
+#[command(name = "relay", version, about = "Real-time WebSocket relay")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Serve(Box<ServeArgs>),
+    /// Print a JWT for a session, signed with JWT_SIGNING_SECRET (the local mock signer).
+    Token(TokenArgs),
+    /// Send one event to a node with RELAY_API_KEY (the local mock publisher).
+    Publish(PublishArgs),
+}
+
+/// Settings that every subcommand reads.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// HS256 secret shared with the backend; a comma-separated list means "any of these".
+    #[arg(long, env = "JWT_SIGNING_SECRET", hide_env_values = true)]
+    pub jwt_signing_secret: Option<String>,
+    /// Key for POST /events; a comma-separated list means "any of these".
+    #[arg(long, env = "RELAY_API_KEY", hide_env_values = true)]
+    pub relay_api_key: Option<String>,
+    /// `info`, `debug`, or a tracing filter.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Development mode: generate missing secrets into .env.local, allow localhost origins.
+    #[arg(long, env = "RELAY_DEV")]
+    pub dev: bool,
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// TCP port for sockets and HTTP; 0 picks a free port (printed on stdout).
+    #[arg(long, env = "PORT", default_value_t = config::DEFAULT_PORT)]
+    pub port: u16,
+    /// Serve /metrics and /latency on this port instead of the public one.
+    #[arg(long, env = "ADMIN_PORT")]
+    pub admin_port: Option<u16>,
+    /// Shards (one pinned executor each); default: one per available core.
+    #[arg(long, env = "RELAY_SHARDS")]
+    pub shards: Option<usize>,
+    /// Redis for cross-node fan-out (not built yet: refused at start).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// CSV of origins allowed to open sockets; `*` stands for one host label.
+    #[arg(long, env = "ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+    /// Log lines as human text or JSON.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Clock leeway for exp, nbf and iat.
+    #[arg(long, env = "JWT_LEEWAY", default_value = "5s")]
+    pub jwt_leeway: humantime::Duration,
+    /// Absolute deadline for a request head, from accept or the previous response (408).
+    #[arg(long, env = "RELAY_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub handshake_timeout: humantime::Duration,
+    /// Absolute deadline for a POST /events body, from the end of its head (408).
+    #[arg(long, env = "RELAY_BODY_TIMEOUT", default_value = "10s")]
+    pub body_timeout: humantime::Duration,
+    /// Request head bytes (431).
+    #[arg(long, env = "RELAY_MAX_HEAD_BYTES", default_value_t = config::DEFAULT_MAX_HEAD_BYTES)]
+    pub max_head_bytes: usize,
+    /// POST /events body bytes (413).
+    #[arg(long, env = "RELAY_MAX_BODY_BYTES", default_value_t = config::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Events in one batch (413).
+    #[arg(long, env = "RELAY_MAX_BATCH_EVENTS", default_value_t = config::DEFAULT_MAX_BATCH_EVENTS)]
+    pub max_batch_events: usize,
+    /// Client message bytes (close 1009).
+    #[arg(long, env = "RELAY_MAX_MESSAGE_BYTES", default_value_t = config::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// Outbound bytes queued per socket (close 4008).
+    #[arg(long, env = "RELAY_MAX_OUTBOUND_BYTES", default_value_t = config::DEFAULT_MAX_OUTBOUND_BYTES)]
+    pub max_outbound_bytes: usize,
+    /// Open WebSockets per node (503).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Ping a socket idle this long.
+    #[arg(long, env = "RELAY_PING_INTERVAL", default_value = "25s")]
+    pub ping_interval: humantime::Duration,
+    /// Close a socket silent this long (reason `timeout`).
+    #[arg(long, env = "RELAY_PING_TIMEOUT", default_value = "60s")]
+    pub ping_timeout: humantime::Duration,
+    /// On SIGTERM, how long sockets get to receive their 1012.
+    #[arg(long, env = "RELAY_DRAIN_TIMEOUT", default_value = "10s")]
+    pub drain_timeout: humantime::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The session the token admits to.
+    #[arg(long)]
+    pub session: String,
+    /// The user, if any (`sub` claim).
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// Lifetime, e.g. 15m.
+    #[arg(long, default_value = "15m")]
+    pub ttl: humantime::Duration,
+    /// `aud` claim to include.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub aud: Option<String>,
+    /// `iss` claim to include.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub iss: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(long)]
+    pub session: String,
+    #[arg(long)]
+    pub event: String,
+    /// The event's data, as JSON.
+    #[arg(long)]
+    pub data: String,
+    /// Optional event id.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The node's base URL.
+    #[arg(long, env = "RELAY_URL", default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+}

@@ -1,0 +1,371 @@
+//! The validated configuration of a node, and the one home of every default.
+//!
+//! Precedence, highest first: a command-line flag, a real environment variable,
+//! a line of `.env.local` (loaded by `main` before parsing, never overriding the
+//! real environment), then the defaults below. [`Config::from_serve_args`] turns
+//! the parsed flags into a [`Config`] and refuses anything unsafe to run with;
+//! tests build a [`Config`] directly.
+//!
+//! This module does no network I/O; the only file it touches is `.env.local`
+//! in `--dev` mode.
+
+use std::fmt;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::auth::OriginPolicy;
+use crate::cli::{LogFormat, ServeArgs};
+
+/// `PORT`: the contract's default.
+pub const DEFAULT_PORT: u16 = 3000;
+/// A JWT secret shorter than this is refused: HS256 keys below 256 bits are guessable.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// Absolute deadline for a request head, from accept or the end of the previous request.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Absolute deadline for a `POST /events` body, from the end of its head.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request head bytes (431 above): browsers send 1-2 KiB, a JWT in the query adds ~1 KiB.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
+/// `POST /events` body bytes (413 above).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Events in one batch (413 above).
+pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1000;
+/// Client message bytes (close 1009 above): clients only send small control messages.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Client message bytes in `--echo` test mode, where conformance suites send big messages.
+pub const ECHO_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Outbound bytes queued for one socket before it is closed with 4008.
+pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 1024 * 1024;
+/// Open WebSockets per node (503 above). The machine's file limit is the real ceiling.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// A socket idle this long gets a ping.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+/// A socket silent this long (no pong, no message) is closed as dead.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(60);
+/// SIGTERM: how long sockets get to receive their 1012 before the process exits.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clock leeway for `exp`, `nbf` and `iat`: small, since tokens live minutes.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(5);
+/// Origins allowed in `--dev` when `ALLOWED_ORIGINS` is unset: any localhost page.
+pub const DEV_ALLOWED_ORIGINS: &str =
+    "http://localhost:*,https://localhost:*,http://127.0.0.1:*,https://127.0.0.1:*";
+/// Where `--dev` keeps the secrets it generated.
+pub const DEV_ENV_FILE: &str = ".env.local";
+
+/// A secret value: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// Every limit a client or publisher can cross; each has a flag and a default above.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_head_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_message_bytes: usize,
+    pub max_outbound_bytes: usize,
+    pub max_connections: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_timeout: DEFAULT_PING_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// What a token must look like beyond its signature.
+#[derive(Debug, Clone)]
+pub struct JwtRules {
+    pub leeway: Duration,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+impl Default for JwtRules {
+    fn default() -> Self {
+        JwtRules {
+            leeway: DEFAULT_JWT_LEEWAY,
+            audience: None,
+            issuer: None,
+        }
+    }
+}
+
+/// A node's whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    pub admin_port: Option<u16>,
+    /// Number of shards, each a glommio executor pinned to one core.
+    pub shards: usize,
+    pub dev: bool,
+    /// Any of these verifies a token; the first one signs `relay token`.
+    pub jwt_secrets: Vec<Secret>,
+    /// Any of these authorizes `POST /events`.
+    pub api_keys: Vec<Secret>,
+    pub origins: OriginPolicy,
+    pub jwt: JwtRules,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// A configuration for tests: one shard on an ephemeral loopback port.
+    pub fn for_tests(secret: &str, api_key: &str) -> Config {
+        Config {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            admin_port: None,
+            shards: 1,
+            dev: false,
+            jwt_secrets: vec![Secret::new(secret)],
+            api_keys: vec![Secret::new(api_key)],
+            origins: OriginPolicy::deny_all(),
+            jwt: JwtRules::default(),
+            limits: Limits::default(),
+            log_format: LogFormat::Human,
+        }
+    }
+
+    /// Validates parsed flags into a [`Config`].
+    pub fn from_serve_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        if args.redis_url.is_some() {
+            return Err(ConfigError::Unsupported {
+                variable: "REDIS_URL",
+                why: "cross-node fan-out through Redis is not built yet; unset it to run a single node",
+            });
+        }
+        let jwt_secrets = parse_secret_list(
+            "JWT_SIGNING_SECRET",
+            args.common.jwt_signing_secret.as_deref(),
+            MIN_SECRET_BYTES,
+        )?;
+        let api_keys = parse_secret_list("RELAY_API_KEY", args.common.relay_api_key.as_deref(), 1)?;
+        let origins_csv = match (&args.allowed_origins, args.dev) {
+            (Some(csv), _) => csv.clone(),
+            (None, true) => DEV_ALLOWED_ORIGINS.to_string(),
+            (None, false) => String::new(),
+        };
+        let origins = OriginPolicy::parse(&origins_csv).map_err(|e| ConfigError::Invalid {
+            variable: "ALLOWED_ORIGINS",
+            why: e.to_string(),
+        })?;
+        let shards = match args.shards {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    variable: "RELAY_SHARDS",
+                    why: "must be at least 1".into(),
+                })
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        let limits = Limits {
+            handshake_timeout: args.handshake_timeout.into(),
+            body_timeout: args.body_timeout.into(),
+            max_head_bytes: args.max_head_bytes,
+            max_body_bytes: args.max_body_bytes,
+            max_batch_events: args.max_batch_events,
+            max_message_bytes: args.max_message_bytes,
+            max_outbound_bytes: args.max_outbound_bytes,
+            max_connections: args.max_connections,
+            ping_interval: args.ping_interval.into(),
+            ping_timeout: args.ping_timeout.into(),
+            drain_timeout: args.drain_timeout.into(),
+        };
+        if limits.ping_timeout <= limits.ping_interval {
+            return Err(ConfigError::Invalid {
+                variable: "RELAY_PING_TIMEOUT",
+                why: "must be longer than RELAY_PING_INTERVAL, or live sockets are closed".into(),
+            });
+        }
+        if limits.max_head_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                variable: "RELAY_MAX_HEAD_BYTES",
+                why: "must be at least 1024".into(),
+            });
+        }
+        Ok(Config {
+            host: args.host,
+            port: args.port,
+            admin_port: args.admin_port,
+            shards,
+            dev: args.dev,
+            jwt_secrets,
+            api_keys,
+            origins,
+            jwt: JwtRules {
+                leeway: args.jwt_leeway.into(),
+                audience: args.jwt_audience.clone(),
+                issuer: args.jwt_issuer.clone(),
+            },
+            limits,
+            log_format: args.log_format,
+        })
+    }
+}
+
+/// Splits a comma-separated secret list and checks each value's strength.
+pub fn parse_secret_list(
+    variable: &'static str,
+    raw: Option<&str>,
+    min_len: usize,
+) -> Result<Vec<Secret>, ConfigError> {
+    let raw = raw.ok_or(ConfigError::Missing { variable })?;
+    let secrets: Vec<Secret> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)
+        .collect();
+    if secrets.is_empty() {
+        return Err(ConfigError::Missing { variable });
+    }
+    if secrets.iter().any(|s| s.expose().len() < min_len) {
+        return Err(ConfigError::Weak { variable, min_len });
+    }
+    Ok(secrets)
+}
+
+/// A configuration the node refuses to start with. Each one is the operator's to fix:
+/// the message names the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{variable} is not set (set it, or run `relay serve --dev` to generate one)")]
+    Missing { variable: &'static str },
+    #[error("{variable} is too weak: each value needs at least {min_len} bytes")]
+    Weak {
+        variable: &'static str,
+        min_len: usize,
+    },
+    #[error("{variable} is invalid: {why}")]
+    Invalid { variable: &'static str, why: String },
+    #[error("{variable} is not supported: {why}")]
+    Unsupported {
+        variable: &'static str,
+        why: &'static str,
+    },
+    #[error("cannot write {path}: {source}")]
+    EnvFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// `--dev`: generates the secrets that are not set, and appends them to `.env.local`
+/// so the next run (and `relay token`, `relay publish`) uses the same ones. Lines
+/// already in the file are never rewritten. Returns the variables it generated.
+pub fn ensure_dev_secrets(path: &Path) -> Result<Vec<&'static str>, ConfigError> {
+    let mut generated = Vec::new();
+    let mut lines = String::new();
+    for (variable, prefix) in [
+        ("JWT_SIGNING_SECRET", "dev_jwt_"),
+        ("RELAY_API_KEY", "relay_dev_"),
+    ] {
+        if std::env::var_os(variable).is_some() {
+            continue;
+        }
+        let value = format!("{prefix}{}", random_hex(32));
+        lines.push_str(&format!("{variable}={value}\n"));
+        // Safe here: called from main before any thread starts.
+        std::env::set_var(variable, &value);
+        generated.push(variable);
+    }
+    if lines.is_empty() {
+        return Ok(generated);
+    }
+    let to_err = |source| ConfigError::EnvFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(to_err)?;
+    let header = if file.metadata().map(|m| m.len() == 0).unwrap_or(true) {
+        "# Generated by `relay serve --dev`. Local development only; never commit.\n"
+    } else {
+        ""
+    };
+    file.write_all(format!("{header}{lines}").as_bytes())
+        .map_err(to_err)?;
+    Ok(generated)
+}
+
+/// `n` random bytes as lowercase hex, from the OS generator.
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS generator failing is not something to continue past with a weak key.
+        panic!("the operating system's random generator failed");
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_list_splits_on_commas_and_trims() {
+        let s = parse_secret_list("X", Some(" aaaa , bbbb,,"), 4).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1].expose(), b"bbbb");
+    }
+
+    #[test]
+    fn weak_secret_is_refused_with_its_variable_named() {
+        let err = parse_secret_list("JWT_SIGNING_SECRET", Some("short"), 32).unwrap_err();
+        assert!(err.to_string().contains("JWT_SIGNING_SECRET"));
+    }
+
+    #[test]
+    fn missing_secret_names_the_variable() {
+        let err = parse_secret_list("RELAY_API_KEY", None, 1).unwrap_err();
+        assert!(err.to_string().starts_with("RELAY_API_KEY is not set"));
+    }
+
+    #[test]
+    fn secrets_never_print_their_value() {
+        let s = Secret::new("supersecretvalue");
+        assert!(!format!("{s:?}").contains("supersecret"));
+    }
+}

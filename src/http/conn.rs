@@ -1,0 +1,370 @@
+//! One accepted TCP connection until it upgrades or closes: reads request heads
+//! and bodies under absolute deadlines, answers HTTP (keep-alive), and hands
+//! upgrades to the shard.
+//!
+//! The routing decisions are made from a parsed head by pure code (`route`); this
+//! module owns only the reading, the deadlines and the writing.
+
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::auth::api_key_matches;
+use crate::http::head::{find_head_end, parse_head, BodyFraming, RequestHead, MAX_HEADERS};
+use crate::http::response::{response, Refusal};
+use crate::shard::{unix_now, Shard};
+use crate::ws::upgrade::{decide, AcceptedUpgrade};
+
+/// Bytes read at a time while waiting for a head.
+const HEAD_CHUNK: usize = 4096;
+/// A client that does not take our response within this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to do with a parsed request. Owns everything it needs, so the head (which
+/// borrows the read buffer) can be dropped before any await.
+enum Action {
+    Respond { bytes: Vec<u8>, keep_alive: bool },
+    Refuse { refusal: Refusal, keep_alive: bool },
+    RefuseUpgrade(Refusal),
+    Upgrade(AcceptedUpgrade),
+    Publish { len: usize, keep_alive: bool, expect_continue: bool },
+    Metrics { keep_alive: bool },
+    Latency { hgrm: bool, keep_alive: bool },
+}
+
+#[derive(Debug)]
+enum ReadError {
+    /// The peer closed or reset.
+    Closed,
+    TimedOut,
+}
+
+/// Reads more bytes into `buf`, failing at `deadline`.
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    chunk: usize,
+) -> Result<usize, ReadError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ReadError::TimedOut);
+    }
+    let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+    let old = buf.len();
+    buf.resize(old + chunk, 0);
+    let r = stream.read(&mut buf[old..]).await;
+    match r {
+        Ok(0) => {
+            buf.truncate(old);
+            Err(ReadError::Closed)
+        }
+        Ok(n) => {
+            buf.truncate(old + n);
+            Ok(n)
+        }
+        Err(e) => {
+            buf.truncate(old);
+            if e.kind() == io::ErrorKind::TimedOut {
+                Err(ReadError::TimedOut)
+            } else {
+                Err(ReadError::Closed)
+            }
+        }
+    }
+}
+
+/// Serves one connection. `admin` marks the admin listener.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let limits = shard.node.config.limits.clone();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut served = 0u64;
+    loop {
+        // Find a whole head, scanning only new bytes.
+        let deadline = Instant::now() + limits.handshake_timeout;
+        let mut scanned = 0;
+        let head_len = loop {
+            if let Some(end) = find_head_end(&buf, scanned) {
+                if end <= limits.max_head_bytes {
+                    break end;
+                }
+            }
+            scanned = buf.len();
+            if buf.len() >= limits.max_head_bytes {
+                let r = Refusal::new(431, "request head larger than the limit");
+                shard.stats.upgrade_refused(431);
+                let _ = stream.write_all(&r.to_response(false)).await;
+                return;
+            }
+            let chunk = HEAD_CHUNK.min(limits.max_head_bytes + 4 - buf.len());
+            match read_more(&mut stream, &mut buf, deadline, chunk).await {
+                Ok(_) => {}
+                Err(ReadError::Closed) => return,
+                Err(ReadError::TimedOut) => {
+                    // An idle keep-alive connection just closes; a started or first
+                    // request gets its 408.
+                    if served == 0 || !buf.is_empty() {
+                        let r = Refusal::new(408, "request head not received in time");
+                        let _ = stream.write_all(&r.to_response(false)).await;
+                    }
+                    return;
+                }
+            }
+        };
+        served += 1;
+        let action = {
+            let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match parse_head(&buf[..head_len], &mut storage) {
+                Err(e) => Action::Refuse {
+                    refusal: Refusal::new(e.status(), e.to_string()),
+                    keep_alive: false,
+                },
+                Ok(head) => route(&shard, &head, admin, buf.len() - head_len),
+            }
+        };
+        match action {
+            Action::Respond { bytes, keep_alive } => {
+                buf.drain(..head_len);
+                if stream.write_all(&bytes).await.is_err() || !keep_alive {
+                    return;
+                }
+            }
+            Action::Refuse {
+                refusal,
+                keep_alive,
+            } => {
+                buf.drain(..head_len);
+                if stream.write_all(&refusal.to_response(keep_alive)).await.is_err()
+                    || !keep_alive
+                {
+                    return;
+                }
+            }
+            Action::RefuseUpgrade(refusal) => {
+                shard.stats.upgrade_refused(refusal.status);
+                let _ = stream.write_all(&refusal.to_response(false)).await;
+                return;
+            }
+            Action::Upgrade(upgrade) => {
+                if let Err((mut stream, refusal)) = shard.place_socket(stream, upgrade) {
+                    shard.node.release_socket();
+                    shard.stats.upgrade_refused(refusal.status);
+                    let _ = stream.write_all(&refusal.to_response(false)).await;
+                }
+                return;
+            }
+            Action::Publish {
+                len,
+                keep_alive,
+                expect_continue,
+            } => {
+                buf.drain(..head_len);
+                let body = match read_body(&mut stream, &mut buf, len, expect_continue, limits.body_timeout).await {
+                    Ok(body) => body,
+                    Err(ReadError::Closed) => return,
+                    Err(ReadError::TimedOut) => {
+                        shard.stats.publish_error(408);
+                        let r = Refusal::new(408, "request body not received in time");
+                        let _ = stream.write_all(&r.to_response(false)).await;
+                        return;
+                    }
+                };
+                let reply = publish(&shard, body, limits.max_batch_events, keep_alive);
+                if stream.write_all(&reply).await.is_err() || !keep_alive {
+                    return;
+                }
+            }
+            Action::Metrics { keep_alive } => {
+                buf.drain(..head_len);
+                let snapshot = shard.node_snapshot().await;
+                let body = snapshot.render_prometheus();
+                let bytes = response(200, "text/plain; version=0.0.4", &body, "", keep_alive);
+                if stream.write_all(&bytes).await.is_err() || !keep_alive {
+                    return;
+                }
+            }
+            Action::Latency { hgrm, keep_alive } => {
+                buf.drain(..head_len);
+                let snapshot = shard.node_snapshot().await;
+                let bytes = if hgrm {
+                    response(200, "text/plain", snapshot.latency.hgrm().as_bytes(), "", keep_alive)
+                } else {
+                    let body = snapshot.latency.summary_json();
+                    response(200, "application/json", body.as_bytes(), "", keep_alive)
+                };
+                if stream.write_all(&bytes).await.is_err() || !keep_alive {
+                    return;
+                }
+            }
+        }
+        if shard.is_draining() {
+            return;
+        }
+    }
+}
+
+/// Reads a body of `len` bytes: first what is already buffered, then the socket,
+/// all before `timeout` runs out. Bytes past the body stay in `buf`.
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    len: usize,
+    expect_continue: bool,
+    timeout: Duration,
+) -> Result<Vec<u8>, ReadError> {
+    let deadline = Instant::now() + timeout;
+    let have = buf.len().min(len);
+    let mut body = Vec::with_capacity(len);
+    body.extend_from_slice(&buf[..have]);
+    buf.drain(..have);
+    if body.len() < len && expect_continue {
+        if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+            return Err(ReadError::Closed);
+        }
+    }
+    while body.len() < len {
+        let want = (len - body.len()).min(64 * 1024);
+        read_more(stream, &mut body, deadline, want).await?;
+    }
+    Ok(body)
+}
+
+fn publish(shard: &Rc<Shard>, body: Vec<u8>, max_batch: usize, keep_alive: bool) -> Vec<u8> {
+    let parsed = shard.parser.borrow_mut().parse(body, max_batch);
+    let result = match parsed {
+        Ok(batch) => shard.publish(batch),
+        Err(e) => Err(Refusal::new(e.status, e.message)),
+    };
+    match result {
+        Ok(n) => {
+            let body = format!(r#"{{"accepted":{n}}}"#);
+            response(202, "application/json", body.as_bytes(), "", keep_alive)
+        }
+        Err(refusal) => {
+            shard.stats.publish_error(refusal.status);
+            refusal.to_response(keep_alive)
+        }
+    }
+}
+
+/// Decides what a request asks for. Pure apart from reading the shard's
+/// configuration, counters and the clock.
+fn route(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, admin: bool, buffered_after: usize) -> Action {
+    let keep_alive = head.keep_alive();
+    let ops_here = admin || shard.node.config.admin_port.is_none();
+    match head.path {
+        "/ws" if !admin => route_upgrade(shard, head, buffered_after),
+        "/events" if !admin => route_publish(shard, head, keep_alive),
+        "/healthz" => Action::Respond {
+            bytes: response(200, "application/json", br#"{"status":"ok"}"#, "", keep_alive),
+            keep_alive,
+        },
+        "/readyz" => {
+            if shard.is_draining() {
+                Action::Refuse {
+                    refusal: Refusal::unavailable("node draining"),
+                    keep_alive,
+                }
+            } else {
+                Action::Respond {
+                    bytes: response(200, "application/json", br#"{"status":"ready"}"#, "", keep_alive),
+                    keep_alive,
+                }
+            }
+        }
+        "/metrics" if ops_here => Action::Metrics { keep_alive },
+        "/latency" if ops_here => Action::Latency {
+            hgrm: head.query_param("format") == Some("hgrm"),
+            keep_alive,
+        },
+        _ => Action::Refuse {
+            refusal: Refusal::new(404, format!("no such path: {}", head.path)),
+            keep_alive,
+        },
+    }
+}
+
+fn route_upgrade(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, buffered_after: usize) -> Action {
+    let decision = decide(head, &shard.verifier, &shard.origins, unix_now());
+    let upgrade = match decision {
+        Ok(u) => u,
+        Err(refusal) => return Action::RefuseUpgrade(refusal),
+    };
+    if buffered_after > 0 {
+        return Action::RefuseUpgrade(Refusal::bad_request(
+            "data sent before the handshake completed",
+        ));
+    }
+    if shard.is_draining() {
+        return Action::RefuseUpgrade(Refusal::unavailable("node draining; reconnect to another node"));
+    }
+    if !shard.node.reserve_socket() {
+        return Action::RefuseUpgrade(Refusal::unavailable("node at its connection limit"));
+    }
+    Action::Upgrade(upgrade)
+}
+
+fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool) -> Action {
+    let refuse = |refusal: Refusal, keep_alive: bool| {
+        shard.stats.publish_error(refusal.status);
+        Action::Refuse {
+            refusal,
+            keep_alive,
+        }
+    };
+    if head.method != "POST" {
+        return refuse(Refusal::method_not_allowed("Allow: POST\r\n"), keep_alive);
+    }
+    // Until the body is read the connection cannot be reused, so refusals before
+    // that close it.
+    let presented = head
+        .all("authorization")
+        .next()
+        .and_then(|v| {
+            let (scheme, key) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
+        })
+        .or_else(|| head.all("x-api-key").next().map(str::trim))
+        .unwrap_or("");
+    if !api_key_matches(&shard.node.config.api_keys, presented.as_bytes()) {
+        return refuse(Refusal::unauthorized_key(), false);
+    }
+    if shard.is_draining() {
+        return refuse(Refusal::unavailable("node draining; publish to another node"), false);
+    }
+    let json = head.all("content-type").next().is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !json {
+        return refuse(Refusal::new(415, "Content-Type must be application/json"), false);
+    }
+    let len = match head.body_framing() {
+        Err(e) => return refuse(Refusal::new(400, e.to_string()), false),
+        Ok(BodyFraming::TransferEncoded) => {
+            return refuse(
+                Refusal::new(501, "Transfer-Encoding is not supported; send Content-Length"),
+                false,
+            )
+        }
+        Ok(BodyFraming::None) => return refuse(Refusal::new(411, "Content-Length is required"), false),
+        Ok(BodyFraming::Length(n)) => n,
+    };
+    let max = shard.node.config.limits.max_body_bytes;
+    if len > max as u64 {
+        return refuse(
+            Refusal::new(413, format!("body of {len} bytes is over the limit of {max}")),
+            false,
+        );
+    }
+    Action::Publish {
+        len: len as usize,
+        keep_alive,
+        expect_continue: head.has_token("expect", "100-continue"),
+    }
+}

@@ -1,0 +1,44 @@
+//! relay: a sharded, thread-per-core WebSocket relay for backends that cannot
+//! hold sockets themselves.
+//!
+//! A backend publishes events with `POST /events`; browser clients hold a
+//! WebSocket authenticated by a short-lived JWT that names their session; the
+//! relay writes every event to every socket of its session.
+//!
+//! # Layout
+//! - [`cli`]: the clap commands `serve`, `token`, `publish`.
+//! - [`config`]: the validated [`config::Config`]; every default, with its unit and why.
+//! - [`runtime`]: binds the listeners, starts one shard per core, wires the channels, drains.
+//! - [`shard`]: the per-core owner of sockets and sessions: accept loop, registry, fan-out.
+//! - [`router`]: [`router::shard_for`] and the bounded hop to the owning shard.
+//! - [`http`]: request-head parsing (pure), the publish body (pure), the HTTP connection loop.
+//! - [`ws`]: the upgrade decision (pure), event-frame encoding, the socket loop, close codes.
+//! - [`auth`]: JWT verification and minting, API-key check, origin matching (all pure).
+//! - [`metrics`]: per-shard counters, merged on read into `/metrics`.
+//! - [`latency`]: per-shard HdrHistogram of accepted→written latency, merged into `/latency`.
+//!
+//! The Redis bridge (cross-node fan-out) is the next part to land; no module knows
+//! about Redis yet.
+//!
+//! # Data flow
+//! ```text
+//!   browser ──TCP──▶ any shard ──(handoff: fd + parsed upgrade)──▶ owning shard
+//!                                                             │ registry: session → sockets
+//!   backend ──POST /events──▶ any shard: parse + validate whole body
+//!                                 │ router: shard_for(session)
+//!                                 ├─ owner is here ─▶ fan-out now
+//!                                 └─ crossbeam channel + doorbell ─▶ owning shard ─▶ fan-out
+//!   fan-out: encode the frame once ─▶ push the same Rc'd bytes onto each socket's
+//!            bounded queue ─▶ each socket task writes its whole queue in one sendmsg
+//! ```
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod latency;
+pub mod metrics;
+pub mod router;
+pub mod runtime;
+pub mod shard;
+pub mod ws;

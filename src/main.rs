@@ -1,0 +1,148 @@
+//! The `relay` binary: parse the command line, set up logging, run.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use relay::cli::{Cli, Command, CommonArgs, LogFormat, PublishArgs, ServeArgs, TokenArgs};
+use relay::config::{self, Config, Secret};
+
+/// Exit status for a configuration the node refuses (the contract's 2).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    // Real environment variables win: dotenvy never overrides one that is set.
+    let _ = dotenvy::from_filename(config::DEV_ENV_FILE);
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args),
+        Command::Token(args) => token(args),
+        Command::Publish(args) => publish(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.dev {
+        match config::ensure_dev_secrets(Path::new(config::DEV_ENV_FILE)) {
+            Ok(generated) if !generated.is_empty() => eprintln!(
+                "relay: --dev generated {} into {}",
+                generated.join(" and "),
+                config::DEV_ENV_FILE
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("relay: {e}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        }
+        fill_from_env(&mut args.common);
+    }
+    let config = match Config::from_serve_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("relay: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    init_logging(&args.common.log_level, config.log_format);
+    relay::runtime::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Picks up secrets that `--dev` just generated into the environment.
+fn fill_from_env(common: &mut CommonArgs) {
+    if common.jwt_signing_secret.is_none() {
+        common.jwt_signing_secret = std::env::var("JWT_SIGNING_SECRET").ok();
+    }
+    if common.relay_api_key.is_none() {
+        common.relay_api_key = std::env::var("RELAY_API_KEY").ok();
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let secrets = config::parse_secret_list(
+        "JWT_SIGNING_SECRET",
+        args.common.jwt_signing_secret.as_deref(),
+        config::MIN_SECRET_BYTES,
+    )?;
+    let now = relay::shard::unix_now();
+    let ttl: Duration = args.ttl.into();
+    let claims = relay::auth::Claims {
+        session: args.session.clone(),
+        sub: args.sub.clone(),
+        exp: now + ttl.as_secs(),
+        iat: Some(now),
+        nbf: None,
+        aud: args.aud.clone(),
+        iss: args.iss.clone(),
+    };
+    if !relay::auth::is_valid_session(&claims.session) {
+        bail!("--session must be 1 to 128 characters of A-Z a-z 0-9 . _ : -");
+    }
+    let token = relay::auth::mint_claims(&secrets[0], &claims).context("signing the token")?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let keys = config::parse_secret_list("RELAY_API_KEY", args.common.relay_api_key.as_deref(), 1)?;
+    let key: &Secret = &keys[0];
+    let data: Box<serde_json::value::RawValue> =
+        serde_json::from_str(&args.data).context("--data must be valid JSON")?;
+    let mut body = serde_json::json!({"session": args.session, "event": args.event});
+    if let Some(id) = &args.id {
+        body["id"] = serde_json::Value::String(id.clone());
+    }
+    // Splice `data` in byte for byte, as the relay will forward it.
+    let mut text = body.to_string();
+    text.pop();
+    text.push_str(&format!(",\"data\":{}}}", data.get()));
+
+    let url = format!("{}/events", args.url.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let key_text = String::from_utf8_lossy(key.expose()).into_owned();
+    let mut resp = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {key_text}"))
+        .header("Content-Type", "application/json")
+        .send(text.as_bytes())
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status().as_u16();
+    let mut reply = String::new();
+    resp.body_mut()
+        .as_reader()
+        .read_to_string(&mut reply)
+        .context("reading the response")?;
+    println!("{reply}");
+    if status == 202 {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("relay: publish answered {status}");
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,312 @@
+//! Which shard owns a session, and the hop to it.
+//!
+//! [`shard_for`] is the one ownership rule: pure and stable, so every shard (and
+//! every node) agrees without talking. Everything that crosses cores is a
+//! [`ShardMsg`] on the owning shard's bounded crossbeam channel, followed by a ring
+//! of that shard's [`Doorbell`]: a socket pair the shard's executor waits on, so a
+//! parked shard wakes through io_uring without busy polling or timed sleeps.
+//!
+//! Admission is reserved before anything is sent ([`InboxBudget`]), so a batch for
+//! several shards is either sent to all of them or to none: a full inbox answers 503
+//! and loses nothing. This module knows nothing of sockets or HTTP.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::http::publish::PublishBatch;
+use crate::metrics::StatsSnapshot;
+use crate::ws::upgrade::AcceptedUpgrade;
+
+/// Messages one shard may have in its inbox: with a batch per message this is a
+/// lot of events, and it bounds the channel's own memory.
+pub const INBOX_MESSAGES: usize = 16 * 1024;
+/// Publish bytes one shard may have waiting in its inbox before publishers get 503.
+pub const INBOX_BYTES: usize = 64 * 1024 * 1024;
+
+/// The shard that owns `session`, among `shards`. Stable across runs and versions of
+/// the relay: xxh3 of the name, scaled to the shard count (Lemire's multiply-shift,
+/// no modulo bias worth the name).
+pub fn shard_for(session: &str, shards: usize) -> usize {
+    let h = xxhash_rust::xxh3::xxh3_64(session.as_bytes());
+    ((u128::from(h) * shards as u128) >> 64) as usize
+}
+
+/// Events of one request that the receiving shard owns.
+#[derive(Debug)]
+pub struct DeliverMsg {
+    pub batch: Arc<PublishBatch>,
+    /// Indices into `batch.events`, in acceptance order.
+    pub events: Vec<u32>,
+    pub accepted_at: Instant,
+    /// Bytes reserved in the receiver's [`InboxBudget`]; released once handled.
+    pub reserved_bytes: usize,
+}
+
+/// A socket that authenticated on one shard, moving to its session's owner before
+/// the 101 is written.
+#[derive(Debug)]
+pub struct AdoptMsg {
+    pub fd: OwnedFd,
+    pub upgrade: AcceptedUpgrade,
+}
+
+/// Everything that crosses cores.
+#[derive(Debug)]
+pub enum ShardMsg {
+    Deliver(DeliverMsg),
+    Adopt(Box<AdoptMsg>),
+    /// Send your counters to shard `from`, tagged `id`.
+    SnapshotRequest { from: usize, id: u64 },
+    SnapshotReply { id: u64, snapshot: Box<StatsSnapshot> },
+    /// Stop accepting and close every socket with 1012.
+    Drain,
+}
+
+/// Why a send did not happen. The message is handed back; nothing is dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The receiving shard is behind: answer 503 and let the caller retry later.
+    #[error("shard {0} inbox is full")]
+    InboxFull(usize),
+    /// The receiving shard has stopped: the node is shutting down.
+    #[error("shard {0} has stopped")]
+    Stopped(usize),
+}
+
+/// Admission for one shard's inbox, in messages and bytes. Reserved by senders on
+/// any thread, released by the owning shard once a message is handled.
+#[derive(Debug, Default)]
+pub struct InboxBudget {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl InboxBudget {
+    fn try_reserve(&self, bytes: usize) -> bool {
+        if self.messages.fetch_add(1, Ordering::AcqRel) >= INBOX_MESSAGES {
+            self.messages.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        if bytes > 0 && self.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > INBOX_BYTES {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.messages.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back what one handled message reserved.
+    pub fn release(&self, bytes: usize) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        if bytes > 0 {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Wakes a parked shard from any thread.
+///
+/// The shard waits for a byte on the other end of `writer` (see
+/// `shard::inbox`); `armed` makes sure at most one byte is in flight per wake, so a
+/// burst of messages costs one write, not one per message.
+#[derive(Debug)]
+pub struct Doorbell {
+    armed: AtomicBool,
+    writer: UnixStream,
+}
+
+impl Doorbell {
+    /// A doorbell and the socket its shard waits on.
+    pub fn pair() -> std::io::Result<(Arc<Doorbell>, UnixStream)> {
+        let (writer, reader) = UnixStream::pair()?;
+        writer.set_nonblocking(true)?;
+        reader.set_nonblocking(true)?;
+        Ok((
+            Arc::new(Doorbell {
+                armed: AtomicBool::new(false),
+                writer,
+            }),
+            reader,
+        ))
+    }
+
+    /// Called after a message was pushed.
+    pub fn ring(&self) {
+        // Pairs with the fence in `rearm`: either the shard sees the message on its
+        // next drain, or it sees `armed == false` cleared before we swap and we write.
+        fence(Ordering::SeqCst);
+        if !self.armed.swap(true, Ordering::SeqCst) {
+            // A full socket buffer means a wake is already pending: nothing to do.
+            let _ = (&self.writer).write(&[1]);
+        }
+    }
+
+    /// Called by the shard after it woke and before it drains its inbox.
+    pub fn rearm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// The sending side of one shard's inbox.
+#[derive(Debug)]
+struct ShardLink {
+    tx: Sender<ShardMsg>,
+    doorbell: Arc<Doorbell>,
+    budget: Arc<InboxBudget>,
+}
+
+/// The receiving side of one shard's inbox; moved into that shard at start-up.
+#[derive(Debug)]
+pub struct Inbox {
+    pub rx: Receiver<ShardMsg>,
+    pub doorbell: Arc<Doorbell>,
+    pub doorbell_socket: UnixStream,
+    pub budget: Arc<InboxBudget>,
+}
+
+/// Senders to every shard. Cheap to clone; shared by all shards and the signal thread.
+#[derive(Debug, Clone)]
+pub struct Router {
+    links: Arc<[ShardLink]>,
+}
+
+impl Router {
+    /// Wires `shards` inboxes; the caller moves inbox `i` into shard `i`.
+    pub fn new(shards: usize) -> std::io::Result<(Router, Vec<Inbox>)> {
+        let mut links = Vec::with_capacity(shards);
+        let mut inboxes = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = crossbeam_channel::bounded(INBOX_MESSAGES);
+            let (doorbell, doorbell_socket) = Doorbell::pair()?;
+            let budget = Arc::new(InboxBudget::default());
+            links.push(ShardLink {
+                tx,
+                doorbell: doorbell.clone(),
+                budget: budget.clone(),
+            });
+            inboxes.push(Inbox {
+                rx,
+                doorbell,
+                doorbell_socket,
+                budget,
+            });
+        }
+        Ok((
+            Router {
+                links: links.into(),
+            },
+            inboxes,
+        ))
+    }
+
+    pub fn shards(&self) -> usize {
+        self.links.len()
+    }
+
+    fn push(&self, to: usize, msg: ShardMsg) -> Result<(), (RouteError, ShardMsg)> {
+        let link = &self.links[to];
+        match link.tx.try_send(msg) {
+            Ok(()) => {
+                link.doorbell.ring();
+                Ok(())
+            }
+            Err(TrySendError::Full(m)) => Err((RouteError::InboxFull(to), m)),
+            Err(TrySendError::Disconnected(m)) => Err((RouteError::Stopped(to), m)),
+        }
+    }
+
+    /// Sends a control message (handoff, snapshot, drain). On failure the message
+    /// comes back with the reason.
+    pub fn send(&self, to: usize, msg: ShardMsg) -> Result<(), (RouteError, ShardMsg)> {
+        if !self.links[to].budget.try_reserve(0) {
+            return Err((RouteError::InboxFull(to), msg));
+        }
+        self.push(to, msg).inspect_err(|_| self.links[to].budget.release(0))
+    }
+
+    /// Sends each shard its share of one request, all or nothing.
+    pub fn dispatch(&self, groups: Vec<(usize, DeliverMsg)>) -> Result<(), RouteError> {
+        for (i, (to, msg)) in groups.iter().enumerate() {
+            if !self.links[*to].budget.try_reserve(msg.reserved_bytes) {
+                for (to, msg) in &groups[..i] {
+                    self.links[*to].budget.release(msg.reserved_bytes);
+                }
+                return Err(RouteError::InboxFull(*to));
+            }
+        }
+        let mut result = Ok(());
+        for (to, msg) in groups {
+            // With the reservation held, only a stopped shard can refuse.
+            if let Err((e, ShardMsg::Deliver(m))) = self.push(to, ShardMsg::Deliver(msg)) {
+                self.links[to].budget.release(m.reserved_bytes);
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_for_is_stable_and_in_range() {
+        // Pinned values: changing the hash would move every session between shards
+        // (and, with Redis, between nodes' expectations).
+        assert_eq!(shard_for("s1", 1), 0);
+        let a = shard_for("session-42", 8);
+        assert_eq!(a, shard_for("session-42", 8));
+        assert!(a < 8);
+        let pinned: Vec<usize> = ["a", "b", "c", "d"].iter().map(|s| shard_for(s, 4)).collect();
+        assert_eq!(pinned, pinned_expected());
+    }
+
+    fn pinned_expected() -> Vec<usize> {
+        ["a", "b", "c", "d"]
+            .iter()
+            .map(|s| {
+                let h = xxhash_rust::xxh3::xxh3_64(s.as_bytes());
+                ((u128::from(h) * 4) >> 64) as usize
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sessions_spread_over_shards() {
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[shard_for(&format!("session-{i}"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+
+    #[test]
+    fn budget_refuses_past_its_bytes_and_releases() {
+        let b = InboxBudget::default();
+        assert!(b.try_reserve(INBOX_BYTES));
+        assert!(!b.try_reserve(1));
+        b.release(INBOX_BYTES);
+        assert!(b.try_reserve(1));
+    }
+
+    #[test]
+    fn doorbell_writes_once_per_wake() {
+        let (bell, reader) = Doorbell::pair().unwrap();
+        bell.ring();
+        bell.ring();
+        let mut buf = [0u8; 8];
+        use std::io::Read;
+        assert_eq!((&reader).read(&mut buf).unwrap(), 1);
+        bell.rearm();
+        bell.ring();
+        assert_eq!((&reader).read(&mut buf).unwrap(), 1);
+    }
+}

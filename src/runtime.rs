@@ -1,0 +1,198 @@
+//! Starts a node: binds the listeners, starts one shard per core, wires the shard
+//! channels, turns SIGTERM into a drain, and returns once every shard has drained.
+//!
+//! The only module that knows how many cores there are and which one each shard
+//! runs on.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{random_hex, Config};
+use crate::router::{Router, ShardMsg};
+use crate::shard::{NodeShared, Shard};
+
+/// Pending connections per listener before the kernel refuses: a connect storm of
+/// thousands must not see resets.
+const LISTEN_BACKLOG: i32 = 4096;
+/// glommio's registered I/O memory per shard. The relay does no file I/O, so the
+/// 10 MiB default would only press against the memlock limit.
+const SHARD_IO_MEMORY: usize = 512 * 1024;
+
+/// Why a node could not start or stopped badly. All are the operator's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the shard channels: {0}")]
+    Channels(std::io::Error),
+    #[error("cannot start shard {shard}: {why}")]
+    Executor { shard: usize, why: String },
+    #[error("shard {0} panicked")]
+    ShardPanicked(usize),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Binds `count` sockets to one address with SO_REUSEPORT, so the kernel spreads
+/// connections over the shards. A port already taken (even by a process that also
+/// uses SO_REUSEPORT) is refused rather than silently shared.
+fn bind_group(addr: SocketAddr, count: usize) -> Result<(Vec<OwnedFd>, SocketAddr), RuntimeError> {
+    let err = |source| RuntimeError::Bind { addr, source };
+    let probe = StdListener::bind(addr).map_err(err)?;
+    let actual = probe.local_addr().map_err(err)?;
+    drop(probe);
+    let mut fds = Vec::with_capacity(count);
+    for _ in 0..count {
+        let domain = if actual.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+        let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        s.set_reuse_port(true).map_err(err)?;
+        s.set_reuse_address(true).map_err(err)?;
+        s.bind(&actual.into()).map_err(err)?;
+        s.listen(LISTEN_BACKLOG).map_err(err)?;
+        // SAFETY: into_raw_fd hands over sole ownership of the descriptor.
+        fds.push(unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) });
+    }
+    Ok((fds, actual))
+}
+
+/// CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a zeroed cpu_set_t we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect();
+        if cpus.is_empty() {
+            vec![0]
+        } else {
+            cpus
+        }
+    }
+}
+
+/// Runs a node until SIGTERM (or SIGINT) has drained it.
+pub fn run(config: Config) -> Result<(), RuntimeError> {
+    let shards = config.shards;
+    let (public_fds, public_addr) = bind_group(SocketAddr::new(config.host, config.port), shards)?;
+    let admin = match config.admin_port {
+        Some(port) => Some(bind_group(SocketAddr::new(config.host, port), shards)?),
+        None => None,
+    };
+    let (router, inboxes) = Router::new(shards).map_err(RuntimeError::Channels)?;
+    let node = Arc::new(NodeShared {
+        config,
+        router: router.clone(),
+        open_sockets: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
+        node_tag: random_hex(3),
+    });
+    install_signal_thread(node.clone())?;
+
+    let cpus = allowed_cpus();
+    let mut admin_fds: Vec<Option<OwnedFd>> = match admin.as_ref() {
+        Some(_) => Vec::new(),
+        None => (0..shards).map(|_| None).collect(),
+    };
+    let admin_addr = admin.as_ref().map(|(_, a)| *a);
+    if let Some((fds, _)) = admin {
+        admin_fds = fds.into_iter().map(Some).collect();
+    }
+
+    let mut handles = Vec::with_capacity(shards);
+    for (i, ((inbox, public), admin)) in inboxes
+        .into_iter()
+        .zip(public_fds)
+        .zip(admin_fds)
+        .enumerate()
+    {
+        let node = node.clone();
+        let cpu = cpus[i % cpus.len()];
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{i}"))
+            .io_memory(SHARD_IO_MEMORY)
+            .spawn(move || async move {
+                let mut listeners = Vec::new();
+                // SAFETY: each descriptor is a listening socket handed over whole.
+                listeners.push((
+                    unsafe { glommio::net::TcpListener::from_raw_fd(public.into_raw_fd()) },
+                    false,
+                ));
+                if let Some(fd) = admin {
+                    listeners.push((
+                        unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) },
+                        true,
+                    ));
+                }
+                let shard = Rc::new(Shard::new(i, node, inbox));
+                shard.run(listeners).await;
+            })
+            .map_err(|e| RuntimeError::Executor {
+                shard: i,
+                why: e.to_string(),
+            })?;
+        handles.push(handle);
+    }
+
+    tracing::info!(%public_addr, shards, "relay listening");
+    // Tests and scripts read the port from this line.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "relay listening on {public_addr}");
+    if let Some(a) = admin_addr {
+        let _ = writeln!(out, "relay admin listening on {a}");
+    }
+    let _ = out.flush();
+    drop(out);
+
+    for (i, h) in handles.into_iter().enumerate() {
+        h.join().map_err(|_| RuntimeError::ShardPanicked(i))?;
+    }
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT starts a drain; a second one exits at once.
+fn install_signal_thread(node: Arc<NodeShared>) -> Result<(), RuntimeError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(RuntimeError::Signals)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if node.draining.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(signal, "second signal while draining: exiting now");
+                    std::process::exit(1);
+                }
+                tracing::info!(signal, "draining");
+                for shard in 0..node.router.shards() {
+                    let mut msg = ShardMsg::Drain;
+                    // The inbox may be momentarily full; the drain must get through.
+                    for _ in 0..1000 {
+                        match node.router.send(shard, msg) {
+                            Ok(()) => break,
+                            Err((_, m)) => {
+                                msg = m;
+                                std::thread::sleep(std::time::Duration::from_millis(5));
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(RuntimeError::Signals)?;
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! A shard: one glommio executor pinned to one core, owning the sockets whose
+//! sessions [`crate::router::shard_for`] gives it.
+//!
+//! It runs four kinds of tasks: accept loops (one per listener), one task per
+//! connection (`http::conn`, then `ws::conn` after an upgrade), the inbox loop
+//! (messages from other shards), and housekeeping (pings, expiry, dead sockets).
+//! Shard state is `Rc`/`Cell` and never leaves its thread; what other threads see
+//! is [`NodeShared`]. This module may not know about Redis or the CLI.
+
+pub mod registry;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::auth::{JwtVerifier, OriginPolicy};
+use crate::config::Config;
+use crate::http::publish::{PublishBatch, PublishParser};
+use crate::http::response::Refusal;
+use crate::metrics::{ShardStats, StatsSnapshot};
+use crate::router::{shard_for, AdoptMsg, DeliverMsg, Inbox, Router, ShardMsg};
+use crate::ws::close::Disconnect;
+use crate::ws::frame::{encode_event, EventParts, PING_FRAME};
+use crate::ws::upgrade::AcceptedUpgrade;
+use registry::{Outgoing, Registry, SocketState};
+
+/// How often housekeeping looks at every socket: the granularity of pings, token
+/// expiry and dead-socket detection.
+pub const HOUSEKEEPING_TICK: Duration = Duration::from_millis(250);
+/// How long a closing socket waits for the peer's close frame before dropping it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a scrape waits for the other shards' counters.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes read from a socket at a time, into the shard's scratch buffer.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// What every shard and the signal thread share. Written rarely; read anywhere.
+#[derive(Debug)]
+pub struct NodeShared {
+    pub config: Config,
+    pub router: Router,
+    /// Open WebSockets on the node, against `limits.max_connections`.
+    pub open_sockets: AtomicUsize,
+    /// Set on SIGTERM; `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+    /// Prefix of relay-generated event ids, random per process.
+    pub node_tag: String,
+}
+
+impl NodeShared {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Takes one connection slot, or refuses when the node is full.
+    pub fn reserve_socket(&self) -> bool {
+        let max = self.config.limits.max_connections;
+        if self.open_sockets.fetch_add(1, Ordering::AcqRel) >= max {
+            self.open_sockets.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn release_socket(&self) {
+        self.open_sockets.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A scrape waiting for other shards' counters.
+struct PendingSnapshot {
+    remaining: usize,
+    merged: StatsSnapshot,
+    waker: Option<Waker>,
+}
+
+/// One shard's state. Lives in an `Rc` on its executor.
+pub struct Shard {
+    pub id: usize,
+    pub node: Arc<NodeShared>,
+    pub stats: ShardStats,
+    pub registry: RefCell<Registry>,
+    pub verifier: JwtVerifier,
+    pub origins: OriginPolicy,
+    pub parser: RefCell<PublishParser>,
+    /// Scratch for socket reads; never held across an await.
+    pub read_scratch: RefCell<Vec<u8>>,
+    inbox: Inbox,
+    next_socket: Cell<u64>,
+    next_event: Cell<u64>,
+    next_snapshot: Cell<u64>,
+    pending_snapshots: RefCell<HashMap<u64, PendingSnapshot>>,
+    draining: Cell<bool>,
+    drain_signal: glommio::sync::Semaphore,
+}
+
+/// Seconds since the UNIX epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Shard {
+    pub fn new(id: usize, node: Arc<NodeShared>, inbox: Inbox) -> Shard {
+        let verifier = JwtVerifier::new(&node.config.jwt_secrets, &node.config.jwt);
+        let origins = node.config.origins.clone();
+        Shard {
+            id,
+            node,
+            stats: ShardStats::default(),
+            registry: RefCell::new(Registry::default()),
+            verifier,
+            origins,
+            parser: RefCell::new(PublishParser::default()),
+            read_scratch: RefCell::new(vec![0u8; READ_CHUNK]),
+            inbox,
+            next_socket: Cell::new(0),
+            next_event: Cell::new(0),
+            next_snapshot: Cell::new(0),
+            pending_snapshots: RefCell::new(HashMap::new()),
+            draining: Cell::new(false),
+            drain_signal: glommio::sync::Semaphore::new(0),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get() || self.node.is_draining()
+    }
+
+    /// Runs the shard until it has drained. `listeners` are (listener, is_admin).
+    pub async fn run(self: Rc<Self>, listeners: Vec<(TcpListener, bool)>) {
+        let mut accept_tasks = Vec::new();
+        for (listener, admin) in listeners {
+            let shard = self.clone();
+            accept_tasks.push(glommio::spawn_local(accept_loop(shard, listener, admin)));
+        }
+        let inbox_shard = self.clone();
+        glommio::spawn_local(async move { inbox_shard.inbox_loop().await }).detach();
+        let hk = self.clone();
+        glommio::spawn_local(async move { hk.housekeeping().await }).detach();
+
+        let _ = self.drain_signal.acquire(1).await;
+        self.draining.set(true);
+        for t in accept_tasks {
+            t.cancel().await;
+        }
+        let sockets: Vec<Rc<SocketState>> = self.registry.borrow().all().cloned().collect();
+        tracing::info!(shard = self.id, sockets = sockets.len(), "draining");
+        for s in &sockets {
+            s.request_close(Disconnect::Draining);
+        }
+        drop(sockets);
+        let deadline = Instant::now() + self.node.config.limits.drain_timeout;
+        while self.registry.borrow().socket_count() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits on the doorbell and handles every message in the inbox.
+    async fn inbox_loop(self: Rc<Self>) {
+        use futures_lite::AsyncReadExt;
+        let fd = match self.inbox.doorbell_socket.try_clone() {
+            Ok(s) => s.into_raw_fd(),
+            Err(e) => {
+                tracing::error!(shard = self.id, error = %e, "cannot watch the inbox");
+                return;
+            }
+        };
+        // SAFETY: `fd` is a fresh duplicate owned by nobody else.
+        let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };
+        let mut buf = [0u8; 64];
+        loop {
+            self.inbox.doorbell.rearm();
+            self.drain_inbox();
+            match bell.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Handles every message waiting in the inbox. Also called before a local
+    /// delivery, so events routed here earlier go out first.
+    pub fn drain_inbox(self: &Rc<Self>) {
+        while let Ok(msg) = self.inbox.rx.try_recv() {
+            let reserved = match &msg {
+                ShardMsg::Deliver(d) => d.reserved_bytes,
+                _ => 0,
+            };
+            self.handle(msg);
+            self.inbox.budget.release(reserved);
+        }
+    }
+
+    fn handle(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Deliver(d) => {
+                for &i in &d.events {
+                    if let Some(ev) = d.batch.events.get(i as usize) {
+                        self.deliver(&d.batch, ev, d.accepted_at);
+                    }
+                }
+            }
+            ShardMsg::Adopt(a) => self.adopt(*a),
+            ShardMsg::SnapshotRequest { from, id } => {
+                let snapshot = Box::new(self.local_snapshot());
+                let reply = ShardMsg::SnapshotReply { id, snapshot };
+                if let Err((e, _)) = self.node.router.send(from, reply) {
+                    tracing::warn!(shard = self.id, error = %e, "snapshot reply not sent");
+                }
+            }
+            ShardMsg::SnapshotReply { id, snapshot } => {
+                if let Some(p) = self.pending_snapshots.borrow_mut().get_mut(&id) {
+                    p.merged.merge(&snapshot);
+                    p.remaining = p.remaining.saturating_sub(1);
+                    if p.remaining == 0 {
+                        if let Some(w) = p.waker.take() {
+                            w.wake();
+                        }
+                    }
+                }
+            }
+            ShardMsg::Drain => {
+                self.draining.set(true);
+                self.drain_signal.signal(1);
+            }
+        }
+    }
+
+    /// Writes one event to every local socket of its session.
+    fn deliver(&self, batch: &PublishBatch, ev: &crate::http::publish::EventSpans, at: Instant) {
+        let session = batch.session(ev);
+        let registry = self.registry.borrow();
+        let Some(sockets) = registry.sockets_of(session) else {
+            return;
+        };
+        let mut generated = String::new();
+        if ev.id.is_none() {
+            let n = self.next_event.get();
+            self.next_event.set(n + 1);
+            generated = format!("{}-{}-{n}", self.node.node_tag, self.id);
+        }
+        let frame = Rc::new(encode_event(
+            &EventParts {
+                session,
+                event: batch.bytes(&ev.event),
+                id: ev.id.as_ref().map(|r| batch.bytes(r)),
+                generated_id: &generated,
+                data: batch.bytes(&ev.data),
+            },
+            at,
+        ));
+        let max = self.node.config.limits.max_outbound_bytes;
+        for s in sockets {
+            s.push_event(&frame, max);
+        }
+    }
+
+    /// Routes a validated batch: local events now, others to their owners, all or
+    /// nothing. Returns the number of events accepted.
+    pub fn publish(self: &Rc<Self>, batch: PublishBatch) -> Result<usize, Refusal> {
+        let accepted_at = Instant::now();
+        let n = batch.events.len();
+        let shards = self.node.router.shards();
+        let mut local: Vec<u32> = Vec::new();
+        let mut remote: Vec<Vec<u32>> = vec![Vec::new(); shards];
+        for (i, ev) in batch.events.iter().enumerate() {
+            let owner = shard_for(batch.session(ev), shards);
+            if owner == self.id {
+                local.push(i as u32);
+            } else {
+                remote[owner].push(i as u32);
+            }
+        }
+        let batch = Arc::new(batch);
+        let reserved_bytes = batch.body.len();
+        let groups: Vec<(usize, DeliverMsg)> = remote
+            .into_iter()
+            .enumerate()
+            .filter(|(_, evs)| !evs.is_empty())
+            .map(|(to, events)| {
+                (
+                    to,
+                    DeliverMsg {
+                        batch: batch.clone(),
+                        events,
+                        accepted_at,
+                        reserved_bytes,
+                    },
+                )
+            })
+            .collect();
+        if !groups.is_empty() {
+            self.node.router.dispatch(groups).map_err(|e| {
+                tracing::warn!(shard = self.id, error = %e, "publish refused");
+                Refusal::unavailable("the relay is overloaded; retry later")
+            })?;
+        }
+        if !local.is_empty() {
+            self.drain_inbox();
+            for i in local {
+                self.deliver(&batch, &batch.events[i as usize], accepted_at);
+            }
+        }
+        self.stats.add_events(n as u64);
+        Ok(n)
+    }
+
+    /// Completes an upgrade on this shard, or hands the socket to its owner.
+    pub fn place_socket(self: &Rc<Self>, stream: TcpStream, upgrade: AcceptedUpgrade) -> Result<(), (TcpStream, Refusal)> {
+        let owner = shard_for(&upgrade.claims.session, self.node.router.shards());
+        if owner == self.id {
+            self.start_socket(stream, upgrade);
+            return Ok(());
+        }
+        // SAFETY: dup() of a descriptor we own; the duplicate is owned by `fd` only.
+        let dup = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&stream)) };
+        if dup < 0 {
+            return Err((stream, Refusal::unavailable("cannot hand the socket over")));
+        }
+        // SAFETY: `dup` is a valid, fresh descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+        match self
+            .node
+            .router
+            .send(owner, ShardMsg::Adopt(Box::new(AdoptMsg { fd, upgrade })))
+        {
+            Ok(()) => {
+                self.stats.handoff();
+                Ok(())
+            }
+            Err((e, _)) => {
+                tracing::warn!(shard = self.id, error = %e, "socket handoff refused");
+                Err((stream, Refusal::unavailable("the relay is overloaded; retry later")))
+            }
+        }
+    }
+
+    fn adopt(self: &Rc<Self>, msg: AdoptMsg) {
+        if self.is_draining() {
+            self.node.release_socket();
+            return;
+        }
+        // SAFETY: the descriptor was handed to us whole; nobody else closes it.
+        let stream = unsafe { TcpStream::from_raw_fd(msg.fd.into_raw_fd()) };
+        self.start_socket(stream, msg.upgrade);
+    }
+
+    fn start_socket(self: &Rc<Self>, stream: TcpStream, upgrade: AcceptedUpgrade) {
+        let id = self.next_socket.get();
+        self.next_socket.set(id + 1);
+        let now = Instant::now();
+        let session = self.registry.borrow().intern(&upgrade.claims.session);
+        let state = Rc::new(SocketState::new(
+            id,
+            session,
+            self.verifier.expires_at(&upgrade.claims),
+            now,
+        ));
+        let conn_id = format!("{}-{}-{id}", self.node.node_tag, self.id);
+        state.push_control(Outgoing::Owned(upgrade.response()));
+        state.push_control(Outgoing::Owned(crate::ws::frame::welcome_frame(
+            &upgrade.claims.session,
+            &conn_id,
+        )));
+        {
+            let mut reg = self.registry.borrow_mut();
+            reg.add(state.clone());
+            self.stats.connected.set(reg.socket_count() as u64);
+            self.stats.sessions.set(reg.session_count() as u64);
+        }
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let reason = crate::ws::conn::run(&shard, stream, &state).await;
+            {
+                let mut reg = shard.registry.borrow_mut();
+                reg.remove(&state);
+                shard.stats.connected.set(reg.socket_count() as u64);
+                shard.stats.sessions.set(reg.session_count() as u64);
+            }
+            shard.stats.disconnect(reason);
+            shard.node.release_socket();
+            tracing::debug!(shard = shard.id, socket = state.id, reason = reason.metric_reason(), "socket closed");
+        })
+        .detach();
+    }
+
+    /// Pings idle sockets, closes dead and expired ones, and reaps closing ones.
+    async fn housekeeping(self: Rc<Self>) {
+        let limits = self.node.config.limits.clone();
+        loop {
+            glommio::timer::sleep(HOUSEKEEPING_TICK).await;
+            let now = Instant::now();
+            let unix = unix_now();
+            let registry = self.registry.borrow();
+            for s in registry.all() {
+                if s.is_closing() {
+                    if s.close_deadline.get().is_some_and(|d| d <= now) {
+                        s.wake();
+                    }
+                    continue;
+                }
+                let silent = now.saturating_duration_since(s.last_heard.get());
+                if s.expires_at.get() <= unix {
+                    s.request_close(Disconnect::TokenExpired);
+                } else if silent >= limits.ping_timeout {
+                    s.request_close(Disconnect::Timeout);
+                } else if silent >= limits.ping_interval
+                    && now.saturating_duration_since(s.last_ping.get()) >= limits.ping_interval
+                {
+                    s.last_ping.set(now);
+                    s.push_control(Outgoing::Static(PING_FRAME));
+                }
+            }
+        }
+    }
+
+    fn local_snapshot(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Counters of every shard, merged. Waits at most [`SNAPSHOT_TIMEOUT`] for the
+    /// others; a wedged shard leaves its part out rather than hanging the scrape.
+    pub async fn node_snapshot(self: &Rc<Self>) -> StatsSnapshot {
+        let mut merged = self.local_snapshot();
+        let shards = self.node.router.shards();
+        if shards == 1 {
+            return merged;
+        }
+        let id = self.next_snapshot.get();
+        self.next_snapshot.set(id + 1);
+        let mut asked = 0;
+        for to in (0..shards).filter(|&s| s != self.id) {
+            if self
+                .node
+                .router
+                .send(to, ShardMsg::SnapshotRequest { from: self.id, id })
+                .is_ok()
+            {
+                asked += 1;
+            }
+        }
+        self.pending_snapshots.borrow_mut().insert(
+            id,
+            PendingSnapshot {
+                remaining: asked,
+                merged: StatsSnapshot::default(),
+                waker: None,
+            },
+        );
+        let wait = futures_lite::future::poll_fn(|cx| {
+            let mut pending = self.pending_snapshots.borrow_mut();
+            match pending.get_mut(&id) {
+                Some(p) if p.remaining > 0 => {
+                    p.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
+            }
+        });
+        let _ = glommio::timer::timeout(SNAPSHOT_TIMEOUT, async {
+            wait.await;
+            Ok(())
+        })
+        .await;
+        if let Some(p) = self.pending_snapshots.borrow_mut().remove(&id) {
+            merged.merge(&p.merged);
+        }
+        merged
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, admin: bool) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let s = shard.clone();
+                glommio::spawn_local(crate::http::conn::serve(s, stream, admin)).detach();
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The sockets one shard owns, by session, and each socket's outbound queue.
+//!
+//! Shard-local (`Rc`, `Cell`, `RefCell`): only the owning shard's executor touches
+//! any of it. Fan-out pushes onto [`SocketState`] queues and wakes the socket's task;
+//! the task (`ws::conn`) writes and pops. Nothing here does I/O.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::Instant;
+
+use crate::ws::close::Disconnect;
+use crate::ws::frame::EncodedFrame;
+
+/// One queued frame.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// An event frame shared with the session's other sockets.
+    Event(Rc<EncodedFrame>),
+    /// A frame (or the 101 response) for this socket alone.
+    Owned(Vec<u8>),
+    /// A constant frame, such as a ping.
+    Static(&'static [u8]),
+}
+
+impl Outgoing {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Outgoing::Event(f) => f.bytes(),
+            Outgoing::Owned(v) => v,
+            Outgoing::Static(s) => s,
+        }
+    }
+}
+
+/// A socket's state shared between fan-out and its task.
+///
+/// Writers: fan-out and housekeeping push frames and request closes; the socket task
+/// pops frames, updates `last_heard` and `expires_at`. All on the owning shard.
+pub struct SocketState {
+    pub id: u64,
+    pub session: Rc<str>,
+    queue: RefCell<VecDeque<Outgoing>>,
+    queued_bytes: Cell<usize>,
+    /// Bytes of the front frame already written.
+    pub head_written: Cell<usize>,
+    waker: Cell<Option<Waker>>,
+    close_request: Cell<Option<Disconnect>>,
+    /// Set once a close frame is queued: nothing may follow it.
+    closing: Cell<bool>,
+    pub last_heard: Cell<Instant>,
+    pub last_ping: Cell<Instant>,
+    /// UNIX second at which the token (with leeway) runs out.
+    pub expires_at: Cell<u64>,
+    /// When a closing socket is dropped even if the peer never answered.
+    pub close_deadline: Cell<Option<Instant>>,
+}
+
+impl SocketState {
+    pub fn new(id: u64, session: Rc<str>, expires_at: u64, now: Instant) -> SocketState {
+        SocketState {
+            id,
+            session,
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            head_written: Cell::new(0),
+            waker: Cell::new(None),
+            close_request: Cell::new(None),
+            closing: Cell::new(false),
+            last_heard: Cell::new(now),
+            last_ping: Cell::new(now),
+            expires_at: Cell::new(expires_at),
+            close_deadline: Cell::new(None),
+        }
+    }
+
+    pub fn set_waker(&self, waker: &Waker) {
+        let old = self.waker.take();
+        match old {
+            Some(w) if w.will_wake(waker) => self.waker.set(Some(w)),
+            _ => self.waker.set(Some(waker.clone())),
+        }
+    }
+
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake_by_ref();
+            self.waker.set(Some(w));
+        }
+    }
+
+    pub fn queue(&self) -> std::cell::RefMut<'_, VecDeque<Outgoing>> {
+        self.queue.borrow_mut()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.get()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Queues an event frame. Returns false, and requests a 4008 close, when the
+    /// queue would pass `max_bytes`.
+    pub fn push_event(&self, frame: &Rc<EncodedFrame>, max_bytes: usize) -> bool {
+        if self.closing.get() || self.close_request_pending() {
+            return true;
+        }
+        let len = frame.len();
+        if self.queued_bytes.get() + len > max_bytes {
+            self.request_close(Disconnect::SlowConsumer);
+            return false;
+        }
+        self.push(Outgoing::Event(frame.clone()), len);
+        true
+    }
+
+    /// Queues a frame for this socket alone (ignored once closing).
+    pub fn push_control(&self, out: Outgoing) {
+        if self.closing.get() {
+            return;
+        }
+        let len = out.bytes().len();
+        self.push(out, len);
+    }
+
+    /// Queues the close frame: the last frame this socket gets.
+    pub fn push_close(&self, frame: Vec<u8>) {
+        if self.closing.replace(true) {
+            return;
+        }
+        let len = frame.len();
+        self.push(Outgoing::Owned(frame), len);
+    }
+
+    fn push(&self, out: Outgoing, len: usize) {
+        let mut q = self.queue.borrow_mut();
+        let was_empty = q.is_empty();
+        q.push_back(out);
+        drop(q);
+        self.queued_bytes.set(self.queued_bytes.get() + len);
+        if was_empty {
+            self.wake();
+        }
+    }
+
+    /// Drops queued frames that have not started to go out (keeping a partly written
+    /// front frame, so the stream stays well-formed). Used before a 4008 close.
+    pub fn discard_unsent(&self) {
+        let mut q = self.queue.borrow_mut();
+        let keep = usize::from(self.head_written.get() > 0);
+        while q.len() > keep {
+            if let Some(out) = q.pop_back() {
+                self.queued_bytes
+                    .set(self.queued_bytes.get() - out.bytes().len());
+            }
+        }
+    }
+
+    /// Pops the front frame after it was fully written.
+    pub fn pop_written(&self, q: &mut VecDeque<Outgoing>) -> Option<Outgoing> {
+        let out = q.pop_front()?;
+        self.queued_bytes
+            .set(self.queued_bytes.get() - out.bytes().len());
+        self.head_written.set(0);
+        Some(out)
+    }
+
+    /// Asks the socket task to close with `reason` (first request wins).
+    pub fn request_close(&self, reason: Disconnect) {
+        if self.close_request_pending() || self.closing.get() {
+            return;
+        }
+        self.close_request.set(Some(reason));
+        self.wake();
+    }
+
+    fn close_request_pending(&self) -> bool {
+        let r = self.close_request.get();
+        r.is_some()
+    }
+
+    pub fn take_close_request(&self) -> Option<Disconnect> {
+        self.close_request.take()
+    }
+}
+
+/// Sessions → sockets, for one shard.
+#[derive(Default)]
+pub struct Registry {
+    sessions: HashMap<Rc<str>, Vec<Rc<SocketState>>>,
+    sockets: usize,
+}
+
+impl Registry {
+    /// The interned name of `session`, shared by all its sockets.
+    pub fn intern(&self, session: &str) -> Rc<str> {
+        match self.sessions.get_key_value(session) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(session),
+        }
+    }
+
+    pub fn add(&mut self, socket: Rc<SocketState>) {
+        self.sockets += 1;
+        self.sessions
+            .entry(socket.session.clone())
+            .or_default()
+            .push(socket);
+    }
+
+    pub fn remove(&mut self, socket: &SocketState) {
+        if let Some(list) = self.sessions.get_mut(&socket.session) {
+            if let Some(i) = list.iter().position(|s| s.id == socket.id) {
+                list.swap_remove(i);
+                self.sockets -= 1;
+            }
+            if list.is_empty() {
+                self.sessions.remove(&socket.session);
+            }
+        }
+    }
+
+    pub fn sockets_of(&self, session: &str) -> Option<&[Rc<SocketState>]> {
+        self.sessions.get(session).map(Vec::as_slice)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Rc<SocketState>> {
+        self.sessions.values().flatten()
+    }
+
+    pub fn socket_count(&self) -> usize {
+        self.sockets
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::{encode_event, EventParts};
+
+    fn frame(n: usize) -> Rc<EncodedFrame> {
+        let data = vec![b'1'; n];
+        Rc::new(encode_event(
+            &EventParts {
+                session: "s",
+                event: b"\"e\"",
+                id: Some(b"\"i\""),
+                generated_id: "",
+                data: &data,
+            },
+            Instant::now(),
+        ))
+    }
+
+    #[test]
+    fn overflow_requests_4008_and_keeps_queue_bounded() {
+        let s = SocketState::new(1, Rc::from("s"), u64::MAX, Instant::now());
+        let f = frame(1000);
+        let mut pushed = 0;
+        while s.push_event(&f, 10_000) {
+            pushed += 1;
+            assert!(pushed < 100);
+        }
+        assert!(s.queued_bytes() <= 10_000);
+        assert_eq!(s.take_close_request(), Some(Disconnect::SlowConsumer));
+    }
+
+    #[test]
+    fn nothing_follows_the_close_frame() {
+        let s = SocketState::new(1, Rc::from("s"), u64::MAX, Instant::now());
+        s.push_close(vec![0x88, 0]);
+        s.push_event(&frame(10), 1 << 20);
+        s.push_control(Outgoing::Static(b"x"));
+        assert_eq!(s.queue().len(), 1);
+    }
+
+    #[test]
+    fn registry_tracks_sessions_and_sockets() {
+        let mut r = Registry::default();
+        let a = Rc::new(SocketState::new(1, r.intern("s1"), 0, Instant::now()));
+        r.add(a.clone());
+        let b = Rc::new(SocketState::new(2, r.intern("s1"), 0, Instant::now()));
+        r.add(b.clone());
+        assert_eq!(r.session_count(), 1);
+        assert_eq!(r.sockets_of("s1").map(<[_]>::len), Some(2));
+        r.remove(&a);
+        r.remove(&b);
+        assert_eq!(r.session_count(), 0);
+        assert_eq!(r.socket_count(), 0);
+    }
+}

@@ -1,0 +1,389 @@
+//! One upgraded socket's task: reads client frames through tungstenite, writes the
+//! socket's queue, and ends with a [`Disconnect`].
+//!
+//! One task per socket does both directions in a single `poll_fn`, so a socket costs
+//! one task and no per-socket read buffer: reads land in the shard's scratch buffer
+//! and only what tungstenite must keep (a partial frame) stays with the socket.
+//! Writes go out with one `sendmsg` over every queued frame, so frames queued while
+//! the socket waited leave together. Runs only on the shard that owns the socket.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+use tungstenite::Message;
+
+use crate::shard::registry::{Outgoing, SocketState};
+use crate::shard::{unix_now, Shard, CLOSE_GRACE};
+use crate::ws::close::Disconnect;
+use crate::ws::frame::close_frame;
+
+/// tungstenite's read buffer per socket. Client messages are small control
+/// messages; tungstenite's 128 KiB default would dominate an idle socket's memory.
+pub const WS_READ_BUFFER: usize = 256;
+/// Frames handed to one `sendmsg`.
+const MAX_IOVECS: usize = 64;
+/// Reads handled in one poll before yielding, so one chatty client cannot starve
+/// the shard.
+const READS_PER_POLL: usize = 8;
+
+/// The byte pipe between the socket and tungstenite: reads come from what the task
+/// pushed in, writes (pongs, close replies) are collected for the socket's queue.
+#[derive(Default)]
+struct Pipe {
+    input: Vec<u8>,
+    pos: usize,
+    output: Vec<u8>,
+}
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = &self.input[self.pos..];
+        if avail.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.pos += n;
+        if self.pos == self.input.len() {
+            self.input.clear();
+            self.pos = 0;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// tungstenite configured for a relay socket: small read buffer, client messages
+/// capped at `max_message`, frames too (so a huge declared length fails at once).
+pub fn ws_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Our close frame (or our reply to the client's) is queued; after it is written
+    /// we wait briefly for the peer, then drop the connection.
+    Closing(Disconnect),
+}
+
+struct SocketTask<'a> {
+    shard: &'a Rc<Shard>,
+    state: &'a SocketState,
+    stream: TcpStream,
+    ws: WebSocket<Pipe>,
+    phase: Phase,
+    write_shut: bool,
+}
+
+/// Serves an upgraded socket until it ends. The 101 and welcome are already queued.
+pub async fn run(shard: &Rc<Shard>, stream: TcpStream, state: &SocketState) -> Disconnect {
+    let _ = stream.set_read_timeout(None);
+    let _ = stream.set_write_timeout(None);
+    let ws = WebSocket::from_raw_socket(
+        Pipe::default(),
+        Role::Server,
+        Some(ws_config(shard.node.config.limits.max_message_bytes)),
+    );
+    let mut task = SocketTask {
+        shard,
+        state,
+        stream,
+        ws,
+        phase: Phase::Open,
+        write_shut: false,
+    };
+    futures_lite::future::poll_fn(|cx| task.poll(cx)).await
+}
+
+impl SocketTask<'_> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
+        self.state.set_waker(cx.waker());
+        if let Some(reason) = self.state.take_close_request() {
+            self.begin_close(reason);
+        }
+        if let Poll::Ready(reason) = self.poll_reads(cx) {
+            return Poll::Ready(reason);
+        }
+        match self.poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                if let Phase::Closing(reason) = self.phase {
+                    if !self.write_shut {
+                        self.write_shut = true;
+                        let _ = socket2_shutdown_write(&self.stream);
+                        self.state
+                            .close_deadline
+                            .set(Some(Instant::now() + CLOSE_GRACE));
+                    }
+                    if reason == Disconnect::ClientClosed {
+                        // Our reply to the client's close is out: the handshake is done.
+                        return Poll::Ready(reason);
+                    }
+                }
+            }
+            Poll::Ready(Err(_)) => {
+                return Poll::Ready(match self.phase {
+                    Phase::Closing(r) => r,
+                    Phase::Open => Disconnect::IoError,
+                })
+            }
+            Poll::Pending => {}
+        }
+        if let Phase::Closing(reason) = self.phase {
+            if self
+                .state
+                .close_deadline
+                .get()
+                .is_some_and(|d| d <= Instant::now())
+            {
+                return Poll::Ready(reason);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Queues a close frame and stops taking events.
+    fn begin_close(&mut self, reason: Disconnect) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        self.phase = Phase::Closing(reason);
+        if reason == Disconnect::SlowConsumer {
+            self.state.discard_unsent();
+        }
+        match reason.close_code() {
+            Some(code) => self.state.push_close(close_frame(code, reason.close_reason())),
+            None => self.state.push_close(Vec::new()),
+        }
+        if self.state.close_deadline.get().is_none() {
+            // Bounded even if the queue never drains (a peer that stopped reading).
+            self.state
+                .close_deadline
+                .set(Some(Instant::now() + CLOSE_GRACE));
+        }
+    }
+
+    fn poll_reads(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
+        for _ in 0..READS_PER_POLL {
+            let n = {
+                let mut scratch = self.shard.read_scratch.borrow_mut();
+                match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => {
+                        return Poll::Ready(match self.phase {
+                            Phase::Closing(r) => r,
+                            Phase::Open => Disconnect::IoError,
+                        })
+                    }
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(match self.phase {
+                            Phase::Closing(r) => r,
+                            Phase::Open => Disconnect::ClientClosed,
+                        })
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.ws.get_mut().input.extend_from_slice(&scratch[..n]);
+                        n
+                    }
+                }
+            };
+            let _ = n;
+            self.state.last_heard.set(Instant::now());
+            self.handle_input();
+        }
+        // More may be waiting: come back after other tasks had a turn.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Runs tungstenite over the bytes read so far.
+    fn handle_input(&mut self) {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => {
+                    if self.phase == Phase::Open {
+                        self.on_client_text(text.as_str());
+                    }
+                }
+                Ok(Message::Binary(_)) => self.begin_close(Disconnect::Policy),
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
+                Ok(Message::Close(_)) => {
+                    // tungstenite queued the close reply; it goes out with the flush.
+                    if self.phase == Phase::Open {
+                        self.phase = Phase::Closing(Disconnect::ClientClosed);
+                        self.state.discard_unsent();
+                    }
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                    break
+                }
+                Err(e) => {
+                    tracing::debug!(socket = self.state.id, error = %e, "client protocol error");
+                    self.begin_close(Disconnect::from_ws_error(&e));
+                    break;
+                }
+            }
+        }
+        let _ = self.ws.flush();
+        let out = std::mem::take(&mut self.ws.get_mut().output);
+        if !out.is_empty() {
+            if self.state.is_closing() {
+                return;
+            }
+            if matches!(self.phase, Phase::Closing(Disconnect::ClientClosed)) {
+                // The close reply is the last frame.
+                self.state.push_close(out);
+            } else {
+                self.state.push_control(Outgoing::Owned(out));
+            }
+        }
+    }
+
+    /// `{"type":"refresh","token":JWT}` extends the socket's life; anything else
+    /// closes it with 1008.
+    fn on_client_text(&mut self, text: &str) {
+        #[derive(serde::Deserialize)]
+        struct ClientMsg<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            token: Option<&'a str>,
+        }
+        let Ok(msg) = serde_json::from_str::<ClientMsg<'_>>(text) else {
+            return self.begin_close(Disconnect::Policy);
+        };
+        match (msg.kind, msg.token) {
+            ("refresh", Some(token)) => match self.shard.verifier.verify(token, unix_now()) {
+                Ok(claims) if *claims.session == *self.state.session => {
+                    self.state
+                        .expires_at
+                        .set(self.shard.verifier.expires_at(&claims));
+                }
+                Ok(_) => self.begin_close(Disconnect::Policy),
+                Err(crate::auth::TokenError::Expired) => self.begin_close(Disconnect::TokenExpired),
+                Err(_) => self.begin_close(Disconnect::Policy),
+            },
+            _ => self.begin_close(Disconnect::Policy),
+        }
+    }
+
+    /// Writes the queue until it is empty or the socket is full.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let fd = self.stream.as_raw_fd();
+        loop {
+            let mut queue = self.state.queue();
+            if queue.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let head_written = self.state.head_written.get();
+            let mut iov: [libc::iovec; MAX_IOVECS] = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_IOVECS];
+            let mut count = 0;
+            for (i, out) in queue.iter().take(MAX_IOVECS).enumerate() {
+                let bytes = if i == 0 {
+                    &out.bytes()[head_written..]
+                } else {
+                    out.bytes()
+                };
+                iov[i] = libc::iovec {
+                    iov_base: bytes.as_ptr() as *mut libc::c_void,
+                    iov_len: bytes.len(),
+                };
+                count += 1;
+            }
+            // SAFETY: every iovec points into a frame held by `queue`, which stays
+            // borrowed (and unmodified) until the call returns.
+            let written = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = count as _;
+                libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            if written >= 0 {
+                self.consume(&mut queue, written as usize);
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    // Let glommio wait for writability; it may also write a little.
+                    let front = match queue.front() {
+                        Some(out) => &out.bytes()[head_written..],
+                        None => return Poll::Ready(Ok(())),
+                    };
+                    match Pin::new(&mut self.stream).poll_write(cx, front) {
+                        Poll::Ready(Ok(n)) => {
+                            self.consume(&mut queue, n);
+                            continue;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                _ => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+
+    /// Accounts `n` written bytes against the front of the queue.
+    fn consume(&self, queue: &mut VecDeque<Outgoing>, mut n: usize) {
+        let now = Instant::now();
+        let mut delivered = 0u64;
+        let mut latency = self.shard.stats.latency.borrow_mut();
+        while n > 0 {
+            let Some(front) = queue.front() else { break };
+            let left = front.bytes().len() - self.state.head_written.get();
+            if n < left {
+                self.state.head_written.set(self.state.head_written.get() + n);
+                break;
+            }
+            n -= left;
+            if let Some(Outgoing::Event(frame)) = self.state.pop_written(queue) {
+                delivered += 1;
+                latency.record(now.saturating_duration_since(frame.accepted_at));
+            }
+        }
+        // Zero-length entries (an empty close marker) are done as soon as reached.
+        while queue.front().is_some_and(|f| f.bytes().is_empty()) {
+            self.state.pop_written(queue);
+        }
+        if delivered > 0 {
+            self.shard.stats.add_deliveries(delivered);
+        }
+    }
+}
+
+fn socket2_shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    // SAFETY: shutdown(2) on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
