@@ -167,7 +167,10 @@ pub fn mint_token(
 }
 
 /// Signs arbitrary claims with HS256.
-pub fn mint_claims(secret: &Secret, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+pub fn mint_claims(
+    secret: &Secret,
+    claims: &Claims,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let key = EncodingKey::from_secret(secret.expose())?;
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key)
 }
@@ -285,7 +288,10 @@ impl OriginPolicy {
                 .split('.')
                 .map(|l| if l == "*" { None } else { Some(l.to_string()) })
                 .collect();
-            if labels.iter().any(|l| matches!(l, Some(s) if s.is_empty() || s.contains('*'))) {
+            if labels
+                .iter()
+                .any(|l| matches!(l, Some(s) if s.is_empty() || s.contains('*')))
+            {
                 return Err(err("`*` must be a whole host label"));
             }
             patterns.push(OriginPattern {
@@ -305,16 +311,14 @@ impl OriginPolicy {
             return false;
         };
         self.patterns.iter().any(|p| {
-            p.scheme == o.scheme
-                && p.port.is_none_or(|port| port == o.port)
-                && {
-                    let labels: Vec<&str> = o.host.split('.').collect();
-                    labels.len() == p.labels.len()
-                        && labels.iter().zip(&p.labels).all(|(have, want)| match want {
-                            None => true,
-                            Some(w) => w == have,
-                        })
-                }
+            p.scheme == o.scheme && p.port.is_none_or(|port| port == o.port) && {
+                let labels: Vec<&str> = o.host.split('.').collect();
+                labels.len() == p.labels.len()
+                    && labels.iter().zip(&p.labels).all(|(have, want)| match want {
+                        None => true,
+                        Some(w) => w == have,
+                    })
+            }
         })
     }
 }
@@ -365,7 +369,10 @@ mod tests {
     fn wrong_secret_is_refused() {
         let other = Secret::new("another-secret-another-secret-1234");
         let t = mint_token(&other, "s1", None, Duration::from_secs(60), NOW).unwrap();
-        assert!(matches!(verifier().verify(&t, NOW), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            verifier().verify(&t, NOW),
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[test]

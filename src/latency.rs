@@ -24,8 +24,9 @@ pub struct LatencyHistogram {
 impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
-            hist: Histogram::new_with_bounds(1, HIGHEST_NS, SIGFIG)
-                .unwrap_or_else(|_| Histogram::new(SIGFIG).expect("3 significant figures is valid")),
+            hist: Histogram::new_with_bounds(1, HIGHEST_NS, SIGFIG).unwrap_or_else(|_| {
+                Histogram::new(SIGFIG).expect("3 significant figures is valid")
+            }),
         }
     }
 }

@@ -62,8 +62,14 @@ pub enum ShardMsg {
     Deliver(DeliverMsg),
     Adopt(Box<AdoptMsg>),
     /// Send your counters to shard `from`, tagged `id`.
-    SnapshotRequest { from: usize, id: u64 },
-    SnapshotReply { id: u64, snapshot: Box<StatsSnapshot> },
+    SnapshotRequest {
+        from: usize,
+        id: u64,
+    },
+    SnapshotReply {
+        id: u64,
+        snapshot: Box<StatsSnapshot>,
+    },
     /// Stop accepting and close every socket with 1012.
     Drain,
 }
@@ -228,7 +234,8 @@ impl Router {
         if !self.links[to].budget.try_reserve(0) {
             return Err((RouteError::InboxFull(to), msg));
         }
-        self.push(to, msg).inspect_err(|_| self.links[to].budget.release(0))
+        self.push(to, msg)
+            .inspect_err(|_| self.links[to].budget.release(0))
     }
 
     /// Sends each shard its share of one request, all or nothing.
@@ -265,7 +272,10 @@ mod tests {
         let a = shard_for("session-42", 8);
         assert_eq!(a, shard_for("session-42", 8));
         assert!(a < 8);
-        let pinned: Vec<usize> = ["a", "b", "c", "d"].iter().map(|s| shard_for(s, 4)).collect();
+        let pinned: Vec<usize> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|s| shard_for(s, 4))
+            .collect();
         assert_eq!(pinned, pinned_expected());
     }
 

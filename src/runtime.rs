@@ -53,7 +53,11 @@ fn bind_group(addr: SocketAddr, count: usize) -> Result<(Vec<OwnedFd>, SocketAdd
     drop(probe);
     let mut fds = Vec::with_capacity(count);
     for _ in 0..count {
-        let domain = if actual.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+        let domain = if actual.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
         let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
         s.set_reuse_port(true).map_err(err)?;
         s.set_reuse_address(true).map_err(err)?;

@@ -26,13 +26,28 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What to do with a parsed request. Owns everything it needs, so the head (which
 /// borrows the read buffer) can be dropped before any await.
 enum Action {
-    Respond { bytes: Vec<u8>, keep_alive: bool },
-    Refuse { refusal: Refusal, keep_alive: bool },
+    Respond {
+        bytes: Vec<u8>,
+        keep_alive: bool,
+    },
+    Refuse {
+        refusal: Refusal,
+        keep_alive: bool,
+    },
     RefuseUpgrade(Refusal),
     Upgrade(AcceptedUpgrade),
-    Publish { len: usize, keep_alive: bool, expect_continue: bool },
-    Metrics { keep_alive: bool },
-    Latency { hgrm: bool, keep_alive: bool },
+    Publish {
+        len: usize,
+        keep_alive: bool,
+        expect_continue: bool,
+    },
+    Metrics {
+        keep_alive: bool,
+    },
+    Latency {
+        hgrm: bool,
+        keep_alive: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -138,7 +153,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 keep_alive,
             } => {
                 buf.drain(..head_len);
-                if stream.write_all(&refusal.to_response(keep_alive)).await.is_err()
+                if stream
+                    .write_all(&refusal.to_response(keep_alive))
+                    .await
+                    .is_err()
                     || !keep_alive
                 {
                     return;
@@ -150,7 +168,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 return;
             }
             Action::Upgrade(upgrade) => {
-                if let Err((mut stream, refusal)) = shard.place_socket(stream, upgrade) {
+                if let Err(refused) = shard.place_socket(stream, upgrade) {
+                    let (mut stream, refusal) = *refused;
                     shard.node.release_socket();
                     shard.stats.upgrade_refused(refusal.status);
                     let _ = stream.write_all(&refusal.to_response(false)).await;
@@ -163,7 +182,15 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 expect_continue,
             } => {
                 buf.drain(..head_len);
-                let body = match read_body(&mut stream, &mut buf, len, expect_continue, limits.body_timeout).await {
+                let body = match read_body(
+                    &mut stream,
+                    &mut buf,
+                    len,
+                    expect_continue,
+                    limits.body_timeout,
+                )
+                .await
+                {
                     Ok(body) => body,
                     Err(ReadError::Closed) => return,
                     Err(ReadError::TimedOut) => {
@@ -191,7 +218,13 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 buf.drain(..head_len);
                 let snapshot = shard.node_snapshot().await;
                 let bytes = if hgrm {
-                    response(200, "text/plain", snapshot.latency.hgrm().as_bytes(), "", keep_alive)
+                    response(
+                        200,
+                        "text/plain",
+                        snapshot.latency.hgrm().as_bytes(),
+                        "",
+                        keep_alive,
+                    )
                 } else {
                     let body = snapshot.latency.summary_json();
                     response(200, "application/json", body.as_bytes(), "", keep_alive)
@@ -221,10 +254,14 @@ async fn read_body(
     let mut body = Vec::with_capacity(len);
     body.extend_from_slice(&buf[..have]);
     buf.drain(..have);
-    if body.len() < len && expect_continue {
-        if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-            return Err(ReadError::Closed);
-        }
+    if body.len() < len
+        && expect_continue
+        && stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return Err(ReadError::Closed);
     }
     while body.len() < len {
         let want = (len - body.len()).min(64 * 1024);
@@ -253,14 +290,25 @@ fn publish(shard: &Rc<Shard>, body: Vec<u8>, max_batch: usize, keep_alive: bool)
 
 /// Decides what a request asks for. Pure apart from reading the shard's
 /// configuration, counters and the clock.
-fn route(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, admin: bool, buffered_after: usize) -> Action {
+fn route(
+    shard: &Rc<Shard>,
+    head: &RequestHead<'_, '_>,
+    admin: bool,
+    buffered_after: usize,
+) -> Action {
     let keep_alive = head.keep_alive();
     let ops_here = admin || shard.node.config.admin_port.is_none();
     match head.path {
         "/ws" if !admin => route_upgrade(shard, head, buffered_after),
         "/events" if !admin => route_publish(shard, head, keep_alive),
         "/healthz" => Action::Respond {
-            bytes: response(200, "application/json", br#"{"status":"ok"}"#, "", keep_alive),
+            bytes: response(
+                200,
+                "application/json",
+                br#"{"status":"ok"}"#,
+                "",
+                keep_alive,
+            ),
             keep_alive,
         },
         "/readyz" => {
@@ -271,7 +319,13 @@ fn route(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, admin: bool, buffered_af
                 }
             } else {
                 Action::Respond {
-                    bytes: response(200, "application/json", br#"{"status":"ready"}"#, "", keep_alive),
+                    bytes: response(
+                        200,
+                        "application/json",
+                        br#"{"status":"ready"}"#,
+                        "",
+                        keep_alive,
+                    ),
                     keep_alive,
                 }
             }
@@ -300,7 +354,9 @@ fn route_upgrade(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, buffered_after: 
         ));
     }
     if shard.is_draining() {
-        return Action::RefuseUpgrade(Refusal::unavailable("node draining; reconnect to another node"));
+        return Action::RefuseUpgrade(Refusal::unavailable(
+            "node draining; reconnect to another node",
+        ));
     }
     if !shard.node.reserve_socket() {
         return Action::RefuseUpgrade(Refusal::unavailable("node at its connection limit"));
@@ -334,7 +390,10 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
         return refuse(Refusal::unauthorized_key(), false);
     }
     if shard.is_draining() {
-        return refuse(Refusal::unavailable("node draining; publish to another node"), false);
+        return refuse(
+            Refusal::unavailable("node draining; publish to another node"),
+            false,
+        );
     }
     let json = head.all("content-type").next().is_some_and(|ct| {
         ct.split(';')
@@ -342,23 +401,34 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
             .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
     });
     if !json {
-        return refuse(Refusal::new(415, "Content-Type must be application/json"), false);
+        return refuse(
+            Refusal::new(415, "Content-Type must be application/json"),
+            false,
+        );
     }
     let len = match head.body_framing() {
         Err(e) => return refuse(Refusal::new(400, e.to_string()), false),
         Ok(BodyFraming::TransferEncoded) => {
             return refuse(
-                Refusal::new(501, "Transfer-Encoding is not supported; send Content-Length"),
+                Refusal::new(
+                    501,
+                    "Transfer-Encoding is not supported; send Content-Length",
+                ),
                 false,
             )
         }
-        Ok(BodyFraming::None) => return refuse(Refusal::new(411, "Content-Length is required"), false),
+        Ok(BodyFraming::None) => {
+            return refuse(Refusal::new(411, "Content-Length is required"), false)
+        }
         Ok(BodyFraming::Length(n)) => n,
     };
     let max = shard.node.config.limits.max_body_bytes;
     if len > max as u64 {
         return refuse(
-            Refusal::new(413, format!("body of {len} bytes is over the limit of {max}")),
+            Refusal::new(
+                413,
+                format!("body of {len} bytes is over the limit of {max}"),
+            ),
             false,
         );
     }

@@ -108,7 +108,9 @@ impl<'b> RequestHead<'_, 'b> {
         let mut it = self.all(name);
         let first = it.next();
         if it.next().is_some() {
-            return Err(HeadError::Malformed("a header that must appear once is repeated"));
+            return Err(HeadError::Malformed(
+                "a header that must appear once is repeated",
+            ));
         }
         Ok(first)
     }
@@ -179,7 +181,11 @@ mod tests {
     fn parse(raw: &[u8]) -> Result<(String, Option<String>, u8), HeadError> {
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let h = parse_head(raw, &mut storage)?;
-        Ok((h.path.to_string(), h.query.map(str::to_string), h.minor_version))
+        Ok((
+            h.path.to_string(),
+            h.query.map(str::to_string),
+            h.minor_version,
+        ))
     }
 
     #[test]
@@ -200,7 +206,10 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed() {
-        assert!(matches!(parse(b"\x00\x01\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(
+            parse(b"\x00\x01\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -215,7 +224,8 @@ mod tests {
 
     #[test]
     fn conflicting_framing_is_refused() {
-        let raw = b"POST /events HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let raw =
+            b"POST /events HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let h = parse_head(raw, &mut storage).unwrap();
         assert!(h.body_framing().is_err());

@@ -264,7 +264,9 @@ impl Walker<'_> {
         for (n, &at) in elements.iter().enumerate() {
             let ctx = format!("events[{n}].");
             if self.byte_at(at) != b'{' {
-                return Err(PublishError::bad(format!("`events[{n}]` must be an object")));
+                return Err(PublishError::bad(format!(
+                    "`events[{n}]` must be an object"
+                )));
             }
             events.push(self.event(&self.members(at)?, &ctx)?);
         }
@@ -278,11 +280,15 @@ impl Walker<'_> {
                 return Ok(None);
             };
             if self.byte_at(m.value_at) != b'"' {
-                return Err(PublishError::bad(format!("field `{ctx}{name}` must be a string")));
+                return Err(PublishError::bad(format!(
+                    "field `{ctx}{name}` must be a string"
+                )));
             }
             let len = (m.span.end - m.span.start) as usize;
             if len <= 2 {
-                return Err(PublishError::bad(format!("field `{ctx}{name}` must not be empty")));
+                return Err(PublishError::bad(format!(
+                    "field `{ctx}{name}` must not be empty"
+                )));
             }
             if len > max {
                 return Err(PublishError::bad(format!(
@@ -353,7 +359,10 @@ mod tests {
     #[test]
     fn single_event_data_is_byte_exact() {
         let body = r#"{"session":"s1","event":"a","data": { "x" : [1, 2.50, 1e+2, "\u00e9"] } }"#;
-        assert_eq!(data_of(body), vec![r#"{ "x" : [1, 2.50, 1e+2, "\u00e9"] }"#]);
+        assert_eq!(
+            data_of(body),
+            vec![r#"{ "x" : [1, 2.50, 1e+2, "\u00e9"] }"#]
+        );
     }
 
     #[test]
@@ -390,8 +399,9 @@ mod tests {
     fn missing_fields_are_named() {
         let e = parse(r#"{"event":"a","data":1}"#).unwrap_err();
         assert_eq!(e.message, "missing field `session`");
-        let e = parse(r#"{"events":[{"session":"s","event":"a","data":1},{"session":"s","data":1}]}"#)
-            .unwrap_err();
+        let e =
+            parse(r#"{"events":[{"session":"s","event":"a","data":1},{"session":"s","data":1}]}"#)
+                .unwrap_err();
         assert_eq!(e.message, "missing field `events[1].event`");
         let e = parse(r#"{"session":"s","event":"a"}"#).unwrap_err();
         assert_eq!(e.message, "missing field `data`");
@@ -418,7 +428,7 @@ mod tests {
     #[test]
     fn oversized_batch_is_413() {
         let one = r#"{"session":"s","event":"a","data":1}"#;
-        let body = format!("{{\"events\":[{}]}}", vec![one; 3].join(","));
+        let body = format!("{{\"events\":[{}]}}", [one; 3].join(","));
         let err = PublishParser::default()
             .parse(body.into_bytes(), 2)
             .unwrap_err();

@@ -261,7 +261,13 @@ impl Shard {
         ));
         let max = self.node.config.limits.max_outbound_bytes;
         for s in sockets {
-            s.push_event(&frame, max);
+            if !s.push_event(&frame, max) {
+                // Full queue: write what the kernel takes now, then judge.
+                let flushed = crate::ws::conn::write_queue_now(s, &self.stats);
+                if flushed.is_err() || !s.push_event(&frame, max) {
+                    s.request_close(Disconnect::SlowConsumer);
+                }
+            }
         }
     }
 
@@ -316,7 +322,11 @@ impl Shard {
     }
 
     /// Completes an upgrade on this shard, or hands the socket to its owner.
-    pub fn place_socket(self: &Rc<Self>, stream: TcpStream, upgrade: AcceptedUpgrade) -> Result<(), (TcpStream, Refusal)> {
+    pub fn place_socket(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        upgrade: AcceptedUpgrade,
+    ) -> Result<(), Box<(TcpStream, Refusal)>> {
         let owner = shard_for(&upgrade.claims.session, self.node.router.shards());
         if owner == self.id {
             self.start_socket(stream, upgrade);
@@ -325,7 +335,10 @@ impl Shard {
         // SAFETY: dup() of a descriptor we own; the duplicate is owned by `fd` only.
         let dup = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&stream)) };
         if dup < 0 {
-            return Err((stream, Refusal::unavailable("cannot hand the socket over")));
+            return Err(Box::new((
+                stream,
+                Refusal::unavailable("cannot hand the socket over"),
+            )));
         }
         // SAFETY: `dup` is a valid, fresh descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(dup) };
@@ -340,7 +353,10 @@ impl Shard {
             }
             Err((e, _)) => {
                 tracing::warn!(shard = self.id, error = %e, "socket handoff refused");
-                Err((stream, Refusal::unavailable("the relay is overloaded; retry later")))
+                Err(Box::new((
+                    stream,
+                    Refusal::unavailable("the relay is overloaded; retry later"),
+                )))
             }
         }
     }
@@ -366,6 +382,7 @@ impl Shard {
             self.verifier.expires_at(&upgrade.claims),
             now,
         ));
+        state.fd.set(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let conn_id = format!("{}-{}-{id}", self.node.node_tag, self.id);
         state.push_control(Outgoing::Owned(upgrade.response()));
         state.push_control(Outgoing::Owned(crate::ws::frame::welcome_frame(
@@ -389,7 +406,12 @@ impl Shard {
             }
             shard.stats.disconnect(reason);
             shard.node.release_socket();
-            tracing::debug!(shard = shard.id, socket = state.id, reason = reason.metric_reason(), "socket closed");
+            tracing::debug!(
+                shard = shard.id,
+                socket = state.id,
+                reason = reason.metric_reason(),
+                "socket closed"
+            );
         })
         .detach();
     }

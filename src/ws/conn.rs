@@ -20,6 +20,7 @@ use glommio::net::TcpStream;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use tungstenite::Message;
 
+use crate::metrics::ShardStats;
 use crate::shard::registry::{Outgoing, SocketState};
 use crate::shard::{unix_now, Shard, CLOSE_GRACE};
 use crate::ws::close::Disconnect;
@@ -158,6 +159,11 @@ impl SocketTask<'_> {
                 .get()
                 .is_some_and(|d| d <= Instant::now())
             {
+                if self.state.queued_bytes() > 0 {
+                    // The close frame never got out: reset, so the peer cannot take
+                    // the cut-off stream for a clean end.
+                    reset_on_close(&self.stream);
+                }
                 return Poll::Ready(reason);
             }
         }
@@ -174,7 +180,9 @@ impl SocketTask<'_> {
             self.state.discard_unsent();
         }
         match reason.close_code() {
-            Some(code) => self.state.push_close(close_frame(code, reason.close_reason())),
+            Some(code) => self
+                .state
+                .push_close(close_frame(code, reason.close_reason())),
             None => self.state.push_close(Vec::new()),
         }
         if self.state.close_deadline.get().is_none() {
@@ -237,9 +245,8 @@ impl SocketTask<'_> {
                     }
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
-                    break
-                }
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => break,
                 Err(e) => {
                     tracing::debug!(socket = self.state.id, error = %e, "client protocol error");
                     self.begin_close(Disconnect::from_ws_error(&e));
@@ -291,90 +298,121 @@ impl SocketTask<'_> {
 
     /// Writes the queue until it is empty or the socket is full.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let fd = self.stream.as_raw_fd();
         loop {
-            let mut queue = self.state.queue();
-            if queue.is_empty() {
+            if write_queue_now(self.state, &self.shard.stats)? {
                 return Poll::Ready(Ok(()));
             }
+            // The socket is full: let glommio wait for writability (it may also
+            // write part of the front frame).
+            let mut queue = self.state.queue();
             let head_written = self.state.head_written.get();
-            let mut iov: [libc::iovec; MAX_IOVECS] = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_IOVECS];
-            let mut count = 0;
-            for (i, out) in queue.iter().take(MAX_IOVECS).enumerate() {
-                let bytes = if i == 0 {
-                    &out.bytes()[head_written..]
-                } else {
-                    out.bytes()
-                };
-                iov[i] = libc::iovec {
-                    iov_base: bytes.as_ptr() as *mut libc::c_void,
-                    iov_len: bytes.len(),
-                };
-                count += 1;
-            }
-            // SAFETY: every iovec points into a frame held by `queue`, which stays
-            // borrowed (and unmodified) until the call returns.
-            let written = unsafe {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = count as _;
-                libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            let front = match queue.front() {
+                Some(out) => &out.bytes()[head_written..],
+                None => return Poll::Ready(Ok(())),
             };
-            if written >= 0 {
-                self.consume(&mut queue, written as usize);
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    // Let glommio wait for writability; it may also write a little.
-                    let front = match queue.front() {
-                        Some(out) => &out.bytes()[head_written..],
-                        None => return Poll::Ready(Ok(())),
-                    };
-                    match Pin::new(&mut self.stream).poll_write(cx, front) {
-                        Poll::Ready(Ok(n)) => {
-                            self.consume(&mut queue, n);
-                            continue;
-                        }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                _ => return Poll::Ready(Err(err)),
+            match Pin::new(&mut self.stream).poll_write(cx, front) {
+                Poll::Ready(Ok(n)) => consume(self.state, &self.shard.stats, &mut queue, n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
+}
 
-    /// Accounts `n` written bytes against the front of the queue.
-    fn consume(&self, queue: &mut VecDeque<Outgoing>, mut n: usize) {
-        let now = Instant::now();
-        let mut delivered = 0u64;
-        let mut latency = self.shard.stats.latency.borrow_mut();
-        while n > 0 {
-            let Some(front) = queue.front() else { break };
-            let left = front.bytes().len() - self.state.head_written.get();
-            if n < left {
-                self.state.head_written.set(self.state.head_written.get() + n);
-                break;
-            }
-            n -= left;
-            if let Some(Outgoing::Event(frame)) = self.state.pop_written(queue) {
-                delivered += 1;
-                latency.record(now.saturating_duration_since(frame.accepted_at));
-            }
+/// Writes as much of `state`'s queue as the socket takes right now, with one
+/// `sendmsg` per [`MAX_IOVECS`] frames. `Ok(true)` when the queue is empty.
+///
+/// Fan-out also calls this when a queue reaches its cap, so a socket is only called
+/// slow when the kernel's buffer is full too, not when one burst outran its task.
+pub fn write_queue_now(state: &SocketState, stats: &ShardStats) -> io::Result<bool> {
+    let fd = state.fd.get();
+    loop {
+        let mut queue = state.queue();
+        if queue.is_empty() {
+            return Ok(true);
         }
-        // Zero-length entries (an empty close marker) are done as soon as reached.
-        while queue.front().is_some_and(|f| f.bytes().is_empty()) {
-            self.state.pop_written(queue);
+        let head_written = state.head_written.get();
+        let mut iov: [libc::iovec; MAX_IOVECS] = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOVECS];
+        let mut count = 0;
+        for (i, out) in queue.iter().take(MAX_IOVECS).enumerate() {
+            let bytes = if i == 0 {
+                &out.bytes()[head_written..]
+            } else {
+                out.bytes()
+            };
+            iov[i] = libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            };
+            count += 1;
         }
-        if delivered > 0 {
-            self.shard.stats.add_deliveries(delivered);
+        // SAFETY: every iovec points into a frame held by `queue`, which stays
+        // borrowed (and unmodified) until the call returns.
+        let written = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = count as _;
+            libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if written >= 0 {
+            consume(state, stats, &mut queue, written as usize);
+            continue;
         }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(false),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Accounts `n` written bytes against the front of the queue: pops whole frames,
+/// counts deliveries and records their latency.
+fn consume(state: &SocketState, stats: &ShardStats, queue: &mut VecDeque<Outgoing>, mut n: usize) {
+    let now = Instant::now();
+    let mut delivered = 0u64;
+    let mut latency = stats.latency.borrow_mut();
+    while n > 0 {
+        let Some(front) = queue.front() else { break };
+        let left = front.bytes().len() - state.head_written.get();
+        if n < left {
+            state.head_written.set(state.head_written.get() + n);
+            break;
+        }
+        n -= left;
+        if let Some(Outgoing::Event(frame)) = state.pop_written(queue) {
+            delivered += 1;
+            latency.record(now.saturating_duration_since(frame.accepted_at));
+        }
+    }
+    // Zero-length entries (an empty close marker) are done as soon as reached.
+    while queue.front().is_some_and(|f| f.bytes().is_empty()) {
+        state.pop_written(queue);
+    }
+    if delivered > 0 {
+        stats.add_deliveries(delivered);
+    }
+}
+
+/// Makes the coming close(2) send RST instead of FIN.
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a correctly sized linger struct on our descriptor.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 

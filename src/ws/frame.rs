@@ -197,7 +197,10 @@ mod tests {
                 Instant::now(),
             );
             let (_, payload) = decode(f.bytes());
-            assert_eq!(payload.len(), n + br#"{"type":"event","session":"s","event":"e","id":"i","data":}"#.len());
+            assert_eq!(
+                payload.len(),
+                n + br#"{"type":"event","session":"s","event":"e","id":"i","data":}"#.len()
+            );
         }
     }
 

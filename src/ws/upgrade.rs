@@ -59,9 +59,7 @@ fn find_token<'b>(head: &RequestHead<'_, 'b>) -> Option<&'b str> {
     }
     if let Some(auth) = head.all("authorization").next() {
         let (scheme, rest) = auth.trim().split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then_some(rest.trim());
+        return scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim());
     }
     head.all("sec-websocket-protocol")
         .flat_map(|v| v.split(','))
@@ -176,11 +174,17 @@ mod tests {
         assert_eq!(run("", "?token=abc").unwrap_err().status, 401);
         let t = token();
         let q = format!("?token={t}");
-        assert_eq!(run("Origin: https://evil.com\r\n", &q).unwrap_err().status, 403);
         assert_eq!(
-            run("Origin: https://a.atlassian.net\r\nOrigin: https://b.atlassian.net\r\n", &q)
-                .unwrap_err()
-                .status,
+            run("Origin: https://evil.com\r\n", &q).unwrap_err().status,
+            403
+        );
+        assert_eq!(
+            run(
+                "Origin: https://a.atlassian.net\r\nOrigin: https://b.atlassian.net\r\n",
+                &q
+            )
+            .unwrap_err()
+            .status,
             403
         );
         assert!(run("Origin: https://acme.atlassian.net\r\n", &q).is_ok());
