@@ -177,6 +177,47 @@ pub struct Inbox {
     pub budget: Arc<InboxBudget>,
 }
 
+impl Inbox {
+    /// The shard's end of the doorbell. Call on the shard's own executor: the
+    /// socket is registered with that executor's io_uring.
+    pub fn waiter(&self) -> std::io::Result<DoorbellWaiter> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let fd = self.doorbell_socket.try_clone()?.into_raw_fd();
+        Ok(DoorbellWaiter {
+            // SAFETY: `fd` is a fresh duplicate that nothing else owns.
+            socket: unsafe { glommio::net::UnixStream::from_raw_fd(fd) },
+            doorbell: self.doorbell.clone(),
+        })
+    }
+}
+
+/// Parks a shard until its doorbell rings.
+///
+/// The wait is an io_uring poll on a socket, so a parked executor sleeps in the
+/// kernel and wakes only when another thread writes the doorbell.
+pub struct DoorbellWaiter {
+    socket: glommio::net::UnixStream,
+    doorbell: Arc<Doorbell>,
+}
+
+impl DoorbellWaiter {
+    /// Re-arms the doorbell. Call before draining the inbox, so a message pushed
+    /// during the drain rings again instead of being missed.
+    pub fn rearm(&self) {
+        self.doorbell.rearm();
+    }
+
+    /// Waits for the next ring. Errors only if the doorbell socket broke.
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        use futures_lite::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        match self.socket.read(&mut buf).await? {
+            0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Senders to every shard. Cheap to clone; shared by all shards and the signal thread.
 #[derive(Debug, Clone)]
 pub struct Router {

@@ -167,23 +167,19 @@ impl Shard {
 
     /// Waits on the doorbell and handles every message in the inbox.
     async fn inbox_loop(self: Rc<Self>) {
-        use futures_lite::AsyncReadExt;
-        let fd = match self.inbox.doorbell_socket.try_clone() {
-            Ok(s) => s.into_raw_fd(),
+        let mut waiter = match self.inbox.waiter() {
+            Ok(w) => w,
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "cannot watch the inbox");
                 return;
             }
         };
-        // SAFETY: `fd` is a fresh duplicate owned by nobody else.
-        let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };
-        let mut buf = [0u8; 64];
         loop {
-            self.inbox.doorbell.rearm();
+            waiter.rearm();
             self.drain_inbox();
-            match bell.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            if let Err(e) = waiter.wait().await {
+                tracing::error!(shard = self.id, error = %e, "inbox doorbell broke");
+                return;
             }
         }
     }

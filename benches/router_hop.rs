@@ -1,0 +1,100 @@
+//! The cost of one hop between shards: from `Router::send` on one thread to the
+//! owning shard's executor holding the message, through the bounded crossbeam
+//! channel and the doorbell.
+//!
+//! Two cases, reported as HdrHistogram percentiles:
+//! - parked: one message at a time, 200 µs apart, so the receiving executor is
+//!   asleep in io_uring each time and the figure includes the wake-up;
+//! - burst: messages back to back, so most find the shard awake and draining.
+//!
+//! `cargo bench --bench router_hop` (harness = false: it prints its own table).
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use relay::router::{Router, ShardMsg};
+
+const MESSAGES: u64 = 20_000;
+
+fn run(name: &str, gap: Option<Duration>) {
+    let (router, mut inboxes) = Router::new(1).expect("router");
+    let inbox = inboxes.pop().expect("one inbox");
+    let base = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let seen = received.clone();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let placement = if cpus > 1 {
+        Placement::Fixed(1)
+    } else {
+        Placement::Unbound
+    };
+    let shard = LocalExecutorBuilder::new(placement)
+        .io_memory(512 * 1024)
+        .spawn(move || async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
+            let mut waiter = inbox.waiter().expect("waiter");
+            let inbox = Rc::new(inbox);
+            loop {
+                waiter.rearm();
+                while let Ok(msg) = inbox.rx.try_recv() {
+                    if let ShardMsg::SnapshotRequest { id, .. } = msg {
+                        let now = base.elapsed().as_nanos() as u64;
+                        hist.saturating_record(now.saturating_sub(id).max(1));
+                        inbox.budget.release(0);
+                        if seen.fetch_add(1, Ordering::Release) + 1 == MESSAGES {
+                            return hist;
+                        }
+                    }
+                }
+                waiter.wait().await.expect("doorbell");
+            }
+        })
+        .expect("executor");
+
+    for _ in 0..MESSAGES {
+        let sent_at = base.elapsed().as_nanos() as u64;
+        let mut msg = ShardMsg::SnapshotRequest {
+            from: 0,
+            id: sent_at,
+        };
+        loop {
+            match router.send(0, msg) {
+                Ok(()) => break,
+                Err((_, m)) => {
+                    msg = m;
+                    std::thread::yield_now();
+                }
+            }
+        }
+        if let Some(gap) = gap {
+            let until = Instant::now() + gap;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    let hist = shard.join().expect("shard");
+    println!(
+        "router_hop/{name:<7} n={:>6}  p50={:>7.2} µs  p90={:>7.2} µs  p99={:>7.2} µs  p99.9={:>8.2} µs  max={:>8.2} µs",
+        hist.len(),
+        hist.value_at_quantile(0.5) as f64 / 1e3,
+        hist.value_at_quantile(0.9) as f64 / 1e3,
+        hist.value_at_quantile(0.99) as f64 / 1e3,
+        hist.value_at_quantile(0.999) as f64 / 1e3,
+        hist.max() as f64 / 1e3,
+    );
+}
+
+fn main() {
+    // `cargo test --benches` runs bench binaries with --bench absent: keep that quick.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("router_hop: run with `cargo bench --bench router_hop`");
+        return;
+    }
+    run("parked", Some(Duration::from_micros(200)));
+    run("burst", None);
+}
