@@ -25,6 +25,15 @@ pub enum Command {
     Token(TokenArgs),
     /// Send one event to a node with RELAY_API_KEY (the local mock publisher).
     Publish(PublishArgs),
+    /// Exit 0 when the node at --url answers /healthz with 200 (for container health checks).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The node's base URL; default `http://127.0.0.1:$PORT`.
+    #[arg(long, env = "RELAY_HEALTHCHECK_URL")]
+    pub url: Option<String>,
 }
 
 /// Settings that every subcommand reads.

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use relay::cli::{Cli, Command, CommonArgs, LogFormat, PublishArgs, ServeArgs, TokenArgs};
+use relay::cli::{
+    Cli, Command, CommonArgs, HealthcheckArgs, LogFormat, PublishArgs, ServeArgs, TokenArgs,
+};
 use relay::config::{self, Config, Secret};
 
 /// Exit status for a configuration the node refuses (the contract's 2).
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
         Command::Publish(args) => publish(args),
+        Command::Healthcheck(args) => healthcheck(args),
     };
     match result {
         Ok(code) => code,
@@ -104,6 +107,31 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     let token = relay::auth::mint_claims(&secrets[0], &claims).context("signing the token")?;
     println!("{token}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
+    let base = args.url.unwrap_or_else(|| {
+        let port = std::env::var("PORT").unwrap_or_else(|_| config::DEFAULT_PORT.to_string());
+        format!("http://127.0.0.1:{port}")
+    });
+    let url = format!("{}/healthz", base.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into();
+    let status = agent
+        .get(&url)
+        .call()
+        .with_context(|| format!("GET {url}"))?
+        .status()
+        .as_u16();
+    if status == 200 {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("relay: {url} answered {status}");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
