@@ -164,12 +164,12 @@ fn reader_that_stops_reading_is_closed_with_4008_while_others_keep_receiving() {
         .collect();
 
     // ~4 KiB events, 4 to a request (16 KiB, a quarter of the queue), until the stuck
-    // socket is dropped (with a ceiling of 16 MiB).
+    // socket is dropped (with a ceiling of 32 MiB).
     let pad = "x".repeat(4000);
     let mut conn = HttpConn::connect(node.addr);
     let mut seq = 0u64;
     let mut tripped = false;
-    for b in 0..1000 {
+    for b in 0..2000 {
         let events: Vec<String> = (0..4)
             .map(|k| {
                 event(
