@@ -42,6 +42,7 @@ pub struct NodeBuilder {
     envs: Vec<(String, String)>,
     without_env: Vec<String>,
     expect_admin: bool,
+    dir: Option<PathBuf>,
 }
 
 impl NodeBuilder {
@@ -76,6 +77,12 @@ impl NodeBuilder {
         self
     }
 
+    /// Runs the node in `dir` (for `.env.local` tests) instead of an empty scratch dir.
+    pub fn dir(mut self, dir: &std::path::Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// The command that would be run, for tests that look at start-up failures.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
@@ -85,7 +92,7 @@ impl NodeBuilder {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LOG_LEVEL", "info")
-            .current_dir(scratch_dir());
+            .current_dir(self.dir.clone().unwrap_or_else(scratch_dir));
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
@@ -178,6 +185,7 @@ impl Node {
             ],
             without_env: Vec::new(),
             expect_admin: false,
+            dir: None,
         }
     }
 
@@ -351,20 +359,48 @@ fn tail(s: &str, n: usize) -> &str {
 
 /// Runs a `relay` subcommand (token, publish) with the test secrets; returns the output.
 pub fn relay_cli(args: &[&str]) -> std::process::Output {
+    relay_cli_in(
+        &scratch_dir(),
+        &[("JWT_SIGNING_SECRET", SECRET), ("RELAY_API_KEY", API_KEY)],
+        args,
+    )
+}
+
+/// Runs a `relay` subcommand in `dir` with only `envs` (plus PATH) in its environment.
+pub fn relay_cli_in(
+    dir: &std::path::Path,
+    envs: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("JWT_SIGNING_SECRET", SECRET)
-        .env("RELAY_API_KEY", API_KEY)
-        .current_dir(scratch_dir())
+        .current_dir(dir)
         .stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
     let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn relay");
     wait_output(child, Duration::from_secs(20))
+}
+
+/// A fresh empty directory for this test.
+pub fn fresh_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "relay-it-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
 }
 
 /// `wait_with_output` with a deadline: a hung CLI is killed and fails the test.
@@ -911,6 +947,32 @@ impl RawSocket {
             "upgrade refused: {head:?}"
         );
         s
+    }
+
+    /// Sends one frame: `first` is the first header byte (FIN, RSV, opcode); masked as a
+    /// client must unless `masked` is false.
+    pub fn send_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
+        let mut f = vec![first];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(mask_bit | n as u8),
+            n if n < 65536 => {
+                f.push(mask_bit | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(mask_bit | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let key = [0x12u8, 0x34, 0x56, 0x78];
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            f.extend_from_slice(payload);
+        }
+        self.stream.write_all(&f).expect("send frame");
     }
 
     /// Reads server frames until a close frame; returns its code. `Err` when the
