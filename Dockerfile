@@ -22,7 +22,7 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin rela
 COPY --from=build /src/target/release/relay /usr/local/bin/relay
 USER relay
 ENV PORT=3000 \
-    HOST=0.0.0.0
+    RELAY_HOST=0.0.0.0
 EXPOSE 3000
 # SIGTERM (Docker's default stop signal) reaches the relay as PID 1 and drains it;
 # give `docker stop` a timeout longer than RELAY_DRAIN_TIMEOUT (10 s).

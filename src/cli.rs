@@ -64,7 +64,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_DEV")]
     pub dev: bool,
     /// Address to listen on.
-    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    #[arg(long, env = "RELAY_HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
     /// TCP port for sockets and HTTP; 0 picks a free port (printed on stdout).
     #[arg(long, env = "PORT", default_value_t = config::DEFAULT_PORT)]
