@@ -93,6 +93,45 @@ fn client_message_over_the_limit_closes_with_1009() {
     assert_eq!(ws.expect_close(PROMPT), Some(1009));
 }
 
+#[test]
+fn client_message_over_16_kib_closes_with_1009_by_default() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("big2");
+    let msg = json!({"type": "refresh", "token": "x".repeat(17 * 1024)}).to_string();
+    ws.send_text(&msg);
+    assert_eq!(ws.expect_close(PROMPT), Some(1009));
+}
+
+#[test]
+fn binary_client_message_closes_with_1008() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("bin1");
+    ws.ws
+        .send(tungstenite::Message::binary(
+            b"{\"type\":\"refresh\"}".to_vec(),
+        ))
+        .unwrap();
+    assert_eq!(ws.expect_close(PROMPT), Some(1008));
+}
+
+#[test]
+fn text_that_is_not_utf8_closes_with_1007() {
+    let node = Node::start();
+    let mut raw = RawSocket::upgrade(node.addr, "utf1");
+    raw.send_frame(0x81, b"{\"type\":\"\xff\xfe\"}", true);
+    let code = raw.read_until_close(PROMPT).expect("close frame");
+    assert_eq!(code, Some(1007));
+}
+
+#[test]
+fn unmasked_client_frame_closes_with_1002() {
+    let node = Node::start();
+    let mut raw = RawSocket::upgrade(node.addr, "mask1");
+    raw.send_frame(0x81, br#"{"type":"refresh","token":"x"}"#, false);
+    let code = raw.read_until_close(PROMPT).expect("close frame");
+    assert_eq!(code, Some(1002));
+}
+
 // --- pings and dead peers -------------------------------------------------------------
 
 fn pinging_node() -> Node {
@@ -213,6 +252,18 @@ fn upgrade_after_sigterm_is_refused_with_503() {
     let req = upgrade_request(&format!("/ws?token={}", token("drain4")), &[]);
     conn.request(req.as_bytes())
         .assert_error(503, "unavailable");
+    let status = node
+        .wait_exit(Duration::from_secs(8))
+        .expect("node did not exit");
+    assert!(status.success(), "node exited with {status:?}");
+}
+
+#[test]
+fn publish_after_sigterm_is_refused_with_503() {
+    let (mut node, _stuck, mut conn) = draining_node();
+    let r =
+        conn.request(post_events_request(&event("drain-0", "e", "1"), Some(API_KEY)).as_bytes());
+    r.assert_error(503, "unavailable");
     let status = node
         .wait_exit(Duration::from_secs(8))
         .expect("node did not exit");
