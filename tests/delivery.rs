@@ -74,6 +74,26 @@ fn events_of_a_session_arrive_in_publish_order_over_1000_events() {
 }
 
 #[test]
+fn events_published_through_different_connections_arrive_in_acceptance_order() {
+    let node = Node::start();
+    let mut sockets: Vec<Ws> = (0..2).map(|_| node.ws_welcomed("accept-order")).collect();
+    // Four publisher connections, likely served by both shards; each event is published
+    // only after the previous one was accepted, so acceptance order is 0, 1, 2, ...
+    let mut conns: Vec<HttpConn> = (0..4).map(|_| HttpConn::connect(node.addr)).collect();
+    for i in 0..400 {
+        let body = event("accept-order", "e", &i.to_string());
+        let resp = conns[i % 4].request(post_events_request(&body, Some(API_KEY)).as_bytes());
+        assert_eq!(resp.status, 202, "event {i}: {}", resp.body_str());
+    }
+    for (n, ws) in sockets.iter_mut().enumerate() {
+        for i in 0..400 {
+            let ev = ws.next_event(PROMPT);
+            assert_eq!(ev["data"], i, "socket {n}: event {i} out of order: {ev}");
+        }
+    }
+}
+
+#[test]
 fn data_arrives_byte_for_byte() {
     let node = Node::start();
     let mut ws = node.ws_welcomed("bytes");

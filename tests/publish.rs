@@ -113,6 +113,23 @@ fn batch_of_exactly_1000_events_is_accepted() {
     node.publish_ok(&batch(&events), 1000);
 }
 
+#[test]
+fn event_for_a_session_without_sockets_is_accepted() {
+    let node = Node::start();
+    node.publish_ok(&event("nobody-here", "e", "1"), 1);
+}
+
+#[test]
+fn body_over_the_default_1_mib_limit_is_refused_with_413() {
+    let node = Node::start();
+    let body = event("big", "e", &format!("\"{}\"", "x".repeat(1024 * 1024 + 10)));
+    let mut conn = HttpConn::connect(node.addr);
+    // The server may answer before reading the whole body; a failed write is fine.
+    let _ = conn.send(post_events_request(&body, Some(API_KEY)).as_bytes());
+    let resp = conn.read_response().expect("a 413 answer");
+    resp.assert_error(413, "payload_too_large");
+}
+
 // --- 400 ------------------------------------------------------------------------------
 
 #[test]
@@ -408,6 +425,43 @@ fn body_trickled_past_the_body_timeout_gets_408_then_close() {
         took >= Duration::from_millis(800) && took < Duration::from_secs(5),
         "408 after {took:?}, limit was 1s"
     );
+    assert!(
+        conn.closed_within(Duration::from_secs(3)),
+        "TCP not closed after 408"
+    );
+}
+
+#[test]
+fn connection_that_sends_nothing_gets_408_then_close() {
+    let node = Node::builder().flag("--handshake-timeout", "1s").start();
+    let mut conn = HttpConn::connect(node.addr);
+    conn.set_timeout(Duration::from_secs(5));
+    let start = Instant::now();
+    let resp = conn.read_response().expect("a 408 answer");
+    resp.assert_error(408, "request_timeout");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "408 after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        conn.closed_within(Duration::from_secs(3)),
+        "TCP not closed after 408"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connection_gets_408_then_close() {
+    // The head limit counts from the end of the previous request too.
+    let node = Node::builder().flag("--handshake-timeout", "1s").start();
+    let mut conn = HttpConn::connect(node.addr);
+    let r = conn.request(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.status, 200);
+    conn.set_timeout(Duration::from_secs(5));
+    let resp = conn
+        .read_response()
+        .expect("a 408 answer on the idle connection");
+    resp.assert_error(408, "request_timeout");
     assert!(
         conn.closed_within(Duration::from_secs(3)),
         "TCP not closed after 408"
