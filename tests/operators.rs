@@ -127,7 +127,7 @@ fn latency_hgrm_is_hdrhistogram_percentile_text() {
 
 #[test]
 fn admin_port_moves_metrics_and_latency_off_the_public_port() {
-    let node = Node::builder().flag("--admin-port", "0").start();
+    let node = Node::builder().env("ADMIN_PORT", "0").start();
     let admin = node.admin_addr.expect("admin address");
     assert_ne!(admin, node.addr);
     for path in ["/metrics", "/latency"] {
@@ -250,4 +250,98 @@ fn serve_without_api_key_exits_2_naming_the_variable() {
         Node::builder().without_env("RELAY_API_KEY"),
         "RELAY_API_KEY",
     );
+}
+
+fn env_local_value(dir: &std::path::Path, key: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(".env.local")).expect("read .env.local");
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().trim_matches('"').trim_matches('\'').to_string())
+        .unwrap_or_else(|| panic!(".env.local has no {key}:\n{text}"))
+}
+
+#[test]
+fn dev_mode_starts_without_set_up_and_the_tools_share_its_env_local() {
+    let dir = fresh_dir("dev");
+    let start = || {
+        Node::builder()
+            .without_env("JWT_SIGNING_SECRET")
+            .without_env("RELAY_API_KEY")
+            .arg("--dev")
+            .dir(&dir)
+            .start()
+    };
+    let node = start();
+    let secret = env_local_value(&dir, "JWT_SIGNING_SECRET");
+    let key = env_local_value(&dir, "RELAY_API_KEY");
+    assert!(
+        secret.len() >= 32,
+        "generated secret is weak: {} bytes",
+        secret.len()
+    );
+    assert!(!key.is_empty());
+
+    // `relay token` and `relay publish` run in the same directory with no environment.
+    let out = relay_cli_in(&dir, &[], &["token", "--session", "dev-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwt = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (mut ws, _) = ws_connect(
+        node.addr,
+        &format!("/ws?token={jwt}"),
+        &[("Origin", "http://localhost:5173")],
+    )
+    .unwrap_or_else(|r| panic!("dev socket refused: {} {}", r.status, r.body_str()));
+    assert_eq!(ws.next_json(PROMPT)["session"], "dev-1");
+    let url = node.http_url();
+    let out = relay_cli_in(
+        &dir,
+        &[],
+        &[
+            "publish",
+            "--session",
+            "dev-1",
+            "--event",
+            "hi",
+            "--data",
+            "[1]",
+            "--url",
+            &url,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ws.next_event(PROMPT)["event"], "hi");
+
+    // Real environment variables win over .env.local.
+    let out = relay_cli_in(
+        &dir,
+        &[("JWT_SIGNING_SECRET", SECRET)],
+        &["token", "--session", "dev-2"],
+    );
+    assert!(out.status.success());
+    let env_jwt = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.required_spec_claims.clear();
+    let key_env = jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    assert!(
+        jsonwebtoken::decode::<serde_json::Value>(&env_jwt, &key_env, &validation).is_ok(),
+        "token not signed with the environment's secret"
+    );
+
+    // A second start keeps the generated secrets.
+    drop(ws);
+    drop(node);
+    let _again = start();
+    assert_eq!(env_local_value(&dir, "JWT_SIGNING_SECRET"), secret);
+    assert_eq!(env_local_value(&dir, "RELAY_API_KEY"), key);
+    let _ = std::fs::remove_dir_all(&dir);
 }
