@@ -253,3 +253,49 @@ fn reader_that_stops_reading_is_closed_with_4008_while_others_keep_receiving() {
         "node RSS grew by {grown_kib} KiB while a reader was stuck"
     );
 }
+
+#[test]
+fn sockets_joining_mid_stream_get_the_welcome_first_then_a_gapless_ordered_suffix() {
+    let node = Node::start();
+    let addr = node.addr;
+    let publisher = std::thread::spawn(move || {
+        let mut conn = HttpConn::connect(addr);
+        for i in 0..600 {
+            let body = event("midstream", "e", &i.to_string());
+            let resp = conn.request(post_events_request(&body, Some(API_KEY)).as_bytes());
+            assert_eq!(resp.status, 202, "event {i}: {}", resp.body_str());
+        }
+    });
+    // Sockets join (and are handed to the session's shard) while events flow.
+    let mut sockets = Vec::new();
+    for _ in 0..12 {
+        sockets.push(node.ws_welcomed("midstream"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    publisher.join().expect("publisher failed");
+    node.publish_ok(&event("midstream", "end", "null"), 1);
+    let mut firsts = Vec::new();
+    for (n, ws) in sockets.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        loop {
+            let ev = ws.next_event(PROMPT);
+            if ev["event"] == "end" {
+                break;
+            }
+            seen.push(ev["data"].as_u64().expect("numeric data"));
+        }
+        firsts.push(seen.first().copied());
+        if let Some(first) = seen.first().copied() {
+            let expected: Vec<u64> = (first..600).collect();
+            assert!(
+                seen == expected,
+                "socket {n}: events from {first} are not the gapless ordered suffix: {seen:?}"
+            );
+        }
+    }
+    eprintln!("first events seen per socket: {firsts:?}");
+    assert!(
+        firsts.iter().any(|f| f.is_some_and(|f| f > 0)),
+        "no socket joined mid-stream (first events {firsts:?}); the test proved nothing"
+    );
+}

@@ -269,3 +269,32 @@ fn publish_after_sigterm_is_refused_with_503() {
         .expect("node did not exit");
     assert!(status.success(), "node exited with {status:?}");
 }
+
+#[test]
+fn new_connection_after_sigterm_is_never_upgraded() {
+    let (mut node, _stuck, _conn) = draining_node();
+    // Listeners close on drain; if a connection still gets through it must be refused.
+    if let Ok(stream) = std::net::TcpStream::connect_timeout(&node.addr, Duration::from_secs(2)) {
+        drop(stream);
+        let (req_ok, status) = {
+            let mut c = HttpConn::connect_lenient(node.addr);
+            match c.as_mut() {
+                Some(c) => {
+                    let req = upgrade_request(&format!("/ws?token={}", token("late")), &[]);
+                    match c.send(req.as_bytes()).and_then(|_| c.read_response()) {
+                        Ok(r) => (true, r.status),
+                        Err(_) => (false, 0),
+                    }
+                }
+                None => (false, 0),
+            }
+        };
+        if req_ok {
+            assert_eq!(status, 503, "a new connection during drain got {status}");
+        }
+    }
+    let status = node
+        .wait_exit(Duration::from_secs(8))
+        .expect("node did not exit");
+    assert!(status.success(), "node exited with {status:?}");
+}

@@ -130,6 +130,40 @@ fn body_over_the_default_1_mib_limit_is_refused_with_413() {
     resp.assert_error(413, "payload_too_large");
 }
 
+#[test]
+fn batch_refused_for_one_bad_event_delivers_to_no_session_on_any_shard() {
+    let node = Node::start();
+    // Eight sessions: their owners are spread over both shards.
+    let sessions: Vec<String> = (0..8).map(|i| format!("aon-{i}")).collect();
+    let mut sockets: Vec<Ws> = sessions.iter().map(|s| node.ws_welcomed(s)).collect();
+    let mut events: Vec<String> = sessions.iter().map(|s| event(s, "e", "1")).collect();
+    events.push(r#"{"session":"aon-0","event":"e"}"#.replace("}", r#","data":1,"id":7}"#));
+    node.publish(&batch(&events))
+        .assert_error(400, "bad_request");
+    let markers: Vec<String> = sessions.iter().map(|s| event(s, "marker", "0")).collect();
+    node.publish_ok(&batch(&markers), 8);
+    for (s, ws) in sessions.iter().zip(sockets.iter_mut()) {
+        let next = ws.next_event(PROMPT);
+        assert_eq!(
+            next["event"], "marker",
+            "{s} got an event of a refused batch: {next}"
+        );
+    }
+}
+
+#[test]
+fn json_content_type_with_charset_is_accepted() {
+    let node = Node::start();
+    let resp = post_with_headers(
+        &node,
+        &format!(
+            "Content-Type: application/json; charset=utf-8\r\nAuthorization: Bearer {API_KEY}\r\n"
+        ),
+        &event("cs", "e", "1"),
+    );
+    assert_eq!(resp.status, 202, "{}", resp.body_str());
+}
+
 // --- 400 ------------------------------------------------------------------------------
 
 #[test]
@@ -240,6 +274,11 @@ fn any_key_of_a_comma_separated_list_is_accepted() {
 fn get_on_events_is_refused_with_405() {
     let node = Node::start();
     node.get("/events").assert_error(405, "method_not_allowed");
+    http_request(
+        node.addr,
+        "DELETE /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .assert_error(405, "method_not_allowed");
 }
 
 #[test]

@@ -546,6 +546,17 @@ impl HttpConn {
         }
     }
 
+    /// Like `connect`, but `None` when the connection is refused.
+    pub fn connect_lenient(addr: SocketAddr) -> Option<HttpConn> {
+        let stream = TcpStream::connect_timeout(&addr, PROMPT).ok()?;
+        stream.set_read_timeout(Some(PROMPT)).unwrap();
+        stream.set_write_timeout(Some(PROMPT)).unwrap();
+        Some(HttpConn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)
     }
