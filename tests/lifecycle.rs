@@ -46,16 +46,20 @@ fn socket_whose_token_expires_is_closed_with_4001() {
 }
 
 #[test]
-fn refresh_before_expiry_keeps_the_socket_open_past_the_old_exp() {
+fn refresh_before_expiry_keeps_the_socket_open_until_the_new_exp() {
     let node = no_leeway();
     let exp = now() + 2;
     let mut ws = connect_with(&node, &token_expiring("ref1", exp));
-    ws.send_text(&json!({"type": "refresh", "token": token("ref1")}).to_string());
-    // Stay connected well past the old exp (pings are fine, a close is not).
-    ws.assert_no_text(Duration::from_secs(4));
+    let new_exp = now() + 5;
+    ws.send_text(&json!({"type": "refresh", "token": token_expiring("ref1", new_exp)}).to_string());
+    // Stay connected past the old exp (pings are fine, a close is not).
+    ws.assert_no_text(Duration::from_millis(3500));
     assert!(now() > exp);
     node.publish_ok(&event("ref1", "still-here", "1"), 1);
     assert_eq!(ws.next_event(PROMPT)["event"], "still-here");
+    // The new token's exp is now the socket's end.
+    assert_eq!(ws.expect_close(Duration::from_secs(6)), Some(4001));
+    assert!(now() >= new_exp, "closed before the refreshed exp");
 }
 
 #[test]
@@ -130,6 +134,44 @@ fn unmasked_client_frame_closes_with_1002() {
     raw.send_frame(0x81, br#"{"type":"refresh","token":"x"}"#, false);
     let code = raw.read_until_close(PROMPT).expect("close frame");
     assert_eq!(code, Some(1002));
+}
+
+#[test]
+fn client_ping_is_answered_with_a_pong_of_the_same_payload() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("cping");
+    ws.ws
+        .send(tungstenite::Message::Ping(b"are-you-there".to_vec().into()))
+        .unwrap();
+    match ws.recv(PROMPT) {
+        Ok(tungstenite::Message::Pong(p)) => assert_eq!(&p[..], b"are-you-there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+}
+
+#[test]
+fn client_close_is_answered_with_a_close_and_counted() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("cclose");
+    ws.ws
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        }))
+        .unwrap();
+    assert_eq!(ws.expect_close(PROMPT), Some(1000));
+    assert_eq!(
+        node.wait_metric(
+            "relay_socket_disconnects_total",
+            &[("reason", "client_close")],
+            PROMPT,
+            |v| v >= 1.0
+        ),
+        1.0
+    );
+    assert!(wait_until(PROMPT, || node
+        .metric("relay_connected_clients", &[])
+        == 0.0));
 }
 
 // --- pings and dead peers -------------------------------------------------------------
@@ -240,9 +282,10 @@ fn readyz_after_sigterm_answers_503() {
     let (mut node, _stuck, mut conn) = draining_node();
     let r = conn.request(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(r.status, 503, "readyz while draining: {}", r.body_str());
+    // 4 s drain timeout; 0.2 s have passed since the signal; allow 1 s of slack.
     let status = node
-        .wait_exit(Duration::from_secs(8))
-        .expect("node did not exit");
+        .wait_exit(Duration::from_millis(3800 + 1000))
+        .expect("node still running past its drain timeout");
     assert!(status.success(), "node exited with {status:?}");
 }
 

@@ -37,6 +37,9 @@ fn healthz_and_readyz_answer_200_on_a_serving_node() {
 fn metrics_count_events_deliveries_and_connected_clients() {
     let node = Node::start();
     let _socks = deliver(&node, "m1", 3, 5);
+    // A refused batch is not counted as accepted events.
+    let refused = batch(&[event("m1", "e", "1"), r#"{"session":"m1"}"#.to_string()]);
+    node.publish(&refused).assert_error(400, "bad_request");
     let deliveries = node.wait_metric("relay_deliveries_total", &[], PROMPT, |v| v >= 15.0);
     assert_eq!(deliveries, 15.0, "5 events to 3 sockets");
     assert_eq!(node.metric("relay_events_total", &[]), 5.0);
@@ -156,7 +159,11 @@ fn cli_token_and_publish_deliver_end_to_end() {
     let stdout = String::from_utf8(out.stdout).expect("utf-8 token");
     let jwt = stdout.trim();
     assert_eq!(stdout.lines().count(), 1, "relay token printed {stdout:?}");
-    assert_eq!(jwt.split('.').count(), 3, "not a JWT: {jwt:?}");
+    let claims = verify(jwt);
+    assert_eq!(claims["session"], "cli-1");
+    assert_eq!(claims["sub"], "u1");
+    let ttl = claims["exp"].as_i64().unwrap() - now();
+    assert!((290..=300).contains(&ttl), "--ttl 5m gave exp now+{ttl}s");
 
     let (mut ws, _) = ws_connect(node.addr, &format!("/ws?token={jwt}"), &[])
         .unwrap_or_else(|r| panic!("minted token refused: {} {}", r.status, r.body_str()));
@@ -213,6 +220,33 @@ fn cli_publish_fails_with_nonzero_status_when_refused() {
         &node.http_url(),
     ]);
     assert!(!out.status.success(), "relay publish exited 0 on a 400");
+}
+
+/// Verifies an HS256 token with the test secret and returns its claims.
+fn verify(jwt: &str) -> serde_json::Value {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.required_spec_claims.clear();
+    let key = jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &validation)
+        .unwrap_or_else(|e| panic!("token {jwt:?} does not verify with the secret: {e}"))
+        .claims
+}
+
+#[test]
+fn cli_token_lasts_15_minutes_by_default() {
+    let out = relay_cli(&["token", "--session", "cli-2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let claims = verify(String::from_utf8(out.stdout).unwrap().trim());
+    let ttl = claims["exp"].as_i64().unwrap() - now();
+    assert!(
+        (890..=900).contains(&ttl),
+        "default ttl gave exp now+{ttl}s"
+    );
+    assert_eq!(claims["session"], "cli-2");
 }
 
 fn startup_failure(builder: NodeBuilder, var: &str) {

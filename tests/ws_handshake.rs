@@ -265,6 +265,10 @@ fn token_in_query_string_opens_a_socket() {
         .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.body_str()));
     assert_eq!(resp.status, 101);
     assert_eq!(ws.next_json(PROMPT)["session"], "q1");
+    // Other query parameters around the token are fine.
+    let (mut ws, _) = ws_connect(node.addr, &format!("/ws?v=2&token={t}&x=y"), &[])
+        .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.body_str()));
+    assert_eq!(ws.next_json(PROMPT)["session"], "q1");
 }
 
 #[test]
