@@ -391,25 +391,15 @@ impl Shard {
             self.stats.connected.set(reg.socket_count() as u64);
             self.stats.sessions.set(reg.session_count() as u64);
         }
-        let shard = self.clone();
-        glommio::spawn_local(async move {
-            let reason = crate::ws::conn::run(&shard, stream, &state).await;
-            {
-                let mut reg = shard.registry.borrow_mut();
-                reg.remove(&state);
-                shard.stats.connected.set(reg.socket_count() as u64);
-                shard.stats.sessions.set(reg.session_count() as u64);
-            }
-            shard.stats.disconnect(reason);
-            shard.node.release_socket();
-            tracing::debug!(
-                shard = shard.id,
-                socket = state.id,
-                reason = reason.metric_reason(),
-                "socket closed"
-            );
-        })
-        .detach();
+        let guard = SocketGuard {
+            shard: self.clone(),
+            state,
+            reason: Disconnect::IoError,
+        };
+        spawn_guarded(self.id, "socket", async move {
+            let mut guard = guard;
+            guard.reason = crate::ws::conn::run(&guard.shard, stream, &guard.state).await;
+        });
     }
 
     /// Pings idle sockets, closes dead and expired ones, and reaps closing ones.
@@ -497,13 +487,62 @@ impl Shard {
     }
 }
 
+/// Unregisters a socket when its task ends, normally or by a panic, so a bug in
+/// one socket's handling never leaves a ghost in the registry or the counters.
+struct SocketGuard {
+    shard: Rc<Shard>,
+    state: Rc<SocketState>,
+    /// Set by the task when it ends normally; a panic leaves `IoError`.
+    reason: Disconnect,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let shard = &self.shard;
+        if let Ok(mut reg) = shard.registry.try_borrow_mut() {
+            reg.remove(&self.state);
+            shard.stats.connected.set(reg.socket_count() as u64);
+            shard.stats.sessions.set(reg.session_count() as u64);
+        }
+        shard.stats.disconnect(self.reason);
+        shard.node.release_socket();
+        tracing::debug!(
+            shard = shard.id,
+            socket = self.state.id,
+            reason = self.reason.metric_reason(),
+            "socket closed"
+        );
+    }
+}
+
+/// Spawns a per-connection task whose panic is logged and contained: one bad
+/// connection must never take the shard, and with it the node, down.
+pub fn spawn_guarded(
+    shard: usize,
+    what: &'static str,
+    fut: impl std::future::Future<Output = ()> + 'static,
+) {
+    use futures_lite::FutureExt;
+    glommio::spawn_local(async move {
+        if let Err(panic) = std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(shard, what, panic = %msg, "connection task panicked; connection dropped");
+        }
+    })
+    .detach();
+}
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, admin: bool) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 let s = shard.clone();
-                glommio::spawn_local(crate::http::conn::serve(s, stream, admin)).detach();
+                spawn_guarded(shard.id, "http", crate::http::conn::serve(s, stream, admin));
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.

@@ -97,6 +97,9 @@ struct SocketTask<'a> {
     ws: WebSocket<Pipe>,
     phase: Phase,
     write_shut: bool,
+    /// tungstenite returned an error: its state is undefined from here on, so it is
+    /// never called again and further input is discarded.
+    ws_failed: bool,
 }
 
 /// Serves an upgraded socket until it ends. The 101 and welcome are already queued.
@@ -115,6 +118,7 @@ pub async fn run(shard: &Rc<Shard>, stream: TcpStream, state: &SocketState) -> D
         ws,
         phase: Phase::Open,
         write_shut: false,
+        ws_failed: false,
     };
     futures_lite::future::poll_fn(|cx| task.poll(cx)).await
 }
@@ -228,6 +232,12 @@ impl SocketTask<'_> {
 
     /// Runs tungstenite over the bytes read so far.
     fn handle_input(&mut self) {
+        if self.ws_failed {
+            let pipe = self.ws.get_mut();
+            pipe.input.clear();
+            pipe.pos = 0;
+            return;
+        }
         loop {
             match self.ws.read() {
                 Ok(Message::Text(text)) => {
@@ -249,12 +259,18 @@ impl SocketTask<'_> {
                 | Err(tungstenite::Error::AlreadyClosed) => break,
                 Err(e) => {
                     tracing::debug!(socket = self.state.id, error = %e, "client protocol error");
+                    self.ws_failed = true;
+                    let pipe = self.ws.get_mut();
+                    pipe.input.clear();
+                    pipe.pos = 0;
                     self.begin_close(Disconnect::from_ws_error(&e));
                     break;
                 }
             }
         }
-        let _ = self.ws.flush();
+        if !self.ws_failed {
+            let _ = self.ws.flush();
+        }
         let out = std::mem::take(&mut self.ws.get_mut().output);
         if !out.is_empty() {
             if self.state.is_closing() {
