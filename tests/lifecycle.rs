@@ -107,6 +107,16 @@ fn client_message_over_16_kib_closes_with_1009_by_default() {
 }
 
 #[test]
+fn client_message_far_over_the_limit_closes_with_1009() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("big3");
+    let msg = json!({"type": "refresh", "token": "x".repeat(256 * 1024)}).to_string();
+    // The server may stop reading part way; the write may then fail, the close must not.
+    let _ = ws.ws.send(tungstenite::Message::text(msg));
+    assert_eq!(ws.expect_close(PROMPT), Some(1009));
+}
+
+#[test]
 fn binary_client_message_closes_with_1008() {
     let node = Node::start();
     let mut ws = node.ws_welcomed("bin1");
