@@ -279,6 +279,7 @@ pub fn run_process(
             "a worker stopped before it was ready".into(),
         ))
     };
+    let cpu0 = crate::sys::process_cpu_ns();
     match &started {
         Ok(start) => {
             let _ = start_tx.send(*start);
@@ -297,6 +298,8 @@ pub fn run_process(
         part.merge(p);
     }
     started?;
+    part.load_cpu_ns = crate::sys::process_cpu_ns().saturating_sub(cpu0);
+    part.end_ns = unix_ns();
     Ok(part)
 }
 

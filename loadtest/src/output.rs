@@ -82,22 +82,31 @@ fn map(m: &std::collections::BTreeMap<String, u64>) -> String {
 pub fn table(r: &Report) -> String {
     let s = &r.scenario;
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "loadtest {}: {} sessions × {} sockets, {} ev/s × {} B, batch {}, {:.1}s{}",
-        r.kind,
-        s.sessions,
-        s.sockets_per_session,
-        s.rate,
-        s.event_bytes,
-        s.batch,
-        r.duration_s,
-        if r.procs > 1 {
-            format!(", {} procs", r.procs)
-        } else {
-            String::new()
-        }
-    );
+    let procs = if r.procs > 1 {
+        format!(", {} procs", r.procs)
+    } else {
+        String::new()
+    };
+    let _ = if r.kind.publishes() {
+        writeln!(
+            o,
+            "loadtest {}: {} sessions × {} sockets, {} ev/s × {} B, batch {}, {:.1}s{procs}",
+            r.kind, s.sessions, s.sockets_per_session, s.rate, s.event_bytes, s.batch, r.duration_s
+        )
+    } else {
+        writeln!(
+            o,
+            "loadtest {}: {} sessions × {} sockets{}{procs}",
+            r.kind,
+            s.sessions,
+            s.sockets_per_session,
+            if r.kind == crate::scenario::Kind::IdleHold {
+                format!(", held {:.1}s", r.duration_s)
+            } else {
+                String::new()
+            }
+        )
+    };
     let row = |o: &mut String, k: &str, v: String| {
         let _ = writeln!(o, "  {k:<14} {v}");
     };
@@ -181,6 +190,17 @@ pub fn table(r: &Report) -> String {
             ),
         );
     }
+    row(
+        &mut o,
+        "cpu",
+        format!(
+            "loadtest {:.0}% of a core{}",
+            r.load_cpu_percent,
+            r.server_cpu_percent
+                .map(|p| format!(", node {p:.0}%"))
+                .unwrap_or_default()
+        ),
+    );
     if r.passed {
         row(&mut o, "result", "PASS".into());
     } else {

@@ -150,6 +150,7 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
     let progress = Arc::new(Progress::default());
     let mut line = ProgressLine::new(scn.kind.to_string(), opts.progress);
     let mut hold = None;
+    let mut server_cpu0 = None;
 
     let part = if procs == 1 {
         let cfg = EngineConfig {
@@ -162,21 +163,36 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
         };
         let pid = opts.server_pid;
         let hold_slot = &mut hold;
+        let cpu_slot = &mut server_cpu0;
         let r = engine::run_process(cfg, progress.clone(), &mut line, || {
             if pid.is_some() {
                 std::thread::sleep(settle);
                 *hold_slot = sample(pid).map_err(|e| EngineError::Start(e.to_string()))?;
             }
+            *cpu_slot = pid.and_then(sys::pid_cpu_ns);
             Ok(unix_ns() + START_LEAD.as_nanos() as u64)
         });
         line.finish();
         r?
     } else {
-        let r = run_children(scn, opts, &secret, &api_key, run_id, procs, &mut hold);
+        let r = run_children(
+            scn,
+            opts,
+            &secret,
+            &api_key,
+            run_id,
+            procs,
+            &mut hold,
+            &mut server_cpu0,
+        );
         line.finish();
         r?
     };
 
+    let server_cpu = match (server_cpu0, opts.server_pid.and_then(sys::pid_cpu_ns)) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     let rss = match (before, hold) {
         (Some(b), Some(h)) => {
             std::thread::sleep(settle);
@@ -185,7 +201,7 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
         }
         _ => None,
     };
-    Ok(Report::build(scn, &part, procs, rss))
+    Ok(Report::build(scn, &part, procs, rss, server_cpu))
 }
 
 struct ChildProc {
@@ -210,6 +226,7 @@ fn read_line(c: &mut ChildProc, index: u32) -> Result<String, RunError> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_children(
     scn: &Scenario,
     opts: &RunOptions,
@@ -218,6 +235,7 @@ fn run_children(
     run_id: u32,
     procs: u32,
     hold: &mut Option<u64>,
+    server_cpu0: &mut Option<u64>,
 ) -> Result<Part, RunError> {
     let exe = std::env::current_exe().map_err(|e| child_err(0, e.to_string()))?;
     let mut children = Vec::new();
@@ -258,7 +276,7 @@ fn run_children(
         writeln!(c.stdin, "{json}").map_err(|e| child_err(index, e.to_string()))?;
         children.push(c);
     }
-    let result = drive_children(&mut children, opts, scn, hold);
+    let result = drive_children(&mut children, opts, scn, hold, server_cpu0);
     for c in &mut children {
         // Children exit by themselves after PART; a failed run must not leave them behind.
         if result.is_err() {
@@ -274,6 +292,7 @@ fn drive_children(
     opts: &RunOptions,
     scn: &Scenario,
     hold: &mut Option<u64>,
+    server_cpu0: &mut Option<u64>,
 ) -> Result<Part, RunError> {
     for (i, c) in children.iter_mut().enumerate() {
         let line = read_line(c, i as u32)?;
@@ -285,6 +304,7 @@ fn drive_children(
         std::thread::sleep(scn.settle.0);
         *hold = sample(opts.server_pid)?;
     }
+    *server_cpu0 = opts.server_pid.and_then(sys::pid_cpu_ns);
     let start = unix_ns() + START_LEAD.as_nanos() as u64;
     for (i, c) in children.iter_mut().enumerate() {
         writeln!(c.stdin, "GO {start}").map_err(|e| child_err(i as u32, e.to_string()))?;

@@ -358,12 +358,14 @@ impl Scenario {
         (1e9 * f64::from(self.batch) / self.rate).round().max(1.0) as u64
     }
 
-    /// Churn sockets alive at once, worst case (rate × life, rounded up, plus one).
+    /// Churn sockets alive at once, worst case: each lives at most connect_timeout + life +
+    /// 1 s (closing), so rate × that, rounded up, plus one.
     pub fn churn_live_max(&self) -> u64 {
         if self.kind != Kind::Churn || self.churn_rate <= 0.0 {
             return 0;
         }
-        (self.churn_rate * self.churn_life.0.as_secs_f64()).ceil() as u64 + 1
+        let life = self.connect_timeout.0 + self.churn_life.0 + Duration::from_secs(1);
+        (self.churn_rate * life.as_secs_f64()).ceil() as u64 + 1
     }
 
     /// Whether socket `g` (global index) is a slow consumer: `slow_percent` of the sockets,
@@ -619,7 +621,7 @@ mod tests {
             &[],
         )
         .expect("valid");
-        assert_eq!(churn.churn_live_max(), 101);
+        assert_eq!(churn.churn_live_max(), 50 * 13 + 1);
     }
 
     #[test]

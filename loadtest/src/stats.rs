@@ -154,6 +154,10 @@ pub struct Part {
     pub slow_closed_4008: u64,
     pub churn_opened: u64,
     pub churn_failed: u64,
+    /// CPU the load process(es) used from the start signal to the end, ns (summed).
+    pub load_cpu_ns: u64,
+    /// UNIX ns when the process finished (latest over processes).
+    pub end_ns: u64,
 }
 
 fn min_nonzero(a: u64, b: u64) -> u64 {
@@ -217,6 +221,8 @@ impl Part {
         self.slow_closed_4008 += other.slow_closed_4008;
         self.churn_opened += other.churn_opened;
         self.churn_failed += other.churn_failed;
+        self.load_cpu_ns += other.load_cpu_ns;
+        self.end_ns = self.end_ns.max(other.end_ns);
     }
 }
 
@@ -326,6 +332,11 @@ pub struct Report {
     pub churn_opened: u64,
     pub churn_failed: u64,
     pub server_rss: Option<Rss>,
+    /// CPU the load generator used while running, in % of one core: near 100 × its cores
+    /// means the tool, not the node, may have been the limit.
+    pub load_cpu_percent: f64,
+    /// CPU the node used over the same window, in % of one core (with --server-pid).
+    pub server_cpu_percent: Option<f64>,
     pub passed: bool,
     /// Why the run failed, one line each; empty when it passed.
     pub failures: Vec<String>,
@@ -358,7 +369,13 @@ impl Hists {
 
 impl Report {
     /// Builds the report from the merged part. `procs` is informational.
-    pub fn build(scn: &Scenario, part: &Part, procs: u32, rss: Option<Rss>) -> Report {
+    pub fn build(
+        scn: &Scenario,
+        part: &Part,
+        procs: u32,
+        rss: Option<Rss>,
+        server_cpu_ns: Option<u64>,
+    ) -> Report {
         let duration_ns = u64::try_from(scn.duration.0.as_nanos()).unwrap_or(u64::MAX);
         let l = loss(&part.accepted_per_session, &part.sockets);
         let mut errors = part.errors.clone();
@@ -383,6 +400,14 @@ impl Report {
             sched_end.max(part.publish_last_ns).saturating_sub(start)
         };
 
+        let run_ns = part.end_ns.saturating_sub(start);
+        let pct = |cpu: u64| {
+            if run_ns == 0 || start == 0 {
+                0.0
+            } else {
+                cpu as f64 * 100.0 / run_ns as f64
+            }
+        };
         let mut failures = Vec::new();
         if l.lost > 0 {
             failures.push(format!(
@@ -437,6 +462,8 @@ impl Report {
             churn_opened: part.churn_opened,
             churn_failed: part.churn_failed,
             server_rss: rss,
+            load_cpu_percent: pct(part.load_cpu_ns),
+            server_cpu_percent: server_cpu_ns.map(pct),
             passed: failures.is_empty(),
             failures,
             hists: Hists {
@@ -570,13 +597,13 @@ mod tests {
             session: 0,
             received: 10_000,
         });
-        let r = Report::build(&scn, &p, 1, None);
+        let r = Report::build(&scn, &p, 1, None, None);
         assert!((r.window_s - 20.0).abs() < 1e-9);
         assert!((r.deliveries_per_sec - 100_000.0).abs() < 1e-6);
         assert!((r.events_per_sec - 1000.0).abs() < 1e-6);
         assert!(r.passed, "{:?}", r.failures);
         p.delivery_last_ns = s + 1;
-        let r = Report::build(&scn, &p, 1, None);
+        let r = Report::build(&scn, &p, 1, None, None);
         assert!((r.window_s - 10.0).abs() < 1e-9);
     }
 
@@ -596,12 +623,12 @@ mod tests {
             session: 0,
             received: 2,
         });
-        let r = Report::build(&scn, &p, 1, None);
+        let r = Report::build(&scn, &p, 1, None, None);
         assert!(!r.passed);
         assert_eq!(r.lost, 1);
         p.sockets[0].received = 3;
         p.error("publish_http_503");
-        let r = Report::build(&scn, &p, 1, None);
+        let r = Report::build(&scn, &p, 1, None, None);
         assert_eq!(r.lost, 0);
         assert!(!r.passed);
         assert!(r.failures[0].contains("budget of 0"), "{:?}", r.failures);
@@ -623,10 +650,10 @@ mod tests {
             session: 0,
             received: 2,
         });
-        let r = Report::build(&scn, &p, 1, None);
+        let r = Report::build(&scn, &p, 1, None, None);
         assert_eq!(r.errors.get("unexpected_events"), Some(&1));
         p.events_unknown = 1;
-        let r = Report::build(&scn, &p, 1, None);
+        let r = Report::build(&scn, &p, 1, None, None);
         assert!(r.passed);
     }
 

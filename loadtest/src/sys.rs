@@ -119,6 +119,35 @@ pub fn allowed_cpus() -> usize {
     usize::try_from(n).unwrap_or(1).max(1)
 }
 
+/// CPU time (user + system) this process has used, in nanoseconds.
+pub fn process_cpu_ns() -> u64 {
+    // SAFETY: rusage is plain data; getrusage writes into the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// utime + stime in clock ticks from /proc/PID/stat text (fields 14 and 15; the command
+/// name in parentheses may contain spaces, so fields are counted after the last `)`).
+pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ")" the fields start at 3 (state), so utime (14) is index 11, stime (15) is 12.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU time another process has used, in nanoseconds.
+pub fn pid_cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|h| *h > 0)?;
+    Some(parse_stat_ticks(&stat)? * 1_000_000_000 / hz)
+}
+
 /// VmRSS in KiB from /proc/PID/status text.
 pub fn parse_vm_rss(status: &str) -> Option<u64> {
     status.lines().find_map(|l| {
@@ -159,6 +188,14 @@ mod tests {
         assert_eq!(parse_vm_rss(status), Some(12345));
         assert_eq!(parse_vm_rss("Name: x\n"), None);
         assert!(vm_rss_kib(std::process::id()).is_ok());
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "42 (my relay) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(parse_stat_ticks(stat), Some(300));
+        assert!(pid_cpu_ns(std::process::id()).is_some());
+        assert!(process_cpu_ns() > 0);
     }
 
     #[test]

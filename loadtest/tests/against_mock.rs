@@ -43,19 +43,21 @@ fn fanout_against_mock_loses_nothing_and_fills_the_histogram() {
 
 #[test]
 fn slow_consumers_are_seen_closed_with_4008() {
-    let mock = mock_relay::start(32 * 1024);
+    // The slow socket is sent 12 MB, far beyond the 1 MiB queue plus kernel buffers; the
+    // healthy ones keep up with 1 MiB of slack even in a debug build on a busy machine.
+    let mock = mock_relay::start(1 << 20);
     let scn = scenario::from_str(
         &format!(
-            "kind = \"slow-consumers\"\nurl = \"{}\"\nsessions = 2\nsockets_per_session = 5\nslow_percent = 20\nrate = 2000\nevent_bytes = 4000\nduration = \"2s\"\ndrain = \"1s\"\n",
+            "kind = \"slow-consumers\"\nurl = \"{}\"\nsessions = 1\nsockets_per_session = 5\nslow_percent = 20\nrate = 1000\nevent_bytes = 4000\nduration = \"3s\"\ndrain = \"1s\"\n",
             mock.url()
         ),
         &[],
     )
     .expect("scenario");
     let r = run(&scn, &opts()).expect("run");
-    assert_eq!(r.slow_sockets, 2);
-    assert_eq!(r.slow_closed_4008, 2, "{:?}", r.errors);
-    assert_eq!(r.close_codes.get("4008"), Some(&2));
+    assert_eq!(r.slow_sockets, 1);
+    assert_eq!(r.slow_closed_4008, 1, "{:?}", r.errors);
+    assert_eq!(r.close_codes.get("4008"), Some(&1), "{:?}", r.errors);
     assert_eq!(r.lost, 0);
     assert!(r.passed, "{:?}", r.failures);
 }
