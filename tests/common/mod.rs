@@ -320,6 +320,11 @@ impl Drop for Node {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        if std::thread::panicking() {
+            eprintln!("node stderr kept at {}", self.log_path.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
     }
 }
 
