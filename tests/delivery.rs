@@ -132,6 +132,32 @@ fn data_arrives_byte_for_byte() {
 }
 
 #[test]
+fn event_near_the_body_limit_arrives_intact() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("large");
+    // About 1,000,000 bytes of data: a frame with a 64-bit length.
+    let data = format!("[\"{}\",{{\"tail\": true}}]", "0123456789".repeat(99_990));
+    node.publish_ok(&event("large", "big", &data), 1);
+    let frame = ws.next_text(PROMPT);
+    assert_eq!(raw_member(&frame, "data"), Some(data.as_str()));
+}
+
+#[test]
+fn event_name_and_id_with_escapes_arrive_as_published() {
+    let node = Node::start();
+    let session: String = "Az09._:-".chars().cycle().take(128).collect();
+    let mut ws = node.ws_welcomed(&session);
+    let body = format!(
+        r#"{{"session":"{session}","event":"caf\u00e9 \"quoted\" é","data":0,"id":"id\/1 \u2028"}}"#
+    );
+    node.publish_ok(&body, 1);
+    let ev = ws.next_event(PROMPT);
+    assert_eq!(ev["session"], session.as_str());
+    assert_eq!(ev["event"], "café \"quoted\" é");
+    assert_eq!(ev["id"], "id/1 \u{2028}");
+}
+
+#[test]
 fn session_spread_over_both_shards_delivers_every_event_to_every_socket() {
     let node = Node::start();
     // SO_REUSEPORT spreads connections over the 2 shards by address hash; with 16
