@@ -22,6 +22,11 @@ pub enum Command {
     Run(RunArgs),
     /// Validate a scenario (with overrides) and print it fully resolved, as TOML.
     Check(ScenarioArgs),
+    /// Print a Markdown table summarising `--json` reports (one row per file).
+    Summary {
+        /// Report files written by `run --json`.
+        files: Vec<PathBuf>,
+    },
     /// Internal: one load process of `run --procs N` (reads its config on stdin).
     #[command(hide = true)]
     Child,

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(&args),
+        Command::Summary { files } => summary(&files),
         Command::Child => loadtest::run::child_main()
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
@@ -33,6 +34,22 @@ fn check(args: &loadtest::cli::ScenarioArgs) -> anyhow::Result<ExitCode> {
     let scn = loadtest::scenario::load(&args.file, &args.overrides())?;
     loadtest::run::check_targets(&scn)?;
     print!("{}", toml::to_string(&scn).context("print scenario")?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn summary(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut rows = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
+        let report: loadtest::Report =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", f.display()))?;
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        rows.push((name, report));
+    }
+    print!("{}", output::summary_table(&rows));
     Ok(ExitCode::SUCCESS)
 }
 

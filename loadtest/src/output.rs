@@ -49,11 +49,16 @@ pub fn hgrm(h: &Hist) -> String {
         h.max() as f64 / 1000.0,
         h.len()
     );
+    // HdrHistogram's sub-bucket count: the power of two covering 2 × 10^sigfig.
+    let sub_buckets = (2.0 * 10f64.powi(i32::from(h.sigfig())))
+        .log2()
+        .ceil()
+        .exp2() as u64;
     let _ = writeln!(
         out,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
         h.buckets(),
-        h.distinct_values()
+        sub_buckets
     );
     out
 }
@@ -209,6 +214,51 @@ pub fn table(r: &Report) -> String {
     o
 }
 
+/// A Markdown table, one row per (name, report).
+pub fn summary_table(rows: &[(String, Report)]) -> String {
+    let mut o = String::from(
+        "| run | kind | sockets | deliveries/s | events/s | handshakes/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | errors | close codes | RSS/conn | load CPU | node CPU | result |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |\n",
+    );
+    for (name, r) in rows {
+        // Latency columns show publish→receive, or publish→202 / handshake when nothing
+        // was delivered (publish-throughput, connect-storm, idle-hold).
+        let l = if r.latency_ms.count > 0 {
+            r.latency_ms
+        } else if r.publish_latency_ms.count > 0 {
+            r.publish_latency_ms
+        } else {
+            r.handshake_ms
+        };
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {:.0}% | {} | {} |",
+            r.kind,
+            r.sockets_connected,
+            r.deliveries_per_sec,
+            r.events_per_sec,
+            r.handshakes_per_sec,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p99_9,
+            l.max,
+            r.lost,
+            if r.errors.is_empty() { "0".to_owned() } else { map(&r.errors) },
+            if r.close_codes.is_empty() { "-".to_owned() } else { map(&r.close_codes) },
+            r.server_rss
+                .map(|x| format!("{:.0} B", x.per_conn_bytes))
+                .unwrap_or_else(|| "-".into()),
+            r.load_cpu_percent,
+            r.server_cpu_percent
+                .map(|p| format!("{p:.0}%"))
+                .unwrap_or_else(|| "-".into()),
+            if r.passed { "PASS" } else { "FAIL" },
+        );
+    }
+    o
+}
+
 /// Counters the workers bump (Relaxed, one writer per cache line is not needed at these
 /// rates: one add per read batch) and the progress line reads.
 #[derive(Debug, Default)]
@@ -321,5 +371,6 @@ mod tests {
     fn empty_histogram_still_writes_a_footer() {
         let text = hgrm(&Hist::new());
         assert!(text.contains("Total count    =            0"));
+        assert!(text.contains("SubBuckets     =         2048"), "{text}");
     }
 }
