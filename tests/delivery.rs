@@ -325,3 +325,62 @@ fn sockets_joining_mid_stream_get_the_welcome_first_then_a_gapless_ordered_suffi
         "no socket joined mid-stream (first events {firsts:?}); the test proved nothing"
     );
 }
+
+#[test]
+fn socket_churn_during_publishing_leaves_counts_and_delivery_intact() {
+    let node = Node::start();
+    let addr = node.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut conn = HttpConn::connect(addr);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = batch(&[event("churn", "e", "1"), event("churn-b", "e", "2")]);
+                let resp = conn.request(post_events_request(&body, Some(API_KEY)).as_bytes());
+                assert_eq!(resp.status, 202, "{}", resp.body_str());
+                n += 1;
+            }
+            n
+        })
+    };
+    let churners: Vec<_> = (0..3)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..15 {
+                    let session = if i % 2 == 0 { "churn" } else { "churn-b" };
+                    let (mut ws, _) =
+                        ws_connect(addr, &format!("/ws?token={}", token(session)), &[])
+                            .unwrap_or_else(|r| panic!("refused: {}", r.status));
+                    assert_eq!(ws.next_json(PROMPT)["type"], "welcome");
+                    let _ = ws.recv(Duration::from_millis(10));
+                    if (i + t) % 3 == 0 {
+                        // Vanish without a close frame.
+                        drop(ws);
+                    } else {
+                        let _ = ws.ws.close(None);
+                        let _ = ws.wait_close(PROMPT);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in churners {
+        c.join().expect("churner failed");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = publisher.join().expect("publisher failed");
+    assert!(published > 0);
+
+    assert!(
+        wait_until(PROMPT, || node.metric("relay_connected_clients", &[])
+            == 0.0),
+        "connected clients did not return to 0: {}",
+        node.metric("relay_connected_clients", &[])
+    );
+    assert_eq!(node.get("/healthz").status, 200);
+    let mut ws = node.ws_welcomed("churn");
+    node.publish_ok(&event("churn", "after", "0"), 1);
+    assert_eq!(ws.next_event(PROMPT)["event"], "after");
+}

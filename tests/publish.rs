@@ -506,3 +506,39 @@ fn idle_keep_alive_connection_gets_408_then_close() {
         "TCP not closed after 408"
     );
 }
+
+#[test]
+fn request_arriving_in_small_pieces_is_served() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("pieces");
+    let raw = post_events_request(&event("pieces", "e", r#"{"split": true}"#), Some(API_KEY));
+    let mut conn = HttpConn::connect(node.addr);
+    for chunk in raw.as_bytes().chunks(7) {
+        conn.send(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let resp = conn.read_response().expect("response");
+    assert_eq!(resp.status, 202, "{}", resp.body_str());
+    assert_eq!(ws.next_event(PROMPT)["data"]["split"], true);
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let node = Node::start();
+    let body = event("cont", "e", "1");
+    let mut conn = HttpConn::connect(node.addr);
+    conn.send(
+        format!(
+            "POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer {API_KEY}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    conn.set_timeout(Duration::from_secs(3));
+    let interim = conn.read_response().expect("a 100 Continue");
+    assert_eq!(interim.status, 100);
+    conn.send(body.as_bytes()).unwrap();
+    let resp = conn.read_response().expect("final response");
+    assert_eq!(resp.status, 202, "{}", resp.body_str());
+}

@@ -321,6 +321,24 @@ fn bad_token_in_authorization_header_is_refused_with_401() {
         .assert_error(401, "unauthorized");
 }
 
+#[test]
+fn upgrade_head_arriving_in_small_pieces_opens_a_socket() {
+    let node = Node::start();
+    let req = upgrade_request(&format!("/ws?token={}", token("slowhead")), &[]);
+    let mut conn = HttpConn::connect(node.addr);
+    for chunk in req.as_bytes().chunks(9) {
+        conn.send(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let resp = conn.read_response().expect("upgrade response");
+    assert_eq!(resp.status, 101, "{}", resp.body_str());
+    assert_eq!(
+        resp.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "wrong accept key"
+    );
+}
+
 // --- welcome --------------------------------------------------------------------------
 
 #[test]
