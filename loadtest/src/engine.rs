@@ -44,6 +44,9 @@ const SLOW_DRAIN_BOUND: Duration = Duration::from_secs(10);
 const SLOW_DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// Bound on writing our close frame at the end.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// Requests due but not yet sent, at most; beyond it the node is so far behind that the
+/// run has failed anyway, and the rest are counted as errors rather than held in memory.
+const MAX_BACKLOG: usize = 1_000_000;
 /// How far ahead of a scheduled publish the publisher stops sleeping and starts yielding.
 const SPIN_AHEAD: Duration = Duration::from_micros(1500);
 /// How often receivers re-check "publishing is over and I have everything".
@@ -655,9 +658,13 @@ async fn publish(ctx: Rc<Ctx>, start_ns: u64) {
         let now = unix_ns();
         let mut pushed = false;
         while j < n && start_ns + j * interval <= now {
-            queue.borrow_mut().push_back((j, start_ns + j * interval));
+            if queue.borrow().len() < MAX_BACKLOG {
+                queue.borrow_mut().push_back((j, start_ns + j * interval));
+                pushed = true;
+            } else {
+                ctx.error("publish_backlog_overflow");
+            }
             j += 1;
-            pushed = true;
         }
         if pushed {
             notify.notify_waiters();
