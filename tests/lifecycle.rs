@@ -50,7 +50,7 @@ fn refresh_before_expiry_keeps_the_socket_open_until_the_new_exp() {
     let node = no_leeway();
     let exp = now() + 2;
     let mut ws = connect_with(&node, &token_expiring("ref1", exp));
-    let new_exp = now() + 5;
+    let new_exp = now() + 6;
     ws.send_text(&json!({"type": "refresh", "token": token_expiring("ref1", new_exp)}).to_string());
     // Stay connected past the old exp (pings are fine, a close is not).
     ws.assert_no_text(Duration::from_millis(3500));
@@ -58,7 +58,7 @@ fn refresh_before_expiry_keeps_the_socket_open_until_the_new_exp() {
     node.publish_ok(&event("ref1", "still-here", "1"), 1);
     assert_eq!(ws.next_event(PROMPT)["event"], "still-here");
     // The new token's exp is now the socket's end.
-    assert_eq!(ws.expect_close(Duration::from_secs(6)), Some(4001));
+    assert_eq!(ws.expect_close(Duration::from_secs(7)), Some(4001));
     assert!(now() >= new_exp, "closed before the refreshed exp");
 }
 
