@@ -379,3 +379,35 @@ fn dev_mode_starts_without_set_up_and_the_tools_share_its_env_local() {
     assert_eq!(env_local_value(&dir, "RELAY_API_KEY"), key);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn port_env_var_sets_the_listening_port() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let node = Node::builder().env("PORT", &port.to_string()).start();
+    assert_eq!(node.addr.port(), port);
+    assert_eq!(node.get("/healthz").status, 200);
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let node = Node::builder().env("LOG_FORMAT", "json").start();
+    let _ws = node.ws_welcomed("logs");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = std::fs::read_to_string(&node.log_path).unwrap();
+    assert!(!log.trim().is_empty(), "no log lines");
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.is_object()),
+            "log line is not a JSON object: {line:?}"
+        );
+    }
+}
+
+#[test]
+fn log_level_accepts_a_tracing_filter() {
+    let node = Node::builder().env("LOG_LEVEL", "warn,relay=debug").start();
+    assert_eq!(node.get("/healthz").status, 200);
+}

@@ -87,12 +87,15 @@ impl NodeBuilder {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
         cmd.arg("serve")
-            .args(["--host", "127.0.0.1", "--port", "0", "--shards", "2"])
+            .args(["--host", "127.0.0.1", "--shards", "2"])
             .args(&self.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LOG_LEVEL", "info")
             .current_dir(self.dir.clone().unwrap_or_else(scratch_dir));
+        if !self.envs.iter().any(|(k, _)| k == "PORT") {
+            cmd.args(["--port", "0"]);
+        }
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
