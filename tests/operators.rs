@@ -48,7 +48,10 @@ fn metrics_count_events_deliveries_and_connected_clients() {
         node.metric("relay_latency_seconds_count", &[]) > 0.0,
         "latency histogram is empty"
     );
-    let text = node.metrics();
+    let resp = http_get(node.ops_addr(), "/metrics");
+    let ct = resp.header("content-type").unwrap_or("");
+    assert!(ct.starts_with("text/plain"), "/metrics content-type {ct:?}");
+    let text = resp.body_str();
     assert!(
         text.contains("relay_latency_seconds_bucket{"),
         "relay_latency_seconds is not a histogram"
