@@ -46,8 +46,9 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// A string or an array of strings (RFC 7519); jsonwebtoken checks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
 }
@@ -74,14 +75,20 @@ impl JwtVerifier {
         validation.leeway = rules.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured audience or issuer must be present, not merely right when present.
+        let mut required = vec!["exp"];
         match &rules.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &rules.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         JwtVerifier {
             // An HMAC key can be built from any bytes; a failure would leave the key
             // out, and every token would then be refused rather than accepted.
@@ -387,6 +394,33 @@ mod tests {
         assert!(!is_valid_session(""));
         assert!(!is_valid_session(&"a".repeat(129)));
         assert!(!is_valid_session("a/b"));
+    }
+
+    #[test]
+    fn configured_audience_and_issuer_must_be_present() {
+        let rules = JwtRules {
+            audience: Some("relay".into()),
+            issuer: Some("backend".into()),
+            ..JwtRules::default()
+        };
+        let v = JwtVerifier::new(&[secret()], &rules);
+        let mut claims = Claims {
+            session: "s1".into(),
+            sub: None,
+            exp: NOW + 60,
+            iat: None,
+            nbf: None,
+            aud: None,
+            iss: Some("backend".into()),
+        };
+        let t = mint_claims(&secret(), &claims).unwrap();
+        assert!(v.verify(&t, NOW).is_err(), "missing aud");
+        claims.aud = Some(serde_json::json!(["other", "relay"]));
+        let t = mint_claims(&secret(), &claims).unwrap();
+        assert!(v.verify(&t, NOW).is_ok(), "aud array containing relay");
+        claims.iss = None;
+        let t = mint_claims(&secret(), &claims).unwrap();
+        assert!(v.verify(&t, NOW).is_err(), "missing iss");
     }
 
     #[test]

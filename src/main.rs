@@ -98,7 +98,7 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
         exp: now + ttl.as_secs(),
         iat: Some(now),
         nbf: None,
-        aud: args.aud.clone(),
+        aud: args.aud.clone().map(serde_json::Value::String),
         iss: args.iss.clone(),
     };
     if !relay::auth::is_valid_session(&claims.session) {

@@ -6,10 +6,12 @@
 //! module owns only the reading, the deadlines and the writing.
 
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::auth::api_key_matches;
@@ -18,8 +20,6 @@ use crate::http::response::{response, Refusal};
 use crate::shard::{unix_now, Shard};
 use crate::ws::upgrade::{decide, AcceptedUpgrade};
 
-/// Bytes read at a time while waiting for a head.
-const HEAD_CHUNK: usize = 4096;
 /// A client that does not take our response within this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -92,12 +92,46 @@ async fn read_more(
     }
 }
 
+/// Reads whatever the socket has (at most `max` bytes) through the shard's scratch
+/// buffer and appends it to `buf`, so a connection's buffer is exactly as large as
+/// its request, failing at `deadline`.
+async fn read_head_bytes(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    max: usize,
+) -> Result<usize, ReadError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ReadError::TimedOut);
+    }
+    let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+    let r = futures_lite::future::poll_fn(|cx| {
+        let mut scratch = shard.read_scratch.borrow_mut();
+        let want = max.clamp(1, scratch.len());
+        match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..want]) {
+            Poll::Ready(Ok(n)) => {
+                buf.extend_from_slice(&scratch[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    })
+    .await;
+    match r {
+        Ok(0) => Err(ReadError::Closed),
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(ReadError::TimedOut),
+        Err(_) => Err(ReadError::Closed),
+    }
+}
+
 /// Serves one connection. `admin` marks the admin listener.
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let limits = shard.node.config.limits.clone();
     let mut buf: Vec<u8> = Vec::new();
-    let mut served = 0u64;
     loop {
         // Find a whole head, scanning only new bytes.
         let deadline = Instant::now() + limits.handshake_timeout;
@@ -115,22 +149,19 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 let _ = stream.write_all(&r.to_response(false)).await;
                 return;
             }
-            let chunk = HEAD_CHUNK.min(limits.max_head_bytes + 4 - buf.len());
-            match read_more(&mut stream, &mut buf, deadline, chunk).await {
+            let chunk = (limits.max_head_bytes + 4).saturating_sub(buf.len());
+            match read_head_bytes(&shard, &mut stream, &mut buf, deadline, chunk).await {
                 Ok(_) => {}
                 Err(ReadError::Closed) => return,
                 Err(ReadError::TimedOut) => {
-                    // An idle keep-alive connection just closes; a started or first
-                    // request gets its 408.
-                    if served == 0 || !buf.is_empty() {
-                        let r = Refusal::new(408, "request head not received in time");
-                        let _ = stream.write_all(&r.to_response(false)).await;
-                    }
+                    // The contract's rule, idle keep-alive connections included:
+                    // the deadline runs from the end of the previous request.
+                    let r = Refusal::new(408, "request head not received in time");
+                    let _ = stream.write_all(&r.to_response(false)).await;
                     return;
                 }
             }
         };
-        served += 1;
         let action = {
             let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
             match parse_head(&buf[..head_len], &mut storage) {

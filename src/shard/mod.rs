@@ -29,7 +29,7 @@ use crate::router::{shard_for, AdoptMsg, DeliverMsg, Inbox, Router, ShardMsg};
 use crate::ws::close::Disconnect;
 use crate::ws::frame::{encode_event, EventParts, PING_FRAME};
 use crate::ws::upgrade::AcceptedUpgrade;
-use registry::{Outgoing, Registry, SocketState};
+use registry::{mono_ms, Outgoing, Registry, SocketState};
 
 /// How often housekeeping looks at every socket: the granularity of pings, token
 /// expiry and dead-socket detection.
@@ -370,7 +370,7 @@ impl Shard {
     fn start_socket(self: &Rc<Self>, stream: TcpStream, upgrade: AcceptedUpgrade) {
         let id = self.next_socket.get();
         self.next_socket.set(id + 1);
-        let now = Instant::now();
+        let now = mono_ms();
         let session = self.registry.borrow().intern(&upgrade.claims.session);
         let state = Rc::new(SocketState::new(
             id,
@@ -380,11 +380,13 @@ impl Shard {
         ));
         state.fd.set(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let conn_id = format!("{}-{}-{id}", self.node.node_tag, self.id);
-        state.push_control(Outgoing::Owned(upgrade.response()));
-        state.push_control(Outgoing::Owned(crate::ws::frame::welcome_frame(
+        // The 101 and the welcome leave in one write, as one queue entry.
+        let mut hello = upgrade.response();
+        hello.extend_from_slice(&crate::ws::frame::welcome_frame(
             &upgrade.claims.session,
             &conn_id,
-        )));
+        ));
+        state.push_control(Outgoing::Owned(hello.into_boxed_slice()));
         {
             let mut reg = self.registry.borrow_mut();
             reg.add(state.clone());
@@ -396,10 +398,7 @@ impl Shard {
             state,
             reason: Disconnect::IoError,
         };
-        spawn_guarded(self.id, "socket", async move {
-            let mut guard = guard;
-            guard.reason = crate::ws::conn::run(&guard.shard, stream, &guard.state).await;
-        });
+        spawn_guarded(self.id, "socket", crate::ws::conn::run(guard, stream));
     }
 
     /// Pings idle sockets, closes dead and expired ones, and reaps closing ones.
@@ -407,23 +406,26 @@ impl Shard {
         let limits = self.node.config.limits.clone();
         loop {
             glommio::timer::sleep(HOUSEKEEPING_TICK).await;
-            let now = Instant::now();
+            let now = mono_ms();
             let unix = unix_now();
+            let ping_interval = limits.ping_interval.as_millis() as u64;
+            let ping_timeout = limits.ping_timeout.as_millis() as u64;
             let registry = self.registry.borrow();
             for s in registry.all() {
                 if s.is_closing() {
-                    if s.close_deadline.get().is_some_and(|d| d <= now) {
+                    let deadline = s.close_deadline.get();
+                    if deadline != 0 && deadline <= now {
                         s.wake();
                     }
                     continue;
                 }
-                let silent = now.saturating_duration_since(s.last_heard.get());
+                let silent = now.saturating_sub(s.last_heard.get());
                 if s.expires_at.get() <= unix {
                     s.request_close(Disconnect::TokenExpired);
-                } else if silent >= limits.ping_timeout {
+                } else if silent >= ping_timeout {
                     s.request_close(Disconnect::Timeout);
-                } else if silent >= limits.ping_interval
-                    && now.saturating_duration_since(s.last_ping.get()) >= limits.ping_interval
+                } else if silent >= ping_interval
+                    && now.saturating_sub(s.last_ping.get()) >= ping_interval
                 {
                     s.last_ping.set(now);
                     s.push_control(Outgoing::Static(PING_FRAME));
@@ -489,11 +491,11 @@ impl Shard {
 
 /// Unregisters a socket when its task ends, normally or by a panic, so a bug in
 /// one socket's handling never leaves a ghost in the registry or the counters.
-struct SocketGuard {
-    shard: Rc<Shard>,
-    state: Rc<SocketState>,
+pub struct SocketGuard {
+    pub shard: Rc<Shard>,
+    pub state: Rc<SocketState>,
     /// Set by the task when it ends normally; a panic leaves `IoError`.
-    reason: Disconnect,
+    pub reason: Disconnect,
 }
 
 impl Drop for SocketGuard {
@@ -515,6 +517,35 @@ impl Drop for SocketGuard {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A connection's future with its panic caught and logged. A named future rather
+    /// than an async block, which would hold the connection's future twice over.
+    struct Contained<F> {
+        #[pin]
+        inner: futures_lite::future::CatchUnwind<std::panic::AssertUnwindSafe<F>>,
+        shard: usize,
+        what: &'static str,
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for Contained<F> {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.project();
+        this.inner.poll(cx).map(|result| {
+            if let Err(panic) = result {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(shard = *this.shard, what = *this.what, panic = %msg,
+                    "connection task panicked; connection dropped");
+            }
+        })
+    }
+}
+
 /// Spawns a per-connection task whose panic is logged and contained: one bad
 /// connection must never take the shard, and with it the node, down.
 pub fn spawn_guarded(
@@ -523,15 +554,10 @@ pub fn spawn_guarded(
     fut: impl std::future::Future<Output = ()> + 'static,
 ) {
     use futures_lite::FutureExt;
-    glommio::spawn_local(async move {
-        if let Err(panic) = std::panic::AssertUnwindSafe(fut).catch_unwind().await {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(shard, what, panic = %msg, "connection task panicked; connection dropped");
-        }
+    glommio::spawn_local(Contained {
+        inner: std::panic::AssertUnwindSafe(fut).catch_unwind(),
+        shard,
+        what,
     })
     .detach();
 }

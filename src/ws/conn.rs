@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -21,14 +20,16 @@ use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use tungstenite::Message;
 
 use crate::metrics::ShardStats;
-use crate::shard::registry::{Outgoing, SocketState};
-use crate::shard::{unix_now, Shard, CLOSE_GRACE};
+use crate::shard::registry::{mono_ms, Outgoing, SocketState};
+use crate::shard::{unix_now, SocketGuard, CLOSE_GRACE};
 use crate::ws::close::Disconnect;
 use crate::ws::frame::close_frame;
 
-/// tungstenite's read buffer per socket. Client messages are small control
-/// messages; tungstenite's 128 KiB default would dominate an idle socket's memory.
-pub const WS_READ_BUFFER: usize = 256;
+/// tungstenite's initial read buffer per socket: none. Clients send little (pongs,
+/// refreshes), so the buffer is allocated by the first frame that arrives, sized
+/// to it; a socket that never speaks holds no read buffer at all. tungstenite's
+/// 128 KiB default would be most of an idle socket's memory.
+pub const WS_READ_BUFFER: usize = 0;
 /// Frames handed to one `sendmsg`.
 const MAX_IOVECS: usize = 64;
 /// Reads handled in one poll before yielding, so one chatty client cannot starve
@@ -90,11 +91,13 @@ enum Phase {
     Closing(Disconnect),
 }
 
-struct SocketTask<'a> {
-    shard: &'a Rc<Shard>,
-    state: &'a SocketState,
+struct SocketTask {
+    /// The socket's shard and state; unregisters the socket when the task ends.
+    guard: SocketGuard,
     stream: TcpStream,
-    ws: WebSocket<Pipe>,
+    /// tungstenite's state, made when the client first sends a byte: a socket that
+    /// never speaks does not pay for it.
+    ws: Option<Box<WebSocket<Pipe>>>,
     phase: Phase,
     write_shut: bool,
     /// tungstenite returned an error: its state is undefined from here on, so it is
@@ -103,30 +106,38 @@ struct SocketTask<'a> {
 }
 
 /// Serves an upgraded socket until it ends. The 101 and welcome are already queued.
-pub async fn run(shard: &Rc<Shard>, stream: TcpStream, state: &SocketState) -> Disconnect {
+///
+/// A plain `poll_fn` over the task rather than an `async fn`, so the future is the
+/// task and nothing more: its size is most of what an idle socket costs.
+pub fn run(guard: SocketGuard, stream: TcpStream) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(None);
-    let ws = WebSocket::from_raw_socket(
-        Pipe::default(),
-        Role::Server,
-        Some(ws_config(shard.node.config.limits.max_message_bytes)),
-    );
     let mut task = SocketTask {
-        shard,
-        state,
+        guard,
         stream,
-        ws,
+        ws: None,
         phase: Phase::Open,
         write_shut: false,
         ws_failed: false,
     };
-    futures_lite::future::poll_fn(|cx| task.poll(cx)).await
+    futures_lite::future::poll_fn(move |cx| task.poll(cx).map(|reason| task.guard.reason = reason))
 }
 
-impl SocketTask<'_> {
+impl SocketTask {
+    fn ws(&mut self) -> &mut WebSocket<Pipe> {
+        let max = self.guard.shard.node.config.limits.max_message_bytes;
+        self.ws.get_or_insert_with(|| {
+            Box::new(WebSocket::from_raw_socket(
+                Pipe::default(),
+                Role::Server,
+                Some(ws_config(max)),
+            ))
+        })
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
-        self.state.set_waker(cx.waker());
-        if let Some(reason) = self.state.take_close_request() {
+        self.guard.state.set_waker(cx.waker());
+        if let Some(reason) = self.guard.state.take_close_request() {
             self.begin_close(reason);
         }
         if let Poll::Ready(reason) = self.poll_reads(cx) {
@@ -138,9 +149,10 @@ impl SocketTask<'_> {
                     if !self.write_shut {
                         self.write_shut = true;
                         let _ = socket2_shutdown_write(&self.stream);
-                        self.state
+                        self.guard
+                            .state
                             .close_deadline
-                            .set(Some(Instant::now() + CLOSE_GRACE));
+                            .set(mono_ms() + CLOSE_GRACE.as_millis() as u64);
                     }
                     if reason == Disconnect::ClientClosed {
                         // Our reply to the client's close is out: the handshake is done.
@@ -157,13 +169,9 @@ impl SocketTask<'_> {
             Poll::Pending => {}
         }
         if let Phase::Closing(reason) = self.phase {
-            if self
-                .state
-                .close_deadline
-                .get()
-                .is_some_and(|d| d <= Instant::now())
-            {
-                if self.state.queued_bytes() > 0 {
+            let deadline = self.guard.state.close_deadline.get();
+            if deadline != 0 && deadline <= mono_ms() {
+                if self.guard.state.queued_bytes() > 0 {
                     // The close frame never got out: reset, so the peer cannot take
                     // the cut-off stream for a clean end.
                     reset_on_close(&self.stream);
@@ -181,26 +189,29 @@ impl SocketTask<'_> {
         }
         self.phase = Phase::Closing(reason);
         if reason == Disconnect::SlowConsumer {
-            self.state.discard_unsent();
+            self.guard.state.discard_unsent();
         }
         match reason.close_code() {
             Some(code) => self
+                .guard
                 .state
                 .push_close(close_frame(code, reason.close_reason())),
-            None => self.state.push_close(Vec::new()),
+            None => self.guard.state.push_close(Vec::new()),
         }
-        if self.state.close_deadline.get().is_none() {
+        if self.guard.state.close_deadline.get() == 0 {
             // Bounded even if the queue never drains (a peer that stopped reading).
-            self.state
+            self.guard
+                .state
                 .close_deadline
-                .set(Some(Instant::now() + CLOSE_GRACE));
+                .set(mono_ms() + CLOSE_GRACE.as_millis() as u64);
         }
     }
 
     fn poll_reads(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
         for _ in 0..READS_PER_POLL {
+            let shard = self.guard.shard.clone();
             let n = {
-                let mut scratch = self.shard.read_scratch.borrow_mut();
+                let mut scratch = shard.read_scratch.borrow_mut();
                 match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(_)) => {
@@ -216,13 +227,15 @@ impl SocketTask<'_> {
                         })
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.ws.get_mut().input.extend_from_slice(&scratch[..n]);
+                        if !self.ws_failed {
+                            self.ws().get_mut().input.extend_from_slice(&scratch[..n]);
+                        }
                         n
                     }
                 }
             };
             let _ = n;
-            self.state.last_heard.set(Instant::now());
+            self.guard.state.last_heard.set(mono_ms());
             self.handle_input();
         }
         // More may be waiting: come back after other tasks had a turn.
@@ -233,13 +246,10 @@ impl SocketTask<'_> {
     /// Runs tungstenite over the bytes read so far.
     fn handle_input(&mut self) {
         if self.ws_failed {
-            let pipe = self.ws.get_mut();
-            pipe.input.clear();
-            pipe.pos = 0;
             return;
         }
         loop {
-            match self.ws.read() {
+            match self.ws().read() {
                 Ok(Message::Text(text)) => {
                     if self.phase == Phase::Open {
                         self.on_client_text(text.as_str());
@@ -251,16 +261,16 @@ impl SocketTask<'_> {
                     // tungstenite queued the close reply; it goes out with the flush.
                     if self.phase == Phase::Open {
                         self.phase = Phase::Closing(Disconnect::ClientClosed);
-                        self.state.discard_unsent();
+                        self.guard.state.discard_unsent();
                     }
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(tungstenite::Error::ConnectionClosed)
                 | Err(tungstenite::Error::AlreadyClosed) => break,
                 Err(e) => {
-                    tracing::debug!(socket = self.state.id, error = %e, "client protocol error");
+                    tracing::debug!(socket = self.guard.state.id, error = %e, "client protocol error");
                     self.ws_failed = true;
-                    let pipe = self.ws.get_mut();
+                    let pipe = self.ws().get_mut();
                     pipe.input.clear();
                     pipe.pos = 0;
                     self.begin_close(Disconnect::from_ws_error(&e));
@@ -269,18 +279,20 @@ impl SocketTask<'_> {
             }
         }
         if !self.ws_failed {
-            let _ = self.ws.flush();
+            let _ = self.ws().flush();
         }
-        let out = std::mem::take(&mut self.ws.get_mut().output);
+        let out = std::mem::take(&mut self.ws().get_mut().output);
         if !out.is_empty() {
-            if self.state.is_closing() {
+            if self.guard.state.is_closing() {
                 return;
             }
             if matches!(self.phase, Phase::Closing(Disconnect::ClientClosed)) {
                 // The close reply is the last frame.
-                self.state.push_close(out);
+                self.guard.state.push_close(out);
             } else {
-                self.state.push_control(Outgoing::Owned(out));
+                self.guard
+                    .state
+                    .push_control(Outgoing::Owned(out.into_boxed_slice()));
             }
         }
     }
@@ -298,11 +310,12 @@ impl SocketTask<'_> {
             return self.begin_close(Disconnect::Policy);
         };
         match (msg.kind, msg.token) {
-            ("refresh", Some(token)) => match self.shard.verifier.verify(token, unix_now()) {
-                Ok(claims) if *claims.session == *self.state.session => {
-                    self.state
+            ("refresh", Some(token)) => match self.guard.shard.verifier.verify(token, unix_now()) {
+                Ok(claims) if *claims.session == *self.guard.state.session => {
+                    self.guard
+                        .state
                         .expires_at
-                        .set(self.shard.verifier.expires_at(&claims));
+                        .set(self.guard.shard.verifier.expires_at(&claims));
                 }
                 Ok(_) => self.begin_close(Disconnect::Policy),
                 Err(crate::auth::TokenError::Expired) => self.begin_close(Disconnect::TokenExpired),
@@ -315,19 +328,21 @@ impl SocketTask<'_> {
     /// Writes the queue until it is empty or the socket is full.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            if write_queue_now(self.state, &self.shard.stats)? {
+            if write_queue_now(&self.guard.state, &self.guard.shard.stats)? {
                 return Poll::Ready(Ok(()));
             }
             // The socket is full: let glommio wait for writability (it may also
             // write part of the front frame).
-            let mut queue = self.state.queue();
-            let head_written = self.state.head_written.get();
+            let mut queue = self.guard.state.queue();
+            let head_written = self.guard.state.head_written.get();
             let front = match queue.front() {
                 Some(out) => &out.bytes()[head_written..],
                 None => return Poll::Ready(Ok(())),
             };
             match Pin::new(&mut self.stream).poll_write(cx, front) {
-                Poll::Ready(Ok(n)) => consume(self.state, &self.shard.stats, &mut queue, n),
+                Poll::Ready(Ok(n)) => {
+                    consume(&self.guard.state, &self.guard.shard.stats, &mut queue, n)
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
