@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -47,8 +47,8 @@ const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Requests due but not yet sent, at most; beyond it the node is so far behind that the
 /// run has failed anyway, and the rest are counted as errors rather than held in memory.
 const MAX_BACKLOG: usize = 1_000_000;
-/// How far ahead of a scheduled publish the publisher stops sleeping and starts yielding.
-const SPIN_AHEAD: Duration = Duration::from_micros(1500);
+/// Longest a receiver waits past `duration + drain` for a node that is still delivering.
+const DRAIN_CAP: Duration = Duration::from_secs(60);
 /// How often receivers re-check "publishing is over and I have everything".
 const DONE_POLL: Duration = Duration::from_millis(50);
 
@@ -181,20 +181,6 @@ fn instant_at(ns: u64) -> Instant {
     now + Duration::from_nanos(ns.saturating_sub(now_ns))
 }
 
-/// Tokio timers fire on a 1 ms wheel, which would add up to 1 ms of the tool's own lateness
-/// to every scheduled publish. So: sleep until [`SPIN_AHEAD`] before the due time, then yield
-/// to the runtime (sockets keep being served) until it is reached.
-async fn precise_sleep_until(ns: u64) {
-    let now = unix_ns();
-    let ahead = SPIN_AHEAD.as_nanos() as u64;
-    if ns > now + ahead {
-        sleep_until(instant_at(ns - ahead)).await;
-    }
-    while unix_ns() < ns {
-        tokio::task::yield_now().await;
-    }
-}
-
 /// Runs this process's slice. `go` is called on this thread once every worker has finished
 /// connecting; it returns the shared start time (UNIX ns). `tick` drives the progress line.
 pub fn run_process(
@@ -266,6 +252,14 @@ pub fn run_process(
         handles.push(h);
     }
     drop(ready_tx);
+    if shared.publisher_here {
+        let shared = shared.clone();
+        let h = std::thread::Builder::new()
+            .name("lt-publisher".into())
+            .spawn(move || publisher_thread(shared))
+            .map_err(|e| EngineError::Worker(e.to_string()))?;
+        handles.push(h);
+    }
 
     let mut ready = 0;
     while ready < threads {
@@ -342,6 +336,38 @@ fn worker_thread(
     local.block_on(&rt, worker_main(shared, w, work, ready))
 }
 
+/// The publisher's own thread and runtime, so socket reads on the workers do not delay
+/// scheduled publishes (and the reverse).
+fn publisher_thread(shared: Arc<Shared>) -> Part {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let mut p = Part::default();
+            p.error(format!("runtime_{}", e.kind()));
+            return p;
+        }
+    };
+    let local = LocalSet::new();
+    local.block_on(&rt, async move {
+        let ctx = Rc::new(Ctx {
+            shared: shared.clone(),
+            w: usize::MAX,
+            part: RefCell::new(Part::default()),
+        });
+        let mut rx = shared.start_rx.clone();
+        let start_ns = match rx.wait_for(|v| *v != 0).await {
+            Ok(v) => *v,
+            Err(_) => return ctx.part.take(),
+        };
+        ctx.part.borrow_mut().start_ns = start_ns;
+        publish(ctx.clone(), start_ns).await;
+        ctx.part.take()
+    })
+}
+
 async fn worker_main(
     shared: Arc<Shared>,
     w: usize,
@@ -399,9 +425,6 @@ async fn worker_main(
                 } else {
                     tasks.push(spawn_local(receive(ctx.clone(), spec, c, start_ns)));
                 }
-            }
-            if shared.publisher_here && w == 0 {
-                tasks.push(spawn_local(publish(ctx.clone(), start_ns)));
             }
             if scn.kind == Kind::Churn {
                 tasks.push(spawn_local(churn(ctx.clone(), start_ns)));
@@ -506,21 +529,30 @@ async fn hold(ctx: Rc<Ctx>, _spec: SocketSpec, mut c: WsConn, start_ns: u64) {
 }
 
 /// A healthy socket: reads every frame, records publish→receive latency, counts events for
-/// the loss check; stops at start + duration + drain, or earlier once publishing is over and
-/// it has every accepted event of its session.
+/// the loss check. After the scheduled end it stops once publishing is over and it has
+/// every accepted event of its session (when the publisher is in this process), or once
+/// nothing has arrived for `drain` — a node that is behind but still delivering is waited
+/// for, up to [`DRAIN_CAP`] past the end.
 async fn receive(ctx: Rc<Ctx>, spec: SocketSpec, mut c: WsConn, start_ns: u64) {
     let sh = ctx.shared.clone();
-    let publish_end = instant_at(start_ns.saturating_add(sh.duration_ns()));
+    let end_ns = start_ns.saturating_add(sh.duration_ns());
+    let publish_end = instant_at(end_ns);
+    let drain = sh.scn.drain.0;
     let hard_end = instant_at(
-        start_ns
-            .saturating_add(sh.duration_ns())
-            .saturating_add(sh.drain_ns()),
+        end_ns
+            .saturating_add(sh.drain_ns())
+            .saturating_add(DRAIN_CAP.as_nanos() as u64),
     );
     let session = spec.session as usize;
     let mut received = 0u64;
+    let mut last_frame = publish_end;
     let ending = loop {
         let now = Instant::now();
         if now >= hard_end {
+            break None;
+        }
+        let publisher_busy = sh.publisher_here && !sh.publish_done.load(Ordering::Acquire);
+        if now >= publish_end && !publisher_busy && now >= last_frame.max(publish_end) + drain {
             break None;
         }
         let until = if now < publish_end {
@@ -546,6 +578,7 @@ async fn receive(ctx: Rc<Ctx>, spec: SocketSpec, mut c: WsConn, start_ns: u64) {
             .await;
         if n > 0 {
             received += n;
+            last_frame = Instant::now();
             let mut p = ctx.part.borrow_mut();
             p.deliveries += n;
             p.delivery_last_ns = p.delivery_last_ns.max(recv_ns);
@@ -591,7 +624,13 @@ async fn slow(ctx: Rc<Ctx>, mut c: WsConn, start_ns: u64) {
             .saturating_add(sh.duration_ns())
             .saturating_add(sh.drain_ns()),
     );
+    // Wait until publishing is over: known here when the publisher is in this process,
+    // assumed at end + drain otherwise.
     while Instant::now() < hard_end && !sh.publish_done.load(Ordering::Acquire) {
+        tokio::time::sleep(DONE_POLL).await;
+    }
+    if sh.publisher_here {
+        // The node may still be writing the backlog; let it reach its limit and close.
         tokio::time::sleep(DONE_POLL).await;
     }
     let end = c
@@ -628,6 +667,10 @@ async fn slow(ctx: Rc<Ctx>, mut c: WsConn, start_ns: u64) {
 /// earlier requests fared; `publishers` keep-alive connections take requests from one queue.
 /// A request's events carry its scheduled time, so time spent waiting for a free connection
 /// counts as latency (no coordinated omission).
+///
+/// The schedule is kept by a plain thread ([`schedule`]) sleeping with 1 µs timer slack,
+/// because tokio's timer wheel has 1 ms granularity and would add up to 1 ms of the tool's
+/// own lateness to every publish.
 async fn publish(ctx: Rc<Ctx>, start_ns: u64) {
     let sh = ctx.shared.clone();
     let scn = &sh.scn;
@@ -641,6 +684,7 @@ async fn publish(ctx: Rc<Ctx>, start_ns: u64) {
     let queue: Rc<RefCell<VecDeque<(u64, u64)>>> = Rc::new(RefCell::new(VecDeque::new()));
     let notify = Rc::new(Notify::new());
     let done = Rc::new(Cell::new(false));
+    let pending = Arc::new(AtomicUsize::new(0));
     let conns: Vec<_> = (0..scn.publishers)
         .map(|i| {
             spawn_local(publisher_conn(
@@ -649,33 +693,41 @@ async fn publish(ctx: Rc<Ctx>, start_ns: u64) {
                 queue.clone(),
                 notify.clone(),
                 done.clone(),
+                pending.clone(),
             ))
         })
         .collect();
 
-    let mut j = 0u64;
-    while j < n {
-        let now = unix_ns();
-        let mut pushed = false;
-        while j < n && start_ns + j * interval <= now {
-            if queue.borrow().len() < MAX_BACKLOG {
-                queue.borrow_mut().push_back((j, start_ns + j * interval));
-                pushed = true;
-            } else {
-                ctx.error("publish_backlog_overflow");
-            }
-            j += 1;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
+    let pending2 = pending.clone();
+    let scheduler = std::thread::Builder::new()
+        .name("lt-schedule".into())
+        .spawn(move || schedule(start_ns, n, interval, &tx, &pending2));
+    let scheduler = match scheduler {
+        Ok(h) => Some(h),
+        Err(_) => {
+            ctx.error("scheduler_thread");
+            None
         }
-        if pushed {
-            notify.notify_waiters();
+    };
+    if scheduler.is_some() {
+        while let Some(job) = rx.recv().await {
+            queue.borrow_mut().push_back(job);
             notify.notify_one();
-        }
-        if j < n {
-            precise_sleep_until(start_ns + j * interval).await;
         }
     }
     done.set(true);
     notify.notify_waiters();
+    if let Some(Ok(overflow)) = scheduler.map(|h| h.join()) {
+        if overflow > 0 {
+            *ctx.part
+                .borrow_mut()
+                .errors
+                .entry("publish_backlog_overflow".into())
+                .or_insert(0) += overflow;
+            Progress::add(&sh.progress.errors, overflow);
+        }
+    }
     for c in conns {
         if c.await.is_err() {
             ctx.error("task_panicked");
@@ -685,12 +737,49 @@ async fn publish(ctx: Rc<Ctx>, start_ns: u64) {
     sh.publish_done.store(true, Ordering::Release);
 }
 
+/// Sends (j, scheduled ns) for every request when it falls due; returns how many were
+/// skipped because [`MAX_BACKLOG`] requests were already waiting for a connection.
+fn schedule(
+    start_ns: u64,
+    n: u64,
+    interval: u64,
+    tx: &tokio::sync::mpsc::UnboundedSender<(u64, u64)>,
+    pending: &AtomicUsize,
+) -> u64 {
+    crate::sys::fine_timer_slack();
+    let mut overflow = 0;
+    let mut j = 0u64;
+    while j < n {
+        let now = unix_ns();
+        while j < n && start_ns + j * interval <= now {
+            if pending.load(Ordering::Relaxed) < MAX_BACKLOG {
+                pending.fetch_add(1, Ordering::Relaxed);
+                if tx.send((j, start_ns + j * interval)).is_err() {
+                    return overflow;
+                }
+            } else {
+                overflow += 1;
+            }
+            j += 1;
+        }
+        if j < n {
+            let due = start_ns + j * interval;
+            let now = unix_ns();
+            if due > now {
+                std::thread::sleep(Duration::from_nanos(due - now));
+            }
+        }
+    }
+    overflow
+}
+
 async fn publisher_conn(
     ctx: Rc<Ctx>,
     index: u32,
     queue: Rc<RefCell<VecDeque<(u64, u64)>>>,
     notify: Rc<Notify>,
     done: Rc<Cell<bool>>,
+    pending: Arc<AtomicUsize>,
 ) {
     let sh = ctx.shared.clone();
     let scn = &sh.scn;
@@ -710,6 +799,7 @@ async fn publisher_conn(
             notify.notified().await;
             continue;
         };
+        pending.fetch_sub(1, Ordering::Relaxed);
         // Requests whose turn came long after the run would have ended are still sent: the
         // schedule is bounded by count, and their lateness is the measurement.
         if conn.is_none() {
