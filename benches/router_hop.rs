@@ -21,7 +21,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use relay::router::{Router, ShardMsg};
 
-
 fn run(name: &str, messages: u64, gap: Option<Duration>) {
     let (router, mut inboxes) = Router::new(1).expect("router");
     let inbox = inboxes.pop().expect("one inbox");
@@ -101,12 +100,47 @@ fn run(name: &str, messages: u64, gap: Option<Duration>) {
     );
 }
 
+/// Baseline for the parked case: a plain thread blocked in crossbeam's `recv`
+/// (a futex wait), woken by the same send pattern. The gap between this and the
+/// parked hop is what the doorbell and glommio's io_uring park add.
+fn futex_baseline(messages: u64, gap: Duration) {
+    let (tx, rx) = crossbeam_channel::bounded::<u64>(1024);
+    let base = Instant::now();
+    let receiver = std::thread::spawn(move || {
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
+        for _ in 0..messages {
+            let sent = rx.recv().expect("sender alive");
+            let now = base.elapsed().as_nanos() as u64;
+            hist.saturating_record(now.saturating_sub(sent).max(1));
+        }
+        hist
+    });
+    for _ in 0..messages {
+        tx.send(base.elapsed().as_nanos() as u64).expect("receiver alive");
+        let until = Instant::now() + gap;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
+    let hist = receiver.join().expect("receiver");
+    println!(
+        "futex_baseline n={:>6}  p50={:>7.2} µs  p90={:>7.2} µs  p99={:>7.2} µs  p99.9={:>8.2} µs  max={:>8.2} µs",
+        hist.len(),
+        hist.value_at_quantile(0.5) as f64 / 1e3,
+        hist.value_at_quantile(0.9) as f64 / 1e3,
+        hist.value_at_quantile(0.99) as f64 / 1e3,
+        hist.value_at_quantile(0.999) as f64 / 1e3,
+        hist.max() as f64 / 1e3,
+    );
+}
+
 fn main() {
     // `cargo test --benches` runs bench binaries with --bench absent: keep that quick.
     if !std::env::args().any(|a| a == "--bench") {
         println!("router_hop: run with `cargo bench --bench router_hop`");
         return;
     }
+    futex_baseline(20_000, Duration::from_micros(100));
     run("parked", 20_000, Some(Duration::from_micros(100)));
     run("burst", 500_000, None);
 }
