@@ -105,32 +105,6 @@ fn batch_with_one_invalid_event_is_refused_with_400_and_delivers_nothing() {
 }
 
 #[test]
-fn batch_of_exactly_1000_events_is_accepted() {
-    let node = Node::start();
-    let events: Vec<String> = (0..1000)
-        .map(|i| event("k1", "e", &i.to_string()))
-        .collect();
-    node.publish_ok(&batch(&events), 1000);
-}
-
-#[test]
-fn event_for_a_session_without_sockets_is_accepted() {
-    let node = Node::start();
-    node.publish_ok(&event("nobody-here", "e", "1"), 1);
-}
-
-#[test]
-fn body_over_the_default_1_mib_limit_is_refused_with_413() {
-    let node = Node::start();
-    let body = event("big", "e", &format!("\"{}\"", "x".repeat(1024 * 1024 + 10)));
-    let mut conn = HttpConn::connect(node.addr);
-    // The server may answer before reading the whole body; a failed write is fine.
-    let _ = conn.send(post_events_request(&body, Some(API_KEY)).as_bytes());
-    let resp = conn.read_response().expect("a 413 answer");
-    resp.assert_error(413, "payload_too_large");
-}
-
-#[test]
 fn batch_refused_for_one_bad_event_delivers_to_no_session_on_any_shard() {
     let node = Node::start();
     // Eight sessions: their owners are spread over both shards.
@@ -152,16 +126,18 @@ fn batch_refused_for_one_bad_event_delivers_to_no_session_on_any_shard() {
 }
 
 #[test]
-fn json_content_type_with_charset_is_accepted() {
+fn batch_of_exactly_1000_events_is_accepted() {
     let node = Node::start();
-    let resp = post_with_headers(
-        &node,
-        &format!(
-            "Content-Type: application/json; charset=utf-8\r\nAuthorization: Bearer {API_KEY}\r\n"
-        ),
-        &event("cs", "e", "1"),
-    );
-    assert_eq!(resp.status, 202, "{}", resp.body_str());
+    let events: Vec<String> = (0..1000)
+        .map(|i| event("k1", "e", &i.to_string()))
+        .collect();
+    node.publish_ok(&batch(&events), 1000);
+}
+
+#[test]
+fn event_for_a_session_without_sockets_is_accepted() {
+    let node = Node::start();
+    node.publish_ok(&event("nobody-here", "e", "1"), 1);
 }
 
 // --- 400 ------------------------------------------------------------------------------
@@ -299,6 +275,17 @@ fn body_over_the_limit_is_refused_with_413() {
 }
 
 #[test]
+fn body_over_the_default_1_mib_limit_is_refused_with_413() {
+    let node = Node::start();
+    let body = event("big", "e", &format!("\"{}\"", "x".repeat(1024 * 1024 + 10)));
+    let mut conn = HttpConn::connect(node.addr);
+    // The server may answer before reading the whole body; a failed write is fine.
+    let _ = conn.send(post_events_request(&body, Some(API_KEY)).as_bytes());
+    let resp = conn.read_response().expect("a 413 answer");
+    resp.assert_error(413, "payload_too_large");
+}
+
+#[test]
 fn batch_of_1001_events_is_refused_with_413_and_delivers_nothing() {
     let node = Node::start();
     let mut ws = node.ws_welcomed("k2");
@@ -322,7 +309,20 @@ fn non_json_content_type_is_refused_with_415() {
     .assert_error(415, "unsupported_media_type");
 }
 
-// --- keep-alive -----------------------------------------------------------------------
+#[test]
+fn json_content_type_with_charset_is_accepted() {
+    let node = Node::start();
+    let resp = post_with_headers(
+        &node,
+        &format!(
+            "Content-Type: application/json; charset=utf-8\r\nAuthorization: Bearer {API_KEY}\r\n"
+        ),
+        &event("cs", "e", "1"),
+    );
+    assert_eq!(resp.status, 202, "{}", resp.body_str());
+}
+
+// --- keep-alive and how requests arrive ------------------------------------------------
 
 #[test]
 fn several_requests_share_one_keep_alive_connection() {
@@ -359,6 +359,42 @@ fn pipelined_requests_are_answered_in_order() {
         .map(|_| conn.read_response().expect("response").status)
         .collect();
     assert_eq!(statuses, vec![202, 404, 200]);
+}
+
+#[test]
+fn request_arriving_in_small_pieces_is_served() {
+    let node = Node::start();
+    let mut ws = node.ws_welcomed("pieces");
+    let raw = post_events_request(&event("pieces", "e", r#"{"split": true}"#), Some(API_KEY));
+    let mut conn = HttpConn::connect(node.addr);
+    for chunk in raw.as_bytes().chunks(7) {
+        conn.send(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let resp = conn.read_response().expect("response");
+    assert_eq!(resp.status, 202, "{}", resp.body_str());
+    assert_eq!(ws.next_event(PROMPT)["data"]["split"], true);
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let node = Node::start();
+    let body = event("cont", "e", "1");
+    let mut conn = HttpConn::connect(node.addr);
+    conn.send(
+        format!(
+            "POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer {API_KEY}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    conn.set_timeout(Duration::from_secs(3));
+    let interim = conn.read_response().expect("a 100 Continue");
+    assert_eq!(interim.status, 100);
+    conn.send(body.as_bytes()).unwrap();
+    let resp = conn.read_response().expect("final response");
+    assert_eq!(resp.status, 202, "{}", resp.body_str());
 }
 
 // --- request limits -------------------------------------------------------------------
@@ -505,40 +541,4 @@ fn idle_keep_alive_connection_gets_408_then_close() {
         conn.closed_within(Duration::from_secs(3)),
         "TCP not closed after 408"
     );
-}
-
-#[test]
-fn request_arriving_in_small_pieces_is_served() {
-    let node = Node::start();
-    let mut ws = node.ws_welcomed("pieces");
-    let raw = post_events_request(&event("pieces", "e", r#"{"split": true}"#), Some(API_KEY));
-    let mut conn = HttpConn::connect(node.addr);
-    for chunk in raw.as_bytes().chunks(7) {
-        conn.send(chunk).unwrap();
-        std::thread::sleep(Duration::from_millis(3));
-    }
-    let resp = conn.read_response().expect("response");
-    assert_eq!(resp.status, 202, "{}", resp.body_str());
-    assert_eq!(ws.next_event(PROMPT)["data"]["split"], true);
-}
-
-#[test]
-fn expect_100_continue_is_answered_before_the_body() {
-    let node = Node::start();
-    let body = event("cont", "e", "1");
-    let mut conn = HttpConn::connect(node.addr);
-    conn.send(
-        format!(
-            "POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer {API_KEY}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    conn.set_timeout(Duration::from_secs(3));
-    let interim = conn.read_response().expect("a 100 Continue");
-    assert_eq!(interim.status, 100);
-    conn.send(body.as_bytes()).unwrap();
-    let resp = conn.read_response().expect("final response");
-    assert_eq!(resp.status, 202, "{}", resp.body_str());
 }
