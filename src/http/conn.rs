@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::auth::api_key_matches;
@@ -57,45 +57,10 @@ enum ReadError {
     TimedOut,
 }
 
-/// Reads more bytes into `buf`, failing at `deadline`.
-async fn read_more(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    deadline: Instant,
-    chunk: usize,
-) -> Result<usize, ReadError> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(ReadError::TimedOut);
-    }
-    let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-    let old = buf.len();
-    buf.resize(old + chunk, 0);
-    let r = stream.read(&mut buf[old..]).await;
-    match r {
-        Ok(0) => {
-            buf.truncate(old);
-            Err(ReadError::Closed)
-        }
-        Ok(n) => {
-            buf.truncate(old + n);
-            Ok(n)
-        }
-        Err(e) => {
-            buf.truncate(old);
-            if e.kind() == io::ErrorKind::TimedOut {
-                Err(ReadError::TimedOut)
-            } else {
-                Err(ReadError::Closed)
-            }
-        }
-    }
-}
-
 /// Reads whatever the socket has (at most `max` bytes) through the shard's scratch
 /// buffer and appends it to `buf`, so a connection's buffer is exactly as large as
 /// its request, failing at `deadline`.
-async fn read_head_bytes(
+async fn read_some(
     shard: &Shard,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
@@ -150,7 +115,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 return;
             }
             let chunk = (limits.max_head_bytes + 4).saturating_sub(buf.len());
-            match read_head_bytes(&shard, &mut stream, &mut buf, deadline, chunk).await {
+            match read_some(&shard, &mut stream, &mut buf, deadline, chunk).await {
                 Ok(_) => {}
                 Err(ReadError::Closed) => return,
                 Err(ReadError::TimedOut) => {
@@ -214,6 +179,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
             } => {
                 buf.drain(..head_len);
                 let body = match read_body(
+                    &shard,
                     &mut stream,
                     &mut buf,
                     len,
@@ -274,6 +240,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
 /// Reads a body of `len` bytes: first what is already buffered, then the socket,
 /// all before `timeout` runs out. Bytes past the body stay in `buf`.
 async fn read_body(
+    shard: &Shard,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     len: usize,
@@ -295,8 +262,8 @@ async fn read_body(
         return Err(ReadError::Closed);
     }
     while body.len() < len {
-        let want = (len - body.len()).min(64 * 1024);
-        read_more(stream, &mut body, deadline, want).await?;
+        let want = len - body.len();
+        read_some(shard, stream, &mut body, deadline, want).await?;
     }
     Ok(body)
 }
