@@ -89,15 +89,7 @@ fn run(name: &str, messages: u64, gap: Option<Duration>) {
         );
         return;
     }
-    println!(
-        "router_hop/{name:<7} n={:>6}  p50={:>7.2} µs  p90={:>7.2} µs  p99={:>7.2} µs  p99.9={:>8.2} µs  max={:>8.2} µs",
-        hist.len(),
-        hist.value_at_quantile(0.5) as f64 / 1e3,
-        hist.value_at_quantile(0.9) as f64 / 1e3,
-        hist.value_at_quantile(0.99) as f64 / 1e3,
-        hist.value_at_quantile(0.999) as f64 / 1e3,
-        hist.max() as f64 / 1e3,
-    );
+    print_percentiles(&format!("router_hop/{name}"), &hist);
 }
 
 /// Baseline for the parked case: a plain thread blocked in crossbeam's `recv`
@@ -116,20 +108,27 @@ fn futex_baseline(messages: u64, gap: Duration) {
         hist
     });
     for _ in 0..messages {
-        tx.send(base.elapsed().as_nanos() as u64).expect("receiver alive");
+        tx.send(base.elapsed().as_nanos() as u64)
+            .expect("receiver alive");
         let until = Instant::now() + gap;
         while Instant::now() < until {
             std::hint::spin_loop();
         }
     }
     let hist = receiver.join().expect("receiver");
+    print_percentiles("futex_baseline", &hist);
+}
+
+/// One line of percentiles, in microseconds, from a histogram in nanoseconds.
+fn print_percentiles(label: &str, hist: &Histogram<u64>) {
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
     println!(
-        "futex_baseline n={:>6}  p50={:>7.2} µs  p90={:>7.2} µs  p99={:>7.2} µs  p99.9={:>8.2} µs  max={:>8.2} µs",
+        "{label:<17} n={:>6}  p50={:>7.2} µs  p90={:>7.2} µs  p99={:>7.2} µs  p99.9={:>8.2} µs  max={:>8.2} µs",
         hist.len(),
-        hist.value_at_quantile(0.5) as f64 / 1e3,
-        hist.value_at_quantile(0.9) as f64 / 1e3,
-        hist.value_at_quantile(0.99) as f64 / 1e3,
-        hist.value_at_quantile(0.999) as f64 / 1e3,
+        us(0.5),
+        us(0.9),
+        us(0.99),
+        us(0.999),
         hist.max() as f64 / 1e3,
     );
 }
