@@ -64,10 +64,17 @@ run() { # name shards node_cpus load_cpus loadtest-args...
 
 run idle-hold 1 0 1 $S/idle-hold.toml
 run connect-storm 1 0 1 $S/connect-storm.toml
-run fanout-1x1000 1 0 1 $S/fanout.toml --set sessions=1 --set sockets_per_session=1000 --set rate=400
-run fanout-100x10-100k 1 0 1 $S/fanout.toml --set rate=10000 --set publishers=16
-run fanout-100x10-10k 1 0 1 $S/fanout.toml
+# Goal: 1 session × 1,000 sockets, 100-byte events, ≥ 400k deliveries/s on one shard.
+run fanout-1x1000-400k 1 0 1 $S/fanout.toml --set sessions=1 --set sockets_per_session=1000 --set rate=400
+run fanout-1x1000-600k 1 0 1 $S/fanout.toml --set sessions=1 --set sockets_per_session=1000 --set rate=600
+run fanout-1x1000-batch10 1 0 1 $S/fanout.toml --set sessions=1 --set sockets_per_session=1000 --set rate=3000 --set batch=10
+# Goal: 100 sessions × 10 sockets, one event per request, ≥ 100k deliveries/s.
+run fanout-100x10-100k 1 0 1 $S/fanout.toml --set rate=10000 --set publishers=32
+run fanout-100x10-200k 1 0 1 $S/fanout.toml --set rate=20000 --set publishers=32
+# Goal: p99 ≤ 1 ms, p99.9 ≤ 3 ms at 10k deliveries/s over 100 × 10.
+run fanout-100x10-10k 1 0 1 $S/fanout.toml --duration 30s
 run publish-throughput 1 0 1 $S/publish-throughput.toml
+run publish-throughput-400k 1 0 1 $S/publish-throughput.toml --set rate=400000 --set publishers=16
 run slow-consumers 1 0 1 $S/slow-consumers.toml
 run churn 1 0 1 $S/churn.toml
 # Scaling, indicative only on a 2-CPU machine: the load generator shares the node's CPUs.

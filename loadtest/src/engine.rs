@@ -834,7 +834,11 @@ async fn publisher_conn(
         });
         event::publish_body(&mut body, events, batch as usize, scn.event_bytes);
         post_events_request(&mut req, &sh.publish_target.host, &sh.api_key, &body);
-        ctx.part.borrow_mut().requests_sent += 1;
+        {
+            let mut p = ctx.part.borrow_mut();
+            p.requests_sent += 1;
+            p.send_lag.record_ns(unix_ns().saturating_sub(sched));
+        }
         let result = tokio::time::timeout(scn.request_timeout.0, c.round_trip(&req)).await;
         let now = unix_ns();
         match result {

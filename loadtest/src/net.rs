@@ -140,6 +140,42 @@ pub fn post_events_request(out: &mut Vec<u8>, host: &str, api_key: &str, body: &
     out.extend_from_slice(body);
 }
 
+/// A one-off blocking `GET path` (used once per run, for the node's `/latency`): returns
+/// status and body. Bounded by `timeout` on connect, each write and each read.
+pub fn get_blocking(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<(u16, Vec<u8>), HttpError> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(head) = parse_response(&buf)? {
+            if buf.len() >= head.head_len + head.body_len {
+                let body = buf[head.head_len..head.head_len + head.body_len].to_vec();
+                return Ok((head.status, body));
+            }
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(HttpError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_HEAD + MAX_BODY {
+            return Err(HttpError::Malformed);
+        }
+    }
+}
+
 /// One keep-alive HTTP/1.1 connection.
 pub struct HttpConn {
     stream: TcpStream,

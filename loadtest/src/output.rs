@@ -139,6 +139,7 @@ pub fn table(r: &Report) -> String {
             ),
         );
         row(&mut o, "publish ms", lat(&r.publish_latency_ms));
+        row(&mut o, "send lag ms", lat(&r.send_lag_ms));
         row(
             &mut o,
             "deliveries",
@@ -153,6 +154,22 @@ pub fn table(r: &Report) -> String {
             ),
         );
         row(&mut o, "latency ms", lat(&r.latency_ms));
+        if let Some(n) = &r.node_latency_ms {
+            let f = |k: &str| n.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            row(
+                &mut o,
+                "node /latency",
+                format!(
+                    "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n={}, accepted → written, node's own)",
+                    f("p50"),
+                    f("p90"),
+                    f("p99"),
+                    f("p99.9"),
+                    f("max"),
+                    n.get("count").and_then(|v| v.as_u64()).unwrap_or(0)
+                ),
+            );
+        }
     }
     if r.slow_sockets > 0 {
         row(
@@ -217,8 +234,8 @@ pub fn table(r: &Report) -> String {
 /// A Markdown table, one row per (name, report).
 pub fn summary_table(rows: &[(String, Report)]) -> String {
     let mut o = String::from(
-        "| run | kind | sockets | deliveries/s | events/s | handshakes/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | errors | close codes | RSS/conn | load CPU | node CPU | result |\n\
-         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |\n",
+        "| run | kind | sockets | deliveries/s | events/s | handshakes/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | node p99 / p99.9 ms | lost | errors | close codes | RSS/conn | load CPU | node CPU | result |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |\n",
     );
     for (name, r) in rows {
         // Latency columns show publish→receive, or publish→202 / handshake when nothing
@@ -232,7 +249,7 @@ pub fn summary_table(rows: &[(String, Report)]) -> String {
         };
         let _ = writeln!(
             o,
-            "| {name} | {} | {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {:.0}% | {} | {} |",
+            "| {name} | {} | {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {:.0}% | {} | {} |",
             r.kind,
             r.sockets_connected,
             r.deliveries_per_sec,
@@ -243,6 +260,13 @@ pub fn summary_table(rows: &[(String, Report)]) -> String {
             l.p99,
             l.p99_9,
             l.max,
+            r.node_latency_ms
+                .as_ref()
+                .map(|n| {
+                    let f = |k: &str| n.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+                    format!("{:.3} / {:.3}", f("p99"), f("p99.9"))
+                })
+                .unwrap_or_else(|| "-".into()),
             r.lost,
             if r.errors.is_empty() { "0".to_owned() } else { map(&r.errors) },
             if r.close_codes.is_empty() { "-".to_owned() } else { map(&r.close_codes) },

@@ -201,7 +201,19 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
         }
         _ => None,
     };
-    Ok(Report::build(scn, &part, procs, rss, server_cpu))
+    let mut report = Report::build(scn, &part, procs, rss, server_cpu);
+    if scn.kind.publishes() {
+        report.node_latency_ms = node_latency(scn);
+    }
+    Ok(report)
+}
+
+/// The publishing node's `/latency` JSON, if it serves it on the public port.
+fn node_latency(scn: &Scenario) -> Option<serde_json::Value> {
+    let t = target::parse(&scn.url).ok()?;
+    let (status, body) =
+        crate::net::get_blocking(t.addr, &t.host, "/latency", Duration::from_secs(2)).ok()?;
+    (status == 200).then(|| serde_json::from_slice(&body).ok())?
 }
 
 struct ChildProc {

@@ -137,6 +137,8 @@ pub struct Part {
     pub handshake: Hist,
     /// Scheduled publish time → `202` received.
     pub publish: Hist,
+    /// Scheduled publish time → request written: the tool's own lateness.
+    pub send_lag: Hist,
     pub deliveries: u64,
     pub requests_sent: u64,
     pub requests_accepted: u64,
@@ -193,6 +195,7 @@ impl Part {
         self.latency.merge(&other.latency);
         self.handshake.merge(&other.handshake);
         self.publish.merge(&other.publish);
+        self.send_lag.merge(&other.send_lag);
         self.deliveries += other.deliveries;
         self.requests_sent += other.requests_sent;
         self.requests_accepted += other.requests_accepted;
@@ -323,6 +326,9 @@ pub struct Report {
     pub publish_latency_ms: LatencyMs,
     /// Handshake start (or scheduled time) → welcome.
     pub handshake_ms: LatencyMs,
+    /// Scheduled time → request written by the tool: if this is high, the load generator
+    /// itself was late and the latency figures carry its delay.
+    pub send_lag_ms: LatencyMs,
     pub errors: BTreeMap<String, u64>,
     pub errors_total: u64,
     pub error_budget: u64,
@@ -332,6 +338,10 @@ pub struct Report {
     pub churn_opened: u64,
     pub churn_failed: u64,
     pub server_rss: Option<Rss>,
+    /// The node's own `GET /latency` at the end (accepted → written to the socket, since
+    /// the node started), when it answers: separates the node's share of the latency from
+    /// the network and the load generator's.
+    pub node_latency_ms: Option<serde_json::Value>,
     /// CPU the load generator used while running, in % of one core: near 100 × its cores
     /// means the tool, not the node, may have been the limit.
     pub load_cpu_percent: f64,
@@ -453,6 +463,7 @@ impl Report {
             latency_ms: part.latency.summary(),
             publish_latency_ms: part.publish.summary(),
             handshake_ms: part.handshake.summary(),
+            send_lag_ms: part.send_lag.summary(),
             errors,
             errors_total,
             error_budget,
@@ -462,6 +473,7 @@ impl Report {
             churn_opened: part.churn_opened,
             churn_failed: part.churn_failed,
             server_rss: rss,
+            node_latency_ms: None,
             load_cpu_percent: pct(part.load_cpu_ns),
             server_cpu_percent: server_cpu_ns.map(pct),
             passed: failures.is_empty(),
