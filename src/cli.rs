@@ -75,7 +75,7 @@ pub struct ServeArgs {
     /// Shards (one pinned executor each); default: one per available core.
     #[arg(long, env = "RELAY_SHARDS")]
     pub shards: Option<usize>,
-    /// Redis for cross-node fan-out (not built yet: refused at start).
+    /// Redis for cross-node fan-out (`redis://[:password@]host:port[/db]`).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// CSV of origins allowed to open sockets; `*` stands for one host label.

@@ -142,6 +142,8 @@ pub struct Config {
     pub jwt: JwtRules,
     pub limits: Limits,
     pub log_format: LogFormat,
+    /// Redis for cross-node fan-out (it may hold a password: a [`Secret`]).
+    pub redis_url: Option<Secret>,
 }
 
 impl Config {
@@ -159,17 +161,28 @@ impl Config {
             jwt: JwtRules::default(),
             limits: Limits::default(),
             log_format: LogFormat::Human,
+            redis_url: None,
         }
     }
 
     /// Validates parsed flags into a [`Config`].
     pub fn from_serve_args(args: &ServeArgs) -> Result<Config, ConfigError> {
-        if args.redis_url.is_some() {
-            return Err(ConfigError::Unsupported {
-                variable: "REDIS_URL",
-                why: "cross-node fan-out through Redis is not built yet; unset it to run a single node",
-            });
-        }
+        let redis_url = match args.redis_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) if url.starts_with("redis://") => Some(Secret::new(url)),
+            Some(url) if url.starts_with("rediss://") => {
+                return Err(ConfigError::Unsupported {
+                    variable: "REDIS_URL",
+                    why: "rediss:// (TLS) is not built yet; use redis:// on a private network",
+                })
+            }
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    variable: "REDIS_URL",
+                    why: "must start with redis:// or rediss://".into(),
+                })
+            }
+        };
         let jwt_secrets = parse_secret_list(
             "JWT_SIGNING_SECRET",
             args.common.jwt_signing_secret.as_deref(),
@@ -238,6 +251,7 @@ impl Config {
             },
             limits,
             log_format: args.log_format,
+            redis_url,
         })
     }
 }

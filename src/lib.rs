@@ -17,8 +17,8 @@
 //! - [`metrics`]: per-shard counters, merged on read into `/metrics`.
 //! - [`latency`]: per-shard HdrHistogram of accepted→written latency, merged into `/latency`.
 //!
-//! The Redis bridge (cross-node fan-out) is the next part to land; no module knows
-//! about Redis yet.
+//! - [`bridge`]: with `REDIS_URL`, the thread that carries events between nodes
+//!   through Redis pub/sub; the only module that knows Redis exists.
 //!
 //! # Data flow
 //! ```text
@@ -28,11 +28,14 @@
 //!                                 │ router: shard_for(session)
 //!                                 ├─ owner is here ─▶ fan-out now
 //!                                 └─ crossbeam channel + doorbell ─▶ owning shard ─▶ fan-out
+//!   with Redis: any shard ─▶ bridge thread ─PUBLISH─▶ Redis ─▶ every node's bridge
+//!               ─▶ owning shard (one channel per session, subscribed while it has sockets)
 //!   fan-out: encode the frame once ─▶ push the same Rc'd bytes onto each socket's
 //!            bounded queue ─▶ each socket task writes its whole queue in one sendmsg
 //! ```
 
 pub mod auth;
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -56,10 +56,35 @@ pub struct AdoptMsg {
     pub upgrade: AcceptedUpgrade,
 }
 
-/// Everything that crosses cores.
+/// An event that arrived from Redis for a session this shard owns.
+#[derive(Debug)]
+pub struct RemoteEvent {
+    pub session: Box<str>,
+    /// As published: see `ws::frame::remote_payload`.
+    pub payload: Vec<u8>,
+}
+
+/// Everything that crosses cores (and the bridge thread).
 #[derive(Debug)]
 pub enum ShardMsg {
     Deliver(DeliverMsg),
+    /// Events from Redis.
+    Remote {
+        events: Vec<RemoteEvent>,
+    },
+    /// The bridge's answer to a publish: Redis took all its events, or not.
+    PublishDone {
+        id: u64,
+        ok: bool,
+    },
+    /// These sessions' subscriptions are live: welcome their waiting sockets.
+    Subscribed {
+        sessions: Vec<String>,
+    },
+    /// These sessions may have missed events: tell their sockets to reload state.
+    Resync {
+        sessions: Vec<String>,
+    },
     Adopt(Box<AdoptMsg>),
     /// Send your counters to shard `from`, tagged `id`.
     SnapshotRequest {
@@ -277,6 +302,28 @@ impl Router {
         }
         self.push(to, msg)
             .inspect_err(|_| self.links[to].budget.release(0))
+    }
+
+    /// Sends a control message, retrying while the inbox is full: for messages that
+    /// must arrive (a drain, an answer someone waits for). Gives up after `attempts`.
+    pub fn send_retrying(
+        &self,
+        to: usize,
+        mut msg: ShardMsg,
+        attempts: usize,
+        pause: std::time::Duration,
+    ) -> Result<(), ShardMsg> {
+        for _ in 0..attempts {
+            match self.send(to, msg) {
+                Ok(()) => return Ok(()),
+                Err((RouteError::Stopped(_), m)) => return Err(m),
+                Err((RouteError::InboxFull(_), m)) => {
+                    msg = m;
+                    std::thread::sleep(pause);
+                }
+            }
+        }
+        Err(msg)
     }
 
     /// Sends each shard its share of one request, all or nothing.

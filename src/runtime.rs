@@ -41,6 +41,8 @@ pub enum RuntimeError {
     ShardPanicked(usize),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Bridge(#[from] crate::bridge::BridgeError),
 }
 
 /// Binds `count` sockets to one address with SO_REUSEPORT, so the kernel spreads
@@ -97,12 +99,20 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         None => None,
     };
     let (router, inboxes) = Router::new(shards).map_err(RuntimeError::Channels)?;
+    let bridge = match &config.redis_url {
+        Some(url) => {
+            let url = String::from_utf8_lossy(url.expose()).into_owned();
+            Some(crate::bridge::start(&url, router.clone())?)
+        }
+        None => None,
+    };
     let node = Arc::new(NodeShared {
         config,
         router: router.clone(),
         open_sockets: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
         node_tag: random_hex(3),
+        bridge,
     });
     install_signal_thread(node.clone())?;
 
@@ -183,16 +193,14 @@ fn install_signal_thread(node: Arc<NodeShared>) -> Result<(), RuntimeError> {
                 }
                 tracing::info!(signal, "draining");
                 for shard in 0..node.router.shards() {
-                    let mut msg = ShardMsg::Drain;
                     // The inbox may be momentarily full; the drain must get through.
-                    for _ in 0..1000 {
-                        match node.router.send(shard, msg) {
-                            Ok(()) => break,
-                            Err((_, m)) => {
-                                msg = m;
-                                std::thread::sleep(std::time::Duration::from_millis(5));
-                            }
-                        }
+                    let pause = std::time::Duration::from_millis(5);
+                    if node
+                        .router
+                        .send_retrying(shard, ShardMsg::Drain, 1000, pause)
+                        .is_err()
+                    {
+                        tracing::error!(shard, "drain request not delivered");
                     }
                 }
             }

@@ -197,7 +197,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                         return;
                     }
                 };
-                let reply = publish(&shard, body, limits.max_batch_events, keep_alive);
+                let reply = publish(&shard, body, limits.max_batch_events, keep_alive).await;
                 if stream.write_all(&reply).await.is_err() || !keep_alive {
                     return;
                 }
@@ -268,10 +268,10 @@ async fn read_body(
     Ok(body)
 }
 
-fn publish(shard: &Rc<Shard>, body: Vec<u8>, max_batch: usize, keep_alive: bool) -> Vec<u8> {
+async fn publish(shard: &Rc<Shard>, body: Vec<u8>, max_batch: usize, keep_alive: bool) -> Vec<u8> {
     let parsed = shard.parser.borrow_mut().parse(body, max_batch);
     let result = match parsed {
-        Ok(batch) => shard.publish(batch),
+        Ok(batch) => shard.publish(batch).await,
         Err(e) => Err(Refusal::new(e.status, e.message)),
     };
     match result {
@@ -280,7 +280,10 @@ fn publish(shard: &Rc<Shard>, body: Vec<u8>, max_batch: usize, keep_alive: bool)
             response(202, "application/json", body.as_bytes(), "", keep_alive)
         }
         Err(refusal) => {
-            shard.stats.publish_error(refusal.status);
+            match refusal.metric_reason {
+                Some(reason) => shard.stats.publish_error_reason(reason),
+                None => shard.stats.publish_error(refusal.status),
+            }
             refusal.to_response(keep_alive)
         }
     }
@@ -313,6 +316,16 @@ fn route(
             if shard.is_draining() {
                 Action::Refuse {
                     refusal: Refusal::unavailable("node draining"),
+                    keep_alive,
+                }
+            } else if shard
+                .node
+                .bridge
+                .as_ref()
+                .is_some_and(|b| !b.is_connected())
+            {
+                Action::Refuse {
+                    refusal: Refusal::unavailable("Redis is unreachable"),
                     keep_alive,
                 }
             } else {

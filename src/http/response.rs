@@ -14,6 +14,9 @@ pub struct Refusal {
     pub message: Cow<'static, str>,
     /// Extra header lines, each ending in `\r\n`.
     pub headers: &'static str,
+    /// The `reason` label to count a refused publish under, when the status alone
+    /// does not say it.
+    pub metric_reason: Option<&'static str>,
 }
 
 impl Refusal {
@@ -23,6 +26,7 @@ impl Refusal {
             code: error_code(status),
             message: message.into(),
             headers: "",
+            metric_reason: None,
         }
     }
 
@@ -56,6 +60,14 @@ impl Refusal {
         Refusal {
             headers: "Retry-After: 1\r\n",
             ..Refusal::new(503, message)
+        }
+    }
+
+    /// 503 because Redis could not take the events.
+    pub fn redis_unavailable() -> Refusal {
+        Refusal {
+            metric_reason: Some("redis"),
+            ..Refusal::unavailable("Redis is unavailable; retry later")
         }
     }
 

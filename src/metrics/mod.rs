@@ -25,6 +25,9 @@ pub const RATE_LIMITER_BLOCKED_TOTAL: &str = "relay_rate_limiter_blocked_total";
 pub const SOCKET_HANDOFFS_TOTAL: &str = "relay_socket_handoffs_total";
 pub const UPGRADE_REFUSALS_TOTAL: &str = "relay_upgrade_refusals_total";
 pub const SESSIONS: &str = "relay_sessions";
+pub const REDIS_CONNECTED: &str = "relay_redis_connected";
+pub const REDIS_RECONNECTS_TOTAL: &str = "relay_redis_reconnects_total";
+pub const RESYNC_TOTAL: &str = "relay_resync_total";
 
 /// Upper bounds of `relay_latency_seconds`, from 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 15] = [
@@ -33,7 +36,7 @@ const LATENCY_BUCKETS: [f64; 15] = [
 ];
 
 /// The `reason` label of `relay_publish_errors_total`, by HTTP status.
-pub const PUBLISH_ERROR_REASONS: [(u16, &str); 10] = [
+pub const PUBLISH_ERROR_REASONS: [(u16, &str); 11] = [
     (400, "bad_request"),
     (401, "unauthorized"),
     (405, "method"),
@@ -44,6 +47,8 @@ pub const PUBLISH_ERROR_REASONS: [(u16, &str); 10] = [
     (429, "rate_limited"),
     (501, "not_implemented"),
     (503, "unavailable"),
+    // Redis could not take the events (also answered 503, with Retry-After).
+    (503, "redis"),
 ];
 
 /// The `limiter` label of `relay_rate_limiter_blocked_total`. None is built yet; the
@@ -88,6 +93,12 @@ impl ShardStats {
     pub fn publish_error(&self, status: u16) {
         bump(&self.publish_errors[publish_reason_index(status)], 1);
     }
+    /// Counts a refused publish under an explicit `reason` label.
+    pub fn publish_error_reason(&self, reason: &str) {
+        if let Some(i) = PUBLISH_ERROR_REASONS.iter().position(|(_, r)| *r == reason) {
+            bump(&self.publish_errors[i], 1);
+        }
+    }
     pub fn disconnect(&self, d: Disconnect) {
         bump(&self.disconnects[d.index()], 1);
     }
@@ -111,6 +122,7 @@ impl ShardStats {
             disconnects: self.disconnects.each_ref().map(Cell::get),
             upgrade_refusals: self.upgrade_refusals.each_ref().map(Cell::get),
             latency: self.latency.borrow().clone(),
+            redis: None,
         }
     }
 }
@@ -127,6 +139,16 @@ pub struct StatsSnapshot {
     pub disconnects: [u64; Disconnect::ALL.len()],
     pub upgrade_refusals: [u64; UPGRADE_REFUSAL_STATUSES.len()],
     pub latency: LatencyHistogram,
+    /// Node-wide Redis bridge figures, when the node has one.
+    pub redis: Option<RedisFigures>,
+}
+
+/// What the Redis bridge reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RedisFigures {
+    pub connected: bool,
+    pub reconnects: u64,
+    pub resyncs: u64,
 }
 
 fn add_arrays<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
@@ -179,6 +201,7 @@ impl StatsSnapshot {
         add_arrays(&mut self.disconnects, &other.disconnects);
         add_arrays(&mut self.upgrade_refusals, &other.upgrade_refusals);
         self.latency.merge(&other.latency);
+        self.redis = self.redis.or(other.redis);
     }
 
     fn families(&self) -> Vec<MetricFamily> {
@@ -210,7 +233,7 @@ impl StatsSnapshot {
             }
         }
 
-        vec![
+        let mut families = vec![
             family(
                 CONNECTED_CLIENTS,
                 "Open WebSockets on this node.",
@@ -285,7 +308,28 @@ impl StatsSnapshot {
                     .map(|(s, n)| counter(n, vec![label("status", &s.to_string())]))
                     .collect(),
             ),
-        ]
+        ];
+        if let Some(r) = self.redis {
+            families.push(family(
+                REDIS_CONNECTED,
+                "1 while the Redis bridge is connected.",
+                MetricType::GAUGE,
+                vec![gauge(u64::from(r.connected))],
+            ));
+            families.push(family(
+                REDIS_RECONNECTS_TOTAL,
+                "Times the Redis bridge lost Redis and had to reconnect.",
+                MetricType::COUNTER,
+                vec![counter(r.reconnects, vec![])],
+            ));
+            families.push(family(
+                RESYNC_TOTAL,
+                "Sessions told to resync because they may have missed events.",
+                MetricType::COUNTER,
+                vec![counter(r.resyncs, vec![])],
+            ));
+        }
+        families
     }
 
     /// Prometheus text exposition.

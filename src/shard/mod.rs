@@ -21,13 +21,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::auth::{JwtVerifier, OriginPolicy};
+use crate::bridge::{BridgeHandle, BridgeMsg};
 use crate::config::Config;
 use crate::http::publish::{PublishBatch, PublishParser};
 use crate::http::response::Refusal;
-use crate::metrics::{ShardStats, StatsSnapshot};
+use crate::metrics::{RedisFigures, ShardStats, StatsSnapshot};
 use crate::router::{shard_for, AdoptMsg, DeliverMsg, Inbox, Router, ShardMsg};
 use crate::ws::close::Disconnect;
-use crate::ws::frame::{encode_event, EventParts, PING_FRAME};
+use crate::ws::frame::{
+    encode_event, frame_from_remote, remote_payload, resync_frame, EncodedFrame, EventParts,
+    PING_FRAME,
+};
 use crate::ws::upgrade::AcceptedUpgrade;
 use registry::{mono_ms, Outgoing, Registry, SocketState};
 
@@ -52,6 +56,8 @@ pub struct NodeShared {
     pub draining: AtomicBool,
     /// Prefix of relay-generated event ids, random per process.
     pub node_tag: String,
+    /// The Redis bridge, when `REDIS_URL` is set.
+    pub bridge: Option<BridgeHandle>,
 }
 
 impl NodeShared {
@@ -81,6 +87,16 @@ struct PendingSnapshot {
     waker: Option<Waker>,
 }
 
+/// A publish waiting for the bridge's answer.
+#[derive(Default)]
+struct PendingPublish {
+    done: Option<bool>,
+    waker: Option<Waker>,
+}
+
+/// How long a publish waits for Redis before answering 503.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One shard's state. Lives in an `Rc` on its executor.
 pub struct Shard {
     pub id: usize,
@@ -97,8 +113,18 @@ pub struct Shard {
     next_event: Cell<u64>,
     next_snapshot: Cell<u64>,
     pending_snapshots: RefCell<HashMap<u64, PendingSnapshot>>,
+    next_publish: Cell<u64>,
+    pending_publishes: RefCell<HashMap<u64, PendingPublish>>,
     draining: Cell<bool>,
     drain_signal: glommio::sync::Semaphore,
+}
+
+/// Nanoseconds since the UNIX epoch.
+pub fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Seconds since the UNIX epoch.
@@ -127,6 +153,8 @@ impl Shard {
             next_event: Cell::new(0),
             next_snapshot: Cell::new(0),
             pending_snapshots: RefCell::new(HashMap::new()),
+            next_publish: Cell::new(0),
+            pending_publishes: RefCell::new(HashMap::new()),
             draining: Cell::new(false),
             drain_signal: glommio::sync::Semaphore::new(0),
         }
@@ -207,6 +235,49 @@ impl Shard {
                 }
             }
             ShardMsg::Adopt(a) => self.adopt(*a),
+            ShardMsg::Remote { events } => {
+                let now = Instant::now();
+                let now_ns = unix_now_ns();
+                for ev in events {
+                    let registry = self.registry.borrow();
+                    let Some(sockets) = registry.sockets_of(&ev.session) else {
+                        continue;
+                    };
+                    match frame_from_remote(&ev.payload, now_ns, now) {
+                        Some(frame) => self.fan_out(sockets, &Rc::new(frame)),
+                        None => {
+                            tracing::warn!(shard = self.id, "malformed event from redis dropped")
+                        }
+                    }
+                }
+            }
+            ShardMsg::PublishDone { id, ok } => {
+                if let Some(p) = self.pending_publishes.borrow_mut().get_mut(&id) {
+                    p.done = Some(ok);
+                    if let Some(w) = p.waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+            ShardMsg::Subscribed { sessions } => {
+                for session in sessions {
+                    let waiting = self.registry.borrow_mut().set_ready(&session);
+                    for (socket, hello) in waiting {
+                        socket.push_control(Outgoing::Owned(hello));
+                    }
+                }
+            }
+            ShardMsg::Resync { sessions } => {
+                let registry = self.registry.borrow();
+                for session in sessions {
+                    if let Some(sockets) = registry.sockets_of(&session) {
+                        let frame = resync_frame(&session);
+                        for s in sockets {
+                            s.push_control(Outgoing::Owned(frame.clone().into_boxed_slice()));
+                        }
+                    }
+                }
+            }
             ShardMsg::SnapshotRequest { from, id } => {
                 let snapshot = Box::new(self.local_snapshot());
                 let reply = ShardMsg::SnapshotReply { id, snapshot };
@@ -239,12 +310,10 @@ impl Shard {
         let Some(sockets) = registry.sockets_of(session) else {
             return;
         };
-        let mut generated = String::new();
-        if ev.id.is_none() {
-            let n = self.next_event.get();
-            self.next_event.set(n + 1);
-            generated = format!("{}-{}-{n}", self.node.node_tag, self.id);
-        }
+        let generated = match ev.id {
+            Some(_) => String::new(),
+            None => self.generated_id(),
+        };
         let frame = Rc::new(encode_event(
             &EventParts {
                 session,
@@ -255,21 +324,113 @@ impl Shard {
             },
             at,
         ));
+        self.fan_out(sockets, &frame);
+    }
+
+    /// Queues one frame on every socket of a session.
+    fn fan_out(&self, sockets: &[Rc<SocketState>], frame: &Rc<EncodedFrame>) {
         let max = self.node.config.limits.max_outbound_bytes;
         for s in sockets {
-            if !s.push_event(&frame, max) {
+            if !s.push_event(frame, max) {
                 // Full queue: write what the kernel takes now, then judge.
                 let flushed = crate::ws::conn::write_queue_now(s, &self.stats);
-                if flushed.is_err() || !s.push_event(&frame, max) {
+                if flushed.is_err() || !s.push_event(frame, max) {
                     s.request_close(Disconnect::SlowConsumer);
                 }
             }
         }
     }
 
+    fn generated_id(&self) -> String {
+        let n = self.next_event.get();
+        self.next_event.set(n + 1);
+        format!("{}-{}-{n}", self.node.node_tag, self.id)
+    }
+
+    /// Accepts a validated batch: through Redis when the node has a bridge, else
+    /// straight to the owning shards. Returns the number of events accepted.
+    pub async fn publish(self: &Rc<Self>, batch: PublishBatch) -> Result<usize, Refusal> {
+        match &self.node.bridge {
+            Some(bridge) => self.publish_via_redis(bridge, batch).await,
+            None => self.publish_local(batch),
+        }
+    }
+
+    /// Hands the batch to the bridge and waits until Redis took all of it: the 202
+    /// promises that every node holding the session will see the events.
+    async fn publish_via_redis(
+        self: &Rc<Self>,
+        bridge: &BridgeHandle,
+        batch: PublishBatch,
+    ) -> Result<usize, Refusal> {
+        if !bridge.is_connected() {
+            return Err(Refusal::redis_unavailable());
+        }
+        let n = batch.events.len();
+        let accepted_ns = unix_now_ns();
+        let events: Vec<(String, Vec<u8>)> = batch
+            .events
+            .iter()
+            .map(|ev| {
+                let session = batch.session(ev);
+                let generated = match ev.id {
+                    Some(_) => String::new(),
+                    None => self.generated_id(),
+                };
+                let payload = remote_payload(
+                    &EventParts {
+                        session,
+                        event: batch.bytes(&ev.event),
+                        id: ev.id.as_ref().map(|r| batch.bytes(r)),
+                        generated_id: &generated,
+                        data: batch.bytes(&ev.data),
+                    },
+                    accepted_ns,
+                );
+                (session.to_string(), payload)
+            })
+            .collect();
+        let id = self.next_publish.get();
+        self.next_publish.set(id + 1);
+        self.pending_publishes
+            .borrow_mut()
+            .insert(id, PendingPublish::default());
+        let sent = bridge.send(BridgeMsg::Publish {
+            from: self.id,
+            id,
+            events,
+        });
+        let outcome = if sent.is_err() {
+            None
+        } else {
+            let wait = futures_lite::future::poll_fn(|cx| {
+                let mut pending = self.pending_publishes.borrow_mut();
+                match pending.get_mut(&id) {
+                    Some(PendingPublish { done: Some(ok), .. }) => Poll::Ready(*ok),
+                    Some(p) => {
+                        p.waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                    None => Poll::Ready(false),
+                }
+            });
+            glommio::timer::timeout(PUBLISH_TIMEOUT, async { Ok(wait.await) })
+                .await
+                .ok()
+        };
+        self.pending_publishes.borrow_mut().remove(&id);
+        match outcome {
+            Some(true) => {
+                self.stats.add_events(n as u64);
+                Ok(n)
+            }
+            _ => Err(Refusal::redis_unavailable()),
+        }
+    }
+
     /// Routes a validated batch: local events now, others to their owners, all or
-    /// nothing. Returns the number of events accepted.
-    pub fn publish(self: &Rc<Self>, batch: PublishBatch) -> Result<usize, Refusal> {
+    /// nothing.
+    fn publish_local(self: &Rc<Self>, batch: PublishBatch) -> Result<usize, Refusal> {
         let accepted_at = Instant::now();
         let n = batch.events.len();
         let shards = self.node.router.shards();
@@ -386,10 +547,28 @@ impl Shard {
             &upgrade.claims.session,
             &conn_id,
         ));
-        state.push_control(Outgoing::Owned(hello.into_boxed_slice()));
+        let hello = hello.into_boxed_slice();
         {
             let mut reg = self.registry.borrow_mut();
-            reg.add(state.clone());
+            let added = reg.add(state.clone(), self.node.bridge.is_none());
+            if added.ready {
+                state.push_control(Outgoing::Owned(hello));
+            } else {
+                // With Redis, the welcome waits until the session's subscription is
+                // live, so no event published after it can be missed.
+                reg.wait_for_ready(state.clone(), hello);
+            }
+            if added.first {
+                if let Some(bridge) = &self.node.bridge {
+                    let msg = BridgeMsg::Subscribe {
+                        from: self.id,
+                        session: upgrade.claims.session.clone(),
+                    };
+                    if bridge.send(msg).is_err() {
+                        state.request_close(Disconnect::Overloaded);
+                    }
+                }
+            }
             self.stats.connected.set(reg.socket_count() as u64);
             self.stats.sessions.set(reg.session_count() as u64);
         }
@@ -442,6 +621,11 @@ impl Shard {
     /// others; a wedged shard leaves its part out rather than hanging the scrape.
     pub async fn node_snapshot(self: &Rc<Self>) -> StatsSnapshot {
         let mut merged = self.local_snapshot();
+        merged.redis = self.node.bridge.as_ref().map(|b| RedisFigures {
+            connected: b.is_connected(),
+            reconnects: b.status.reconnects.load(Ordering::Relaxed),
+            resyncs: b.status.resyncs.load(Ordering::Relaxed),
+        });
         let shards = self.node.router.shards();
         if shards == 1 {
             return merged;
@@ -502,9 +686,20 @@ impl Drop for SocketGuard {
     fn drop(&mut self) {
         let shard = &self.shard;
         if let Ok(mut reg) = shard.registry.try_borrow_mut() {
-            reg.remove(&self.state);
+            let last = reg.remove(&self.state);
             shard.stats.connected.set(reg.socket_count() as u64);
             shard.stats.sessions.set(reg.session_count() as u64);
+            if let (true, Some(bridge)) = (last, &shard.node.bridge) {
+                let msg = BridgeMsg::Unsubscribe {
+                    session: self.state.session.to_string(),
+                };
+                if bridge.send(msg).is_err() {
+                    tracing::warn!(
+                        shard = shard.id,
+                        "unsubscribe not queued; the bridge is behind"
+                    );
+                }
+            }
         }
         shard.stats.disconnect(self.reason);
         shard.node.release_socket();

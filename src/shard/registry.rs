@@ -199,10 +199,30 @@ impl SocketState {
     }
 }
 
+/// One session's sockets on this shard.
+#[derive(Default)]
+pub struct SessionEntry {
+    pub sockets: Vec<Rc<SocketState>>,
+    /// Events can reach this session: always true on a single node; with Redis, once
+    /// the bridge confirmed the subscription.
+    pub ready: bool,
+    /// Sockets whose 101 and welcome wait for `ready`, with those bytes.
+    pub waiting: Vec<(Rc<SocketState>, Box<[u8]>)>,
+}
+
+/// What adding a socket changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Added {
+    /// The session had no socket here before.
+    pub first: bool,
+    /// Events reach the session already.
+    pub ready: bool,
+}
+
 /// Sessions → sockets, for one shard.
 #[derive(Default)]
 pub struct Registry {
-    sessions: HashMap<Rc<str>, Vec<Rc<SocketState>>>,
+    sessions: HashMap<Rc<str>, SessionEntry>,
     sockets: usize,
 }
 
@@ -215,32 +235,72 @@ impl Registry {
         }
     }
 
-    pub fn add(&mut self, socket: Rc<SocketState>) {
+    /// Adds a socket; a new session starts ready when `ready_when_new`.
+    pub fn add(&mut self, socket: Rc<SocketState>, ready_when_new: bool) -> Added {
         self.sockets += 1;
-        self.sessions
+        let mut first = false;
+        let entry = self
+            .sessions
             .entry(socket.session.clone())
-            .or_default()
-            .push(socket);
-    }
-
-    pub fn remove(&mut self, socket: &SocketState) {
-        if let Some(list) = self.sessions.get_mut(&socket.session) {
-            if let Some(i) = list.iter().position(|s| s.id == socket.id) {
-                list.swap_remove(i);
-                self.sockets -= 1;
-            }
-            if list.is_empty() {
-                self.sessions.remove(&socket.session);
-            }
+            .or_insert_with(|| {
+                first = true;
+                SessionEntry {
+                    ready: ready_when_new,
+                    ..SessionEntry::default()
+                }
+            });
+        entry.sockets.push(socket);
+        Added {
+            first,
+            ready: entry.ready,
         }
     }
 
+    /// Removes a socket; true when it was its session's last one here.
+    pub fn remove(&mut self, socket: &SocketState) -> bool {
+        let Some(entry) = self.sessions.get_mut(&socket.session) else {
+            return false;
+        };
+        if let Some(i) = entry.sockets.iter().position(|s| s.id == socket.id) {
+            entry.sockets.swap_remove(i);
+            self.sockets -= 1;
+        }
+        entry.waiting.retain(|(s, _)| s.id != socket.id);
+        if entry.sockets.is_empty() {
+            self.sessions.remove(&socket.session);
+            return true;
+        }
+        false
+    }
+
+    /// Holds a socket's first bytes until its session is ready.
+    pub fn wait_for_ready(&mut self, socket: Rc<SocketState>, hello: Box<[u8]>) {
+        if let Some(entry) = self.sessions.get_mut(&socket.session) {
+            entry.waiting.push((socket, hello));
+        }
+    }
+
+    /// Marks a session ready and hands back the sockets that were waiting.
+    pub fn set_ready(&mut self, session: &str) -> Vec<(Rc<SocketState>, Box<[u8]>)> {
+        match self.sessions.get_mut(session) {
+            Some(entry) => {
+                entry.ready = true;
+                std::mem::take(&mut entry.waiting)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The sockets that events of `session` go to (those already welcomed).
     pub fn sockets_of(&self, session: &str) -> Option<&[Rc<SocketState>]> {
-        self.sessions.get(session).map(Vec::as_slice)
+        self.sessions
+            .get(session)
+            .filter(|e| e.ready)
+            .map(|e| e.sockets.as_slice())
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Rc<SocketState>> {
-        self.sessions.values().flatten()
+        self.sessions.values().flat_map(|e| e.sockets.iter())
     }
 
     pub fn socket_count(&self) -> usize {
@@ -293,16 +353,46 @@ mod tests {
     }
 
     #[test]
+    fn a_session_waiting_for_its_subscription_gets_no_events() {
+        let mut r = Registry::default();
+        let a = Rc::new(SocketState::new(1, r.intern("s1"), 0, mono_ms()));
+        assert_eq!(
+            r.add(a.clone(), false),
+            Added {
+                first: true,
+                ready: false
+            }
+        );
+        r.wait_for_ready(a.clone(), Box::from(&b"hello"[..]));
+        assert!(r.sockets_of("s1").is_none());
+        let waiting = r.set_ready("s1");
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(r.sockets_of("s1").map(<[_]>::len), Some(1));
+    }
+
+    #[test]
     fn registry_tracks_sessions_and_sockets() {
         let mut r = Registry::default();
         let a = Rc::new(SocketState::new(1, r.intern("s1"), 0, mono_ms()));
-        r.add(a.clone());
+        assert_eq!(
+            r.add(a.clone(), true),
+            Added {
+                first: true,
+                ready: true
+            }
+        );
         let b = Rc::new(SocketState::new(2, r.intern("s1"), 0, mono_ms()));
-        r.add(b.clone());
+        assert_eq!(
+            r.add(b.clone(), true),
+            Added {
+                first: false,
+                ready: true
+            }
+        );
         assert_eq!(r.session_count(), 1);
         assert_eq!(r.sockets_of("s1").map(<[_]>::len), Some(2));
-        r.remove(&a);
-        r.remove(&b);
+        assert!(!r.remove(&a));
+        assert!(r.remove(&b));
         assert_eq!(r.session_count(), 0);
         assert_eq!(r.socket_count(), 0);
     }

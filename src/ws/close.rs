@@ -28,11 +28,14 @@ pub enum Disconnect {
     Draining,
     /// The connection failed under us (reset, broken pipe). No close frame.
     IoError,
+    /// The node could not take the socket on (its Redis bridge is behind). 1013;
+    /// reconnect later.
+    Overloaded,
 }
 
 impl Disconnect {
     /// Every variant, in the order of [`Disconnect::index`].
-    pub const ALL: [Disconnect; 10] = [
+    pub const ALL: [Disconnect; 11] = [
         Disconnect::ClientClosed,
         Disconnect::Timeout,
         Disconnect::SlowConsumer,
@@ -43,6 +46,7 @@ impl Disconnect {
         Disconnect::Policy,
         Disconnect::Draining,
         Disconnect::IoError,
+        Disconnect::Overloaded,
     ];
 
     pub fn index(self) -> usize {
@@ -61,6 +65,7 @@ impl Disconnect {
             Disconnect::MessageTooBig => Some(1009),
             Disconnect::Policy => Some(1008),
             Disconnect::Draining => Some(1012),
+            Disconnect::Overloaded => Some(1013),
         }
     }
 
@@ -77,6 +82,7 @@ impl Disconnect {
             Disconnect::Policy => "message not allowed",
             Disconnect::Draining => "node draining",
             Disconnect::IoError => "",
+            Disconnect::Overloaded => "node overloaded",
         }
     }
 
@@ -93,6 +99,7 @@ impl Disconnect {
             Disconnect::Policy => "policy",
             Disconnect::Draining => "draining",
             Disconnect::IoError => "io_error",
+            Disconnect::Overloaded => "overloaded",
         }
     }
 

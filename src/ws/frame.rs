@@ -91,15 +91,15 @@ pub struct EventParts<'a> {
     pub data: &'a [u8],
 }
 
-/// `{"type":"event","session":S,"event":NAME,"id":ID,"data":DATA}` as one frame.
-pub fn encode_event(parts: &EventParts<'_>, accepted_at: Instant) -> EncodedFrame {
-    let payload_len = 64
-        + parts.session.len()
+fn event_json_len(parts: &EventParts<'_>) -> usize {
+    64 + parts.session.len()
         + parts.event.len()
         + parts.id.map_or(parts.generated_id.len() + 2, <[u8]>::len)
-        + parts.data.len();
-    let mut b = FrameBuilder::with_capacity(payload_len);
-    let p = b.payload();
+        + parts.data.len()
+}
+
+/// Appends `{"type":"event","session":S,"event":NAME,"id":ID,"data":DATA}`.
+fn write_event_json(p: &mut Vec<u8>, parts: &EventParts<'_>) {
     p.extend_from_slice(br#"{"type":"event","session":""#);
     p.extend_from_slice(parts.session.as_bytes());
     p.extend_from_slice(br#"","event":"#);
@@ -116,7 +116,41 @@ pub fn encode_event(parts: &EventParts<'_>, accepted_at: Instant) -> EncodedFram
     p.extend_from_slice(br#","data":"#);
     p.extend_from_slice(parts.data);
     p.push(b'}');
+}
+
+/// `{"type":"event","session":S,"event":NAME,"id":ID,"data":DATA}` as one frame.
+pub fn encode_event(parts: &EventParts<'_>, accepted_at: Instant) -> EncodedFrame {
+    let mut b = FrameBuilder::with_capacity(event_json_len(parts));
+    write_event_json(b.payload(), parts);
     b.finish(accepted_at)
+}
+
+/// An event as it travels through Redis: the accepting node's clock (UNIX
+/// nanoseconds, 8 bytes big-endian, for the latency histogram) and the frame's
+/// JSON payload, so receiving nodes only add the WebSocket header.
+pub fn remote_payload(parts: &EventParts<'_>, accepted_unix_ns: u64) -> Vec<u8> {
+    let mut p = Vec::with_capacity(8 + event_json_len(parts));
+    p.extend_from_slice(&accepted_unix_ns.to_be_bytes());
+    write_event_json(&mut p, parts);
+    p
+}
+
+/// The frame for a payload made by [`remote_payload`]; `None` if it is too short.
+/// `now_unix_ns` and `now` are one reading of the two clocks.
+pub fn frame_from_remote(payload: &[u8], now_unix_ns: u64, now: Instant) -> Option<EncodedFrame> {
+    let (stamp, json) = payload.split_at_checked(8)?;
+    let accepted_ns = u64::from_be_bytes(stamp.try_into().ok()?);
+    // Another node's clock may run ahead: never date an event in the future.
+    let age = std::time::Duration::from_nanos(now_unix_ns.saturating_sub(accepted_ns));
+    let accepted_at = now.checked_sub(age).unwrap_or(now);
+    let mut b = FrameBuilder::with_capacity(json.len());
+    b.payload().extend_from_slice(json);
+    Some(b.finish(accepted_at))
+}
+
+/// `{"type":"resync","session":S}`: the session may have missed events.
+pub fn resync_frame(session: &str) -> Vec<u8> {
+    text_frame(format!(r#"{{"type":"resync","session":"{session}"}}"#).as_bytes())
 }
 
 /// A text frame carrying `payload`, for one-off frames such as the welcome.
@@ -202,6 +236,22 @@ mod tests {
                 n + br#"{"type":"event","session":"s","event":"e","id":"i","data":}"#.len()
             );
         }
+    }
+
+    #[test]
+    fn remote_payload_round_trips_to_the_same_frame() {
+        let parts = EventParts {
+            session: "s1",
+            event: b"\"e\"",
+            id: Some(b"\"i\""),
+            generated_id: "",
+            data: b"[1, 2]",
+        };
+        let now = Instant::now();
+        let local = encode_event(&parts, now);
+        let remote = frame_from_remote(&remote_payload(&parts, 1_000), 2_000, now).unwrap();
+        assert_eq!(local.bytes(), remote.bytes());
+        assert!(frame_from_remote(b"short", 0, now).is_none());
     }
 
     #[test]

@@ -1,0 +1,462 @@
+//! The Redis bridge: the only part of the relay that knows Redis exists.
+//!
+//! With `REDIS_URL` set, each node runs one bridge thread (a current-thread tokio
+//! runtime driving redis-rs). Shards talk to it over a bounded crossbeam channel
+//! ([`BridgeHandle::send`]); it talks to shards through the [`Router`], like any
+//! other cross-core message.
+//!
+//! - **Publishing.** A shard hands over a validated request's events, already
+//!   encoded; the bridge sends every pending request's events in one pipeline of
+//!   `PUBLISH`es, in arrival order, and answers each request only after Redis
+//!   acknowledged it. The publishing node delivers its own events from its
+//!   subscription, like every other node, so all nodes see one order.
+//! - **Subscriptions follow local sockets.** A shard asks for a session's channel
+//!   when the session's first local socket arrives and gives it up when the last one
+//!   leaves; the bridge batches the changes. Channel names are a fixed prefix plus a
+//!   validated session name; nothing user-supplied reaches a pattern subscription.
+//! - **Outages.** Losing Redis (an error, a closed connection, or a ping that does
+//!   not come back within its timeout) marks the node not ready, fails publishes
+//!   fast, and reconnects with exponential backoff and jitter capped at 5 s. Back
+//!   online, the bridge resubscribes the whole current set and tells every session
+//!   that was subscribed before the outage to resync (`{"type":"resync"}`).
+//!
+//! Every queue is bounded: the shard→bridge channel, and what the bridge keeps per
+//! pending publish. Incoming events that a full shard inbox cannot take become a
+//! resync for their session, never a silent loss.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use futures_util::{FutureExt, StreamExt};
+
+use crate::router::{RemoteEvent, Router, ShardMsg};
+
+/// Every session channel is this prefix plus the session name.
+pub const CHANNEL_PREFIX: &str = "relay:v1:s:";
+/// Requests and subscription changes waiting for the bridge.
+pub const BRIDGE_QUEUE: usize = 8192;
+/// A connect, subscribe or publish pipeline that takes longer is a failure.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle bridge checks that Redis still answers.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// Reconnect backoff: first wait, and the cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Incoming messages routed per wake before the bridge looks at its queue again.
+const INCOMING_BATCH: usize = 1024;
+/// Pause between tries when a shard's inbox is full.
+const SEND_PAUSE: Duration = Duration::from_micros(200);
+/// Channels per SUBSCRIBE command when resubscribing a large set.
+const SUBSCRIBE_CHUNK: usize = 1000;
+
+/// One event on its way to Redis: its session and its encoded payload.
+pub type OutgoingEvent = (String, Vec<u8>);
+
+/// What shards ask of the bridge.
+#[derive(Debug)]
+pub enum BridgeMsg {
+    /// Publish `events` (session, payload), then answer shard `from` with
+    /// `ShardMsg::PublishDone { id }`.
+    Publish {
+        from: usize,
+        id: u64,
+        events: Vec<OutgoingEvent>,
+    },
+    /// The session's first local socket arrived on shard `from`.
+    Subscribe { from: usize, session: String },
+    /// The session's last local socket left.
+    Unsubscribe { session: String },
+}
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("REDIS_URL is invalid: {0}")]
+    Url(redis::RedisError),
+    #[error("cannot start the bridge thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Counters the bridge keeps; read by `/metrics` and `/readyz` from any shard.
+#[derive(Debug, Default)]
+pub struct BridgeStatus {
+    pub connected: AtomicBool,
+    pub reconnects: AtomicU64,
+    /// Sessions told to resync.
+    pub resyncs: AtomicU64,
+}
+
+/// The shards' side of the bridge. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BridgeHandle {
+    tx: Sender<BridgeMsg>,
+    wake: Arc<tokio::sync::Notify>,
+    pub status: Arc<BridgeStatus>,
+}
+
+impl BridgeHandle {
+    /// Queues a message; hands it back when the bridge is behind.
+    pub fn send(&self, msg: BridgeMsg) -> Result<(), BridgeMsg> {
+        match self.tx.try_send(msg) {
+            Ok(()) => {
+                self.wake.notify_one();
+                Ok(())
+            }
+            Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.status.connected.load(Ordering::Acquire)
+    }
+}
+
+/// The channel of a session.
+pub fn channel_of(session: &str) -> String {
+    format!("{CHANNEL_PREFIX}{session}")
+}
+
+/// Starts the bridge thread for `url`.
+pub fn start(url: &str, router: Router) -> Result<BridgeHandle, BridgeError> {
+    let client = redis::Client::open(url).map_err(BridgeError::Url)?;
+    let (tx, rx) = crossbeam_channel::bounded(BRIDGE_QUEUE);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let status = Arc::new(BridgeStatus::default());
+    let handle = BridgeHandle {
+        tx,
+        wake: wake.clone(),
+        status: status.clone(),
+    };
+    let mut bridge = Bridge {
+        client,
+        rx,
+        wake,
+        status,
+        router,
+        wanted: HashMap::new(),
+        subscribed: HashSet::new(),
+        owed_resync: HashSet::new(),
+    };
+    std::thread::Builder::new()
+        .name("redis-bridge".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the bridge runtime");
+                    return;
+                }
+            };
+            rt.block_on(bridge.run());
+        })
+        .map_err(BridgeError::Thread)?;
+    Ok(handle)
+}
+
+/// Why a connected period ended.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {REDIS_TIMEOUT:?}")]
+    Timeout,
+    #[error("the subscription connection closed")]
+    Closed,
+}
+
+struct Bridge {
+    client: redis::Client,
+    rx: Receiver<BridgeMsg>,
+    wake: Arc<tokio::sync::Notify>,
+    status: Arc<BridgeStatus>,
+    router: Router,
+    /// Sessions some local socket needs, with the shard that owns them.
+    wanted: HashMap<String, usize>,
+    /// Sessions Redis confirmed we are subscribed to, on this connection.
+    subscribed: HashSet<String>,
+    /// Sessions that may have missed events and whose resync did not reach their
+    /// shard yet (its inbox was full).
+    owed_resync: HashSet<String>,
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, Lost> {
+    match tokio::time::timeout(REDIS_TIMEOUT, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Lost::Timeout),
+    }
+}
+
+impl Bridge {
+    async fn run(&mut self) {
+        let mut backoff = BACKOFF_FIRST;
+        let mut ever_connected = false;
+        loop {
+            match self.connected_period(&mut backoff).await {
+                Ok(()) => return,
+                Err(e) => {
+                    if self.status.connected.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(error = %e, "redis lost; publishes answer 503 until it is back");
+                        self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+                        ever_connected = true;
+                    } else if !ever_connected {
+                        tracing::warn!(error = %e, "cannot reach redis; retrying");
+                    }
+                }
+            }
+            // Everything subscribed so far may miss events from now on.
+            let lost: Vec<String> = self.subscribed.drain().collect();
+            self.owed_resync.extend(lost);
+            let jitter = 0.5 + fastrand_f64();
+            let wait = backoff.mul_f64(jitter).min(BACKOFF_CAP);
+            self.idle_until(Instant::now() + wait).await;
+            backoff = (backoff * 2).min(BACKOFF_CAP);
+        }
+    }
+
+    /// While disconnected: fail publishes at once, keep track of subscriptions.
+    async fn idle_until(&mut self, until: Instant) {
+        loop {
+            self.drain_while_down();
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let _ = tokio::time::timeout(left, self.wake.notified()).await;
+        }
+    }
+
+    fn drain_while_down(&mut self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                BridgeMsg::Publish { from, id, .. } => self.answer(from, id, false),
+                BridgeMsg::Subscribe { from, session } => {
+                    self.wanted.insert(session, from);
+                }
+                BridgeMsg::Unsubscribe { session } => {
+                    self.wanted.remove(&session);
+                    self.owed_resync.remove(&session);
+                }
+            }
+        }
+    }
+
+    fn answer(&self, shard: usize, id: u64, ok: bool) {
+        // The shard is waiting on this answer; its inbox drains continuously.
+        let msg = ShardMsg::PublishDone { id, ok };
+        if self
+            .router
+            .send_retrying(shard, msg, 100, SEND_PAUSE)
+            .is_err()
+        {
+            tracing::error!(
+                shard,
+                "publish answer could not be delivered; the request times out"
+            );
+        }
+    }
+
+    /// Connects, resubscribes, and serves until Redis is lost.
+    async fn connected_period(&mut self, backoff: &mut Duration) -> Result<(), Lost> {
+        let mut publisher = timed(self.client.get_multiplexed_async_connection()).await?;
+        let pubsub = timed(self.client.get_async_pubsub()).await?;
+        let (mut sink, mut stream) = pubsub.split();
+
+        // Resubscribe the whole current set before saying we are ready.
+        let wanted: Vec<String> = self.wanted.keys().cloned().collect();
+        for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
+            let channels: Vec<String> = chunk.iter().map(|s| channel_of(s)).collect();
+            timed(sink.subscribe(channels)).await?;
+        }
+        self.subscribed.extend(wanted.iter().cloned());
+        self.confirm(&wanted);
+        self.status.connected.store(true, Ordering::Release);
+        *backoff = BACKOFF_FIRST;
+        tracing::info!(sessions = wanted.len(), "redis connected");
+        self.pay_resyncs();
+
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                msg = stream.next() => {
+                    let Some(first) = msg else { return Err(Lost::Closed) };
+                    let mut incoming = vec![first];
+                    while incoming.len() < INCOMING_BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Some(m)) => incoming.push(m),
+                            Some(None) => return Err(Lost::Closed),
+                            None => break,
+                        }
+                    }
+                    self.route_incoming(incoming);
+                }
+                _ = ping.tick() => {
+                    timed(redis::cmd("PING").query_async::<String>(&mut publisher)).await?;
+                    // In subscribed mode PING answers ["pong", ""]: any answer will do.
+                    timed(sink.ping::<redis::Value>()).await?;
+                }
+            }
+            self.serve_queue(&mut publisher, &mut sink).await?;
+            self.pay_resyncs();
+        }
+    }
+
+    /// Handles everything the shards queued: subscription changes, then one
+    /// pipeline with every pending publish.
+    async fn serve_queue(
+        &mut self,
+        publisher: &mut redis::aio::MultiplexedConnection,
+        sink: &mut redis::aio::PubSubSink,
+    ) -> Result<(), Lost> {
+        let mut subscribe = Vec::new();
+        let mut unsubscribe = Vec::new();
+        let mut publishes: Vec<(usize, u64, Vec<OutgoingEvent>)> = Vec::new();
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                BridgeMsg::Publish { from, id, events } => publishes.push((from, id, events)),
+                BridgeMsg::Subscribe { from, session } => {
+                    unsubscribe.retain(|s| s != &session);
+                    if self.wanted.insert(session.clone(), from).is_none()
+                        || !self.subscribed.contains(&session)
+                    {
+                        subscribe.push(session);
+                    } else {
+                        self.confirm(std::slice::from_ref(&session));
+                    }
+                }
+                BridgeMsg::Unsubscribe { session } => {
+                    subscribe.retain(|s| s != &session);
+                    self.wanted.remove(&session);
+                    self.owed_resync.remove(&session);
+                    if self.subscribed.remove(&session) {
+                        unsubscribe.push(session);
+                    }
+                }
+            }
+        }
+        if !unsubscribe.is_empty() {
+            let channels: Vec<String> = unsubscribe.iter().map(|s| channel_of(s)).collect();
+            timed(sink.unsubscribe(channels)).await?;
+        }
+        if !subscribe.is_empty() {
+            let channels: Vec<String> = subscribe.iter().map(|s| channel_of(s)).collect();
+            timed(sink.subscribe(channels)).await?;
+            self.subscribed.extend(subscribe.iter().cloned());
+            self.confirm(&subscribe);
+        }
+        if publishes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (_, _, events) in &publishes {
+            for (session, payload) in events {
+                pipe.cmd("PUBLISH")
+                    .arg(channel_of(session))
+                    .arg(payload.as_slice())
+                    .ignore();
+            }
+        }
+        let result = timed(pipe.query_async::<()>(publisher)).await;
+        let ok = result.is_ok();
+        for (from, id, _) in publishes {
+            self.answer(from, id, ok);
+        }
+        result
+    }
+
+    /// Tells each session's owner that its subscription is live.
+    fn confirm(&self, sessions: &[String]) {
+        let mut by_shard: HashMap<usize, Vec<String>> = HashMap::new();
+        for s in sessions {
+            if let Some(&shard) = self.wanted.get(s) {
+                by_shard.entry(shard).or_default().push(s.clone());
+            }
+        }
+        for (shard, sessions) in by_shard {
+            let msg = ShardMsg::Subscribed { sessions };
+            if self
+                .router
+                .send_retrying(shard, msg, 100, SEND_PAUSE)
+                .is_err()
+            {
+                tracing::error!(shard, "subscription confirmation could not be delivered");
+            }
+        }
+    }
+
+    /// Routes incoming events to their sessions' owners, one message per shard.
+    fn route_incoming(&mut self, incoming: Vec<redis::Msg>) {
+        let mut by_shard: HashMap<usize, Vec<RemoteEvent>> = HashMap::new();
+        for msg in incoming {
+            let Some(session) = msg.get_channel_name().strip_prefix(CHANNEL_PREFIX) else {
+                continue;
+            };
+            let Some(&shard) = self.wanted.get(session) else {
+                continue;
+            };
+            by_shard.entry(shard).or_default().push(RemoteEvent {
+                session: session.into(),
+                payload: msg.get_payload_bytes().to_vec(),
+            });
+        }
+        for (shard, events) in by_shard {
+            if let Err((_, ShardMsg::Remote { events })) =
+                self.router.send(shard, ShardMsg::Remote { events })
+            {
+                // The shard is behind: these events are lost to it; say so.
+                for ev in events {
+                    self.owed_resync.insert(ev.session.into());
+                }
+            }
+        }
+    }
+
+    /// Sends the resyncs that are owed, as far as the shards can take them.
+    fn pay_resyncs(&mut self) {
+        if self.owed_resync.is_empty() || !self.status.connected.load(Ordering::Acquire) {
+            return;
+        }
+        let mut by_shard: HashMap<usize, Vec<String>> = HashMap::new();
+        for s in self.owed_resync.drain() {
+            if let Some(&shard) = self.wanted.get(&s) {
+                by_shard.entry(shard).or_default().push(s);
+            }
+        }
+        for (shard, sessions) in by_shard {
+            let n = sessions.len() as u64;
+            match self.router.send(shard, ShardMsg::Resync { sessions }) {
+                Ok(()) => {
+                    self.status.resyncs.fetch_add(n, Ordering::Relaxed);
+                }
+                Err((_, ShardMsg::Resync { sessions })) => self.owed_resync.extend(sessions),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// A float in [0, 1) for backoff jitter; quality does not matter here.
+fn fastrand_f64() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(nanos % 1_000_000) / 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_carry_the_fixed_prefix() {
+        assert_eq!(channel_of("s1"), "relay:v1:s:s1");
+    }
+}
