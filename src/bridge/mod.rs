@@ -282,30 +282,54 @@ impl Bridge {
 
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                msg = stream.next() => {
-                    let Some(first) = msg else { return Err(Lost::Closed) };
-                    let mut incoming = vec![first];
-                    while incoming.len() < INCOMING_BATCH {
-                        match stream.next().now_or_never() {
-                            Some(Some(m)) => incoming.push(m),
-                            Some(None) => return Err(Lost::Closed),
-                            None => break,
-                        }
-                    }
-                    self.route_incoming(incoming);
-                }
-                _ = ping.tick() => {
-                    timed(redis::cmd("PING").query_async::<String>(&mut publisher)).await?;
-                    // In subscribed mode PING answers ["pong", ""]: any answer will do.
-                    timed(sink.ping::<redis::Value>()).await?;
-                }
+        let lost = loop {
+            if let Err(lost) = self
+                .serve_once(&mut publisher, &mut sink, &mut stream, &mut ping)
+                .await
+            {
+                break lost;
             }
-            self.serve_queue(&mut publisher, &mut sink).await?;
-            self.pay_resyncs();
+        };
+        // Events Redis sent before the connection failed are still delivered.
+        let mut rest = Vec::new();
+        while let Some(Some(m)) = stream.next().now_or_never() {
+            rest.push(m);
         }
+        self.route_incoming(rest);
+        Err(lost)
+    }
+
+    /// Waits for one thing to do (a shard's request, events from Redis, the ping)
+    /// and does it.
+    async fn serve_once(
+        &mut self,
+        publisher: &mut redis::aio::MultiplexedConnection,
+        sink: &mut redis::aio::PubSubSink,
+        stream: &mut redis::aio::PubSubStream,
+        ping: &mut tokio::time::Interval,
+    ) -> Result<(), Lost> {
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            msg = stream.next() => {
+                let Some(first) = msg else { return Err(Lost::Closed) };
+                let mut incoming = vec![first];
+                while incoming.len() < INCOMING_BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(m)) => incoming.push(m),
+                        _ => break,
+                    }
+                }
+                self.route_incoming(incoming);
+            }
+            _ = ping.tick() => {
+                timed(redis::cmd("PING").query_async::<String>(&mut *publisher)).await?;
+                // In subscribed mode PING answers ["pong", ""]: any answer will do.
+                timed(sink.ping::<redis::Value>()).await?;
+            }
+        }
+        self.serve_queue(publisher, sink).await?;
+        self.pay_resyncs();
+        Ok(())
     }
 
     /// Handles everything the shards queued: subscription changes, then one
