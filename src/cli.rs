@@ -75,9 +75,13 @@ pub struct ServeArgs {
     /// Shards (one pinned executor each); default: one per available core.
     #[arg(long, env = "RELAY_SHARDS")]
     pub shards: Option<usize>,
-    /// Redis for cross-node fan-out (`redis://[:password@]host:port[/db]`).
+    /// Redis for cross-node fan-out (`redis://[:password@]host:port[/db]`); with
+    /// --redis-cluster, a comma-separated list of seed nodes.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// REDIS_URL names a Redis Cluster: use sharded pub/sub (SPUBLISH/SSUBSCRIBE).
+    #[arg(long, env = "REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// CSV of origins allowed to open sockets; `*` stands for one host label.
     #[arg(long, env = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,

@@ -144,6 +144,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Redis for cross-node fan-out (it may hold a password: a [`Secret`]).
     pub redis_url: Option<Secret>,
+    /// `redis_url` lists seed nodes of a Redis Cluster.
+    pub redis_cluster: bool,
 }
 
 impl Config {
@@ -162,6 +164,7 @@ impl Config {
             limits: Limits::default(),
             log_format: LogFormat::Human,
             redis_url: None,
+            redis_cluster: false,
         }
     }
 
@@ -169,20 +172,37 @@ impl Config {
     pub fn from_serve_args(args: &ServeArgs) -> Result<Config, ConfigError> {
         let redis_url = match args.redis_url.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(url) if url.starts_with("redis://") => Some(Secret::new(url)),
-            Some(url) if url.starts_with("rediss://") => {
-                return Err(ConfigError::Unsupported {
-                    variable: "REDIS_URL",
-                    why: "rediss:// (TLS) is not built yet; use redis:// on a private network",
-                })
-            }
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    variable: "REDIS_URL",
-                    why: "must start with redis:// or rediss://".into(),
-                })
+            Some(url) => {
+                let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+                if urls.len() > 1 && !args.redis_cluster {
+                    return Err(ConfigError::Invalid {
+                        variable: "REDIS_URL",
+                        why: "several URLs name a cluster: set REDIS_CLUSTER=true".into(),
+                    });
+                }
+                for u in &urls {
+                    if u.starts_with("rediss://") {
+                        return Err(ConfigError::Unsupported {
+                            variable: "REDIS_URL",
+                            why: "rediss:// (TLS) is not built yet; use redis:// on a private network",
+                        });
+                    }
+                    if !u.starts_with("redis://") {
+                        return Err(ConfigError::Invalid {
+                            variable: "REDIS_URL",
+                            why: "each URL must start with redis:// or rediss://".into(),
+                        });
+                    }
+                }
+                Some(Secret::new(url))
             }
         };
+        if args.redis_cluster && redis_url.is_none() {
+            return Err(ConfigError::Invalid {
+                variable: "REDIS_CLUSTER",
+                why: "needs REDIS_URL with the cluster's seed nodes".into(),
+            });
+        }
         let jwt_secrets = parse_secret_list(
             "JWT_SIGNING_SECRET",
             args.common.jwt_signing_secret.as_deref(),
@@ -252,6 +272,7 @@ impl Config {
             limits,
             log_format: args.log_format,
             redis_url,
+            redis_cluster: args.redis_cluster,
         })
     }
 }

@@ -102,7 +102,11 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let bridge = match &config.redis_url {
         Some(url) => {
             let url = String::from_utf8_lossy(url.expose()).into_owned();
-            Some(crate::bridge::start(&url, router.clone())?)
+            Some(crate::bridge::start(
+                &url,
+                config.redis_cluster,
+                router.clone(),
+            )?)
         }
         None => None,
     };

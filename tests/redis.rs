@@ -3,9 +3,10 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -294,4 +295,183 @@ fn redis_outage_flips_readiness_answers_503_resyncs_and_loses_no_accepted_event(
         );
     }
     assert!(back.elapsed() < Duration::from_secs(20));
+}
+
+/// A three-master Redis Cluster of our own, killed on drop.
+struct RedisCluster {
+    ports: Vec<u16>,
+    servers: Vec<Child>,
+    _dir: PathBuf,
+}
+
+/// A free port whose cluster-bus port (+10000) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = fresh_dir("redis-cluster");
+        let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+        let servers = ports
+            .iter()
+            .map(|p| {
+                Command::new("redis-server")
+                    .args([
+                        "--port",
+                        &p.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &format!("nodes-{p}.conf"),
+                        "--dir",
+                        &dir.display().to_string(),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server")
+            })
+            .collect();
+        let cluster = RedisCluster {
+            ports,
+            servers,
+            _dir: dir,
+        };
+        for &p in &cluster.ports {
+            let r = Redis {
+                port: p,
+                child: None,
+            };
+            assert!(wait_until(Duration::from_secs(5), || r
+                .try_cmd(&["PING"])
+                .is_some_and(|x| x.starts_with("+PONG"))));
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for p in &cluster.ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for &p in &cluster.ports {
+            let r = Redis {
+                port: p,
+                child: None,
+            };
+            assert!(
+                wait_until(Duration::from_secs(10), || r
+                    .try_cmd(&["CLUSTER", "INFO"])
+                    .is_some_and(|x| x.contains("cluster_state:ok"))),
+                "cluster not ok on {p}"
+            );
+        }
+        cluster
+    }
+
+    fn seeds(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Sharded channels each master holds subscriptions for.
+    fn shard_channels(&self) -> Vec<usize> {
+        self.ports
+            .iter()
+            .map(|&p| {
+                let r = Redis {
+                    port: p,
+                    child: None,
+                };
+                r.try_cmd(&["PUBSUB", "SHARDCHANNELS"])
+                    .map(|x| x.matches("relay:v1:s:").count())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn redis_cluster_carries_sharded_pubsub_across_nodes() {
+    let cluster = RedisCluster::start();
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| {
+            Node::builder()
+                .env("REDIS_URL", &cluster.seeds())
+                .env("REDIS_CLUSTER", "true")
+                .start()
+        })
+        .collect();
+    for n in &nodes {
+        assert!(wait_ready(n, PROMPT), "node not ready on the cluster");
+    }
+    let sessions: Vec<String> = (0..8).map(|i| format!("cl-{i}")).collect();
+    let mut sockets: Vec<(usize, Ws)> = Vec::new();
+    for (i, s) in sessions.iter().enumerate() {
+        for n in &nodes {
+            sockets.push((i, n.ws_welcomed(s)));
+        }
+    }
+    // Each session's channel lives on the master that owns its slot, and the
+    // eight spread over more than one master.
+    let per_master = cluster.shard_channels();
+    assert_eq!(
+        per_master.iter().sum::<usize>(),
+        sessions.len(),
+        "{per_master:?}"
+    );
+    assert!(
+        per_master.iter().filter(|&&n| n > 0).count() >= 2,
+        "{per_master:?}"
+    );
+
+    for round in 0..10 {
+        for (i, s) in sessions.iter().enumerate() {
+            let node = &nodes[(round + i) % 2];
+            node.publish_ok(&event(s, "e", &format!("{round}")), 1);
+        }
+    }
+    let mut orders: HashMap<usize, Vec<String>> = HashMap::new();
+    for (i, ws) in &mut sockets {
+        let ids = collect_ids(ws, 10);
+        match orders.get(i) {
+            Some(first) => assert_eq!(&ids, first, "session {i}: nodes disagree on order"),
+            None => {
+                orders.insert(*i, ids);
+            }
+        }
+    }
 }

@@ -30,16 +30,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use futures_util::{FutureExt, StreamExt};
 
 use crate::router::{RemoteEvent, Router, ShardMsg};
+
+mod link;
+use link::{Incoming, Link, Lost, Target};
 
 /// Every session channel is this prefix plus the session name.
 pub const CHANNEL_PREFIX: &str = "relay:v1:s:";
 /// Requests and subscription changes waiting for the bridge.
 pub const BRIDGE_QUEUE: usize = 8192;
-/// A connect, subscribe or publish pipeline that takes longer is a failure.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle bridge checks that Redis still answers.
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// Reconnect backoff: first wait, and the cap.
@@ -120,8 +120,19 @@ pub fn channel_of(session: &str) -> String {
 }
 
 /// Starts the bridge thread for `url`.
-pub fn start(url: &str, router: Router) -> Result<BridgeHandle, BridgeError> {
-    let client = redis::Client::open(url).map_err(BridgeError::Url)?;
+///
+/// `cluster`: `url` is a comma-separated list of seed nodes of a Redis Cluster,
+/// and the bridge uses sharded pub/sub.
+pub fn start(url: &str, cluster: bool, router: Router) -> Result<BridgeHandle, BridgeError> {
+    let target = if cluster {
+        let seeds: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+        for seed in &seeds {
+            redis::Client::open(seed.as_str()).map_err(BridgeError::Url)?;
+        }
+        Target::Cluster(seeds)
+    } else {
+        Target::Standalone(redis::Client::open(url).map_err(BridgeError::Url)?)
+    };
     let (tx, rx) = crossbeam_channel::bounded(BRIDGE_QUEUE);
     let wake = Arc::new(tokio::sync::Notify::new());
     let status = Arc::new(BridgeStatus::default());
@@ -131,7 +142,7 @@ pub fn start(url: &str, router: Router) -> Result<BridgeHandle, BridgeError> {
         status: status.clone(),
     };
     let mut bridge = Bridge {
-        client,
+        target,
         rx,
         wake,
         status,
@@ -159,19 +170,8 @@ pub fn start(url: &str, router: Router) -> Result<BridgeHandle, BridgeError> {
     Ok(handle)
 }
 
-/// Why a connected period ended.
-#[derive(Debug, thiserror::Error)]
-enum Lost {
-    #[error("redis error: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {REDIS_TIMEOUT:?}")]
-    Timeout,
-    #[error("the subscription connection closed")]
-    Closed,
-}
-
 struct Bridge {
-    client: redis::Client,
+    target: Target,
     rx: Receiver<BridgeMsg>,
     wake: Arc<tokio::sync::Notify>,
     status: Arc<BridgeStatus>,
@@ -183,13 +183,6 @@ struct Bridge {
     /// Sessions that may have missed events and whose resync did not reach their
     /// shard yet (its inbox was full).
     owed_resync: HashSet<String>,
-}
-
-async fn timed<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, Lost> {
-    match tokio::time::timeout(REDIS_TIMEOUT, f).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(Lost::Timeout),
-    }
 }
 
 impl Bridge {
@@ -263,15 +256,12 @@ impl Bridge {
 
     /// Connects, resubscribes, and serves until Redis is lost.
     async fn connected_period(&mut self, backoff: &mut Duration) -> Result<(), Lost> {
-        let mut publisher = timed(self.client.get_multiplexed_async_connection()).await?;
-        let pubsub = timed(self.client.get_async_pubsub()).await?;
-        let (mut sink, mut stream) = pubsub.split();
+        let mut link = Link::connect(&self.target).await?;
 
         // Resubscribe the whole current set before saying we are ready.
         let wanted: Vec<String> = self.wanted.keys().cloned().collect();
         for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
-            let channels: Vec<String> = chunk.iter().map(|s| channel_of(s)).collect();
-            timed(sink.subscribe(channels)).await?;
+            link.subscribe(chunk).await?;
         }
         self.subscribed.extend(wanted.iter().cloned());
         self.confirm(&wanted);
@@ -283,16 +273,13 @@ impl Bridge {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lost = loop {
-            if let Err(lost) = self
-                .serve_once(&mut publisher, &mut sink, &mut stream, &mut ping)
-                .await
-            {
+            if let Err(lost) = self.serve_once(&mut link, &mut ping).await {
                 break lost;
             }
         };
         // Events Redis sent before the connection failed are still delivered.
         let mut rest = Vec::new();
-        while let Some(Some(m)) = stream.next().now_or_never() {
+        while let Some(Some(m)) = link.try_next() {
             rest.push(m);
         }
         self.route_incoming(rest);
@@ -303,42 +290,32 @@ impl Bridge {
     /// and does it.
     async fn serve_once(
         &mut self,
-        publisher: &mut redis::aio::MultiplexedConnection,
-        sink: &mut redis::aio::PubSubSink,
-        stream: &mut redis::aio::PubSubStream,
+        link: &mut Link,
         ping: &mut tokio::time::Interval,
     ) -> Result<(), Lost> {
         tokio::select! {
             _ = self.wake.notified() => {}
-            msg = stream.next() => {
-                let Some(first) = msg else { return Err(Lost::Closed) };
+            first = link.next() => {
+                let Some(first) = first else { return Err(Lost::Closed) };
                 let mut incoming = vec![first];
                 while incoming.len() < INCOMING_BATCH {
-                    match stream.next().now_or_never() {
+                    match link.try_next() {
                         Some(Some(m)) => incoming.push(m),
                         _ => break,
                     }
                 }
                 self.route_incoming(incoming);
             }
-            _ = ping.tick() => {
-                timed(redis::cmd("PING").query_async::<String>(&mut *publisher)).await?;
-                // In subscribed mode PING answers ["pong", ""]: any answer will do.
-                timed(sink.ping::<redis::Value>()).await?;
-            }
+            _ = ping.tick() => link.ping().await?,
         }
-        self.serve_queue(publisher, sink).await?;
+        self.serve_queue(link).await?;
         self.pay_resyncs();
         Ok(())
     }
 
     /// Handles everything the shards queued: subscription changes, then one
-    /// pipeline with every pending publish.
-    async fn serve_queue(
-        &mut self,
-        publisher: &mut redis::aio::MultiplexedConnection,
-        sink: &mut redis::aio::PubSubSink,
-    ) -> Result<(), Lost> {
+    /// batch with every pending publish.
+    async fn serve_queue(&mut self, link: &mut Link) -> Result<(), Lost> {
         let mut subscribe = Vec::new();
         let mut unsubscribe = Vec::new();
         let mut publishes: Vec<(usize, u64, Vec<OutgoingEvent>)> = Vec::new();
@@ -366,31 +343,24 @@ impl Bridge {
             }
         }
         if !unsubscribe.is_empty() {
-            let channels: Vec<String> = unsubscribe.iter().map(|s| channel_of(s)).collect();
-            timed(sink.unsubscribe(channels)).await?;
+            link.unsubscribe(&unsubscribe).await?;
         }
         if !subscribe.is_empty() {
-            let channels: Vec<String> = subscribe.iter().map(|s| channel_of(s)).collect();
-            timed(sink.subscribe(channels)).await?;
+            link.subscribe(&subscribe).await?;
             self.subscribed.extend(subscribe.iter().cloned());
             self.confirm(&subscribe);
         }
         if publishes.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for (_, _, events) in &publishes {
-            for (session, payload) in events {
-                pipe.cmd("PUBLISH")
-                    .arg(channel_of(session))
-                    .arg(payload.as_slice())
-                    .ignore();
-            }
-        }
-        let result = timed(pipe.query_async::<()>(publisher)).await;
+        let events: Vec<(&str, &[u8])> = publishes
+            .iter()
+            .flat_map(|(_, _, evs)| evs.iter().map(|(s, p)| (s.as_str(), p.as_slice())))
+            .collect();
+        let result = link.publish(&events).await;
         let ok = result.is_ok();
-        for (from, id, _) in publishes {
-            self.answer(from, id, ok);
+        for (from, id, _) in &publishes {
+            self.answer(*from, *id, ok);
         }
         result
     }
@@ -416,10 +386,10 @@ impl Bridge {
     }
 
     /// Routes incoming events to their sessions' owners, one message per shard.
-    fn route_incoming(&mut self, incoming: Vec<redis::Msg>) {
+    fn route_incoming(&mut self, incoming: Vec<Incoming>) {
         let mut by_shard: HashMap<usize, Vec<RemoteEvent>> = HashMap::new();
         for msg in incoming {
-            let Some(session) = msg.get_channel_name().strip_prefix(CHANNEL_PREFIX) else {
+            let Some(session) = msg.channel.strip_prefix(CHANNEL_PREFIX) else {
                 continue;
             };
             let Some(&shard) = self.wanted.get(session) else {
@@ -427,7 +397,7 @@ impl Bridge {
             };
             by_shard.entry(shard).or_default().push(RemoteEvent {
                 session: session.into(),
-                payload: msg.get_payload_bytes().to_vec(),
+                payload: msg.payload,
             });
         }
         for (shard, events) in by_shard {
