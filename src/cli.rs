@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// --redis-cluster, a comma-separated list of seed nodes.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM file of the CA that signed Redis's certificate, for rediss:// (default:
+    /// the system's roots).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// REDIS_URL names a Redis Cluster: use sharded pub/sub (SPUBLISH/SSUBSCRIBE).
     #[arg(long, env = "REDIS_CLUSTER")]
     pub redis_cluster: bool,

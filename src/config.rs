@@ -146,6 +146,8 @@ pub struct Config {
     pub redis_url: Option<Secret>,
     /// `redis_url` lists seed nodes of a Redis Cluster.
     pub redis_cluster: bool,
+    /// PEM CA certificates to trust for `rediss://`; `None`: the system's roots.
+    pub redis_ca: Option<Vec<u8>>,
 }
 
 impl Config {
@@ -165,6 +167,7 @@ impl Config {
             log_format: LogFormat::Human,
             redis_url: None,
             redis_cluster: false,
+            redis_ca: None,
         }
     }
 
@@ -181,13 +184,7 @@ impl Config {
                     });
                 }
                 for u in &urls {
-                    if u.starts_with("rediss://") {
-                        return Err(ConfigError::Unsupported {
-                            variable: "REDIS_URL",
-                            why: "rediss:// (TLS) is not built yet; use redis:// on a private network",
-                        });
-                    }
-                    if !u.starts_with("redis://") {
+                    if !u.starts_with("redis://") && !u.starts_with("rediss://") {
                         return Err(ConfigError::Invalid {
                             variable: "REDIS_URL",
                             why: "each URL must start with redis:// or rediss://".into(),
@@ -196,6 +193,13 @@ impl Config {
                 }
                 Some(Secret::new(url))
             }
+        };
+        let redis_ca = match &args.redis_ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                variable: "REDIS_CA_FILE",
+                why: format!("cannot read {}: {e}", path.display()),
+            })?),
         };
         if args.redis_cluster && redis_url.is_none() {
             return Err(ConfigError::Invalid {
@@ -273,6 +277,7 @@ impl Config {
             log_format: args.log_format,
             redis_url,
             redis_cluster: args.redis_cluster,
+            redis_ca,
         })
     }
 }

@@ -105,6 +105,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             Some(crate::bridge::start(
                 &url,
                 config.redis_cluster,
+                config.redis_ca.clone(),
                 router.clone(),
             )?)
         }

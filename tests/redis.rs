@@ -475,3 +475,130 @@ fn redis_cluster_carries_sharded_pubsub_across_nodes() {
         }
     }
 }
+
+/// Runs openssl with `args` in `dir`; panics with its output on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rediss_url_with_a_private_ca_carries_events_over_tls() {
+    let dir = fresh_dir("redis-tls");
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=relay-test-ca",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let ca = dir.join("ca.crt").display().to_string();
+    let up = wait_until(Duration::from_secs(5), || {
+        Command::new("redis-cli")
+            .args(["--tls", "--cacert", &ca, "-p", &port.to_string(), "PING"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+    });
+    assert!(up, "TLS redis-server did not come up");
+
+    let node = Node::builder()
+        .env("REDIS_URL", &format!("rediss://127.0.0.1:{port}"))
+        .env("REDIS_CA_FILE", &ca)
+        .start();
+    let ready = wait_ready(&node, PROMPT);
+    let delivered = ready && {
+        let mut ws = node.ws_welcomed("tls");
+        node.publish_ok(&event("tls", "secure", "1"), 1);
+        ws.next_event(PROMPT)["event"] == "secure"
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(ready, "node not ready over TLS:\n{}", node.log());
+    assert!(delivered, "event not delivered over TLS");
+}

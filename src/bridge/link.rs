@@ -45,8 +45,11 @@ pub async fn timed<T>(
 /// Where Redis is.
 pub enum Target {
     Standalone(redis::Client),
-    /// Seed nodes of a Redis Cluster.
-    Cluster(Vec<String>),
+    /// Seed nodes of a Redis Cluster, and the CA to trust if they are `rediss://`.
+    Cluster {
+        seeds: Vec<String>,
+        certs: redis::TlsCertificates,
+    },
 }
 
 /// An event that arrived on a session's channel.
@@ -87,14 +90,17 @@ impl Link {
                     stream,
                 })
             }
-            Target::Cluster(seeds) => {
+            Target::Cluster { seeds, certs } => {
                 let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
-                let client = redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.clone())
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .push_sender(tx)
                     .connection_timeout(REDIS_TIMEOUT)
-                    .response_timeout(REDIS_TIMEOUT)
-                    .build()?;
+                    .response_timeout(REDIS_TIMEOUT);
+                if seeds.iter().any(|s| s.starts_with("rediss://")) {
+                    builder = builder.certs(certs.clone());
+                }
+                let client = builder.build()?;
                 let conn = timed(client.get_async_connection()).await?;
                 Ok(Link::Cluster { conn, pushes })
             }

@@ -123,13 +123,30 @@ pub fn channel_of(session: &str) -> String {
 ///
 /// `cluster`: `url` is a comma-separated list of seed nodes of a Redis Cluster,
 /// and the bridge uses sharded pub/sub.
-pub fn start(url: &str, cluster: bool, router: Router) -> Result<BridgeHandle, BridgeError> {
+/// `ca_pem`: CA certificates to trust for `rediss://` (else the system's roots).
+pub fn start(
+    url: &str,
+    cluster: bool,
+    ca_pem: Option<Vec<u8>>,
+    router: Router,
+) -> Result<BridgeHandle, BridgeError> {
+    // rustls needs one process-wide crypto provider; a second install is a no-op error.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = || redis::TlsCertificates {
+        client_tls: None,
+        root_cert: ca_pem.clone(),
+    };
     let target = if cluster {
         let seeds: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
         for seed in &seeds {
             redis::Client::open(seed.as_str()).map_err(BridgeError::Url)?;
         }
-        Target::Cluster(seeds)
+        Target::Cluster {
+            seeds,
+            certs: certs(),
+        }
+    } else if url.starts_with("rediss://") {
+        Target::Standalone(redis::Client::build_with_tls(url, certs()).map_err(BridgeError::Url)?)
     } else {
         Target::Standalone(redis::Client::open(url).map_err(BridgeError::Url)?)
     };
