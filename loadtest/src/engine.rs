@@ -218,6 +218,11 @@ pub fn run_process(
     }
     let (start_tx, start_rx) = watch::channel(0u64);
     let threads = cfg.threads.max(1);
+    // CPU is accounted over what the scenario measures: the connect phase for
+    // connect-storm and idle-hold, the run after the start signal otherwise.
+    let measures_connect = !scn.kind.publishes();
+    let mut cpu0 = crate::sys::process_cpu_ns();
+    let mut cpu_from_ns = unix_ns();
     let shared = Arc::new(Shared {
         accepted: (0..scn.sessions).map(|_| AtomicU64::new(0)).collect(),
         publisher_here: cfg.slice.index == 0 && scn.kind.publishes(),
@@ -276,7 +281,10 @@ pub fn run_process(
             "a worker stopped before it was ready".into(),
         ))
     };
-    let cpu0 = crate::sys::process_cpu_ns();
+    if !measures_connect {
+        cpu0 = crate::sys::process_cpu_ns();
+        cpu_from_ns = unix_ns();
+    }
     match &started {
         Ok(start) => {
             let _ = start_tx.send(*start);
@@ -296,6 +304,7 @@ pub fn run_process(
     }
     started?;
     part.load_cpu_ns = crate::sys::process_cpu_ns().saturating_sub(cpu0);
+    part.cpu_from_ns = cpu_from_ns;
     part.end_ns = unix_ns();
     Ok(part)
 }

@@ -150,7 +150,12 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
     let progress = Arc::new(Progress::default());
     let mut line = ProgressLine::new(scn.kind.to_string(), opts.progress);
     let mut hold = None;
-    let mut server_cpu0 = None;
+    // Same window as the load's CPU: see engine::run_process.
+    let mut server_cpu0 = if scn.kind.publishes() {
+        None
+    } else {
+        opts.server_pid.and_then(sys::pid_cpu_ns)
+    };
 
     let part = if procs == 1 {
         let cfg = EngineConfig {
@@ -169,7 +174,9 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
                 std::thread::sleep(settle);
                 *hold_slot = sample(pid).map_err(|e| EngineError::Start(e.to_string()))?;
             }
-            *cpu_slot = pid.and_then(sys::pid_cpu_ns);
+            if cpu_slot.is_none() {
+                *cpu_slot = pid.and_then(sys::pid_cpu_ns);
+            }
             Ok(unix_ns() + START_LEAD.as_nanos() as u64)
         });
         line.finish();
@@ -316,7 +323,9 @@ fn drive_children(
         std::thread::sleep(scn.settle.0);
         *hold = sample(opts.server_pid)?;
     }
-    *server_cpu0 = opts.server_pid.and_then(sys::pid_cpu_ns);
+    if server_cpu0.is_none() {
+        *server_cpu0 = opts.server_pid.and_then(sys::pid_cpu_ns);
+    }
     let start = unix_ns() + START_LEAD.as_nanos() as u64;
     for (i, c) in children.iter_mut().enumerate() {
         writeln!(c.stdin, "GO {start}").map_err(|e| child_err(i as u32, e.to_string()))?;

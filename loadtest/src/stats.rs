@@ -160,6 +160,8 @@ pub struct Part {
     pub load_cpu_ns: u64,
     /// UNIX ns when the process finished (latest over processes).
     pub end_ns: u64,
+    /// UNIX ns from which `load_cpu_ns` was counted (earliest over processes).
+    pub cpu_from_ns: u64,
 }
 
 fn min_nonzero(a: u64, b: u64) -> u64 {
@@ -226,6 +228,7 @@ impl Part {
         self.churn_failed += other.churn_failed;
         self.load_cpu_ns += other.load_cpu_ns;
         self.end_ns = self.end_ns.max(other.end_ns);
+        self.cpu_from_ns = min_nonzero(self.cpu_from_ns, other.cpu_from_ns);
     }
 }
 
@@ -410,9 +413,14 @@ impl Report {
             sched_end.max(part.publish_last_ns).saturating_sub(start)
         };
 
-        let run_ns = part.end_ns.saturating_sub(start);
+        let cpu_from = if part.cpu_from_ns != 0 {
+            part.cpu_from_ns
+        } else {
+            start
+        };
+        let run_ns = part.end_ns.saturating_sub(cpu_from);
         let pct = |cpu: u64| {
-            if run_ns == 0 || start == 0 {
+            if run_ns == 0 || cpu_from == 0 {
                 0.0
             } else {
                 cpu as f64 * 100.0 / run_ns as f64
