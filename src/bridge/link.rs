@@ -82,7 +82,11 @@ impl Link {
     pub async fn connect(target: &Target) -> Result<Link, Lost> {
         match target {
             Target::Standalone(client) => {
-                let publisher = timed(client.get_multiplexed_async_connection()).await?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(REDIS_TIMEOUT))
+                    .set_response_timeout(Some(REDIS_TIMEOUT));
+                let publisher =
+                    timed(client.get_multiplexed_async_connection_with_config(&config)).await?;
                 let (sink, stream) = timed(client.get_async_pubsub()).await?.split();
                 Ok(Link::Standalone {
                     publisher,
