@@ -18,9 +18,13 @@ COPY tests ./tests
 RUN cargo build --release --locked --package relay --bin relay
 
 FROM debian:bookworm-slim AS runtime
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin relay
+# ca-certificates: rediss:// to a Redis with a public certificate checks the system roots.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates=20230311* \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin relay
 COPY --from=build /src/target/release/relay /usr/local/bin/relay
-USER relay
+USER 10001
 ENV PORT=3000 \
     RELAY_HOST=0.0.0.0
 EXPOSE 3000

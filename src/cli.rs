@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// Development mode: generate missing secrets into .env.local, allow localhost origins.
     #[arg(long, env = "RELAY_DEV")]
     pub dev: bool,
+    /// Test mode for conformance suites: sockets echo client messages. Needs --dev.
+    #[arg(long, hide = true)]
+    pub echo: bool,
     /// Address to listen on.
     #[arg(long, env = "RELAY_HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,

@@ -134,6 +134,8 @@ pub struct Config {
     /// Number of shards, each a glommio executor pinned to one core.
     pub shards: usize,
     pub dev: bool,
+    /// Conformance-test mode: sockets echo what clients send (only with `dev`).
+    pub echo: bool,
     /// Any of these verifies a token; the first one signs `relay token`.
     pub jwt_secrets: Vec<Secret>,
     /// Any of these authorizes `POST /events`.
@@ -159,6 +161,7 @@ impl Config {
             admin_port: None,
             shards: 1,
             dev: false,
+            echo: false,
             jwt_secrets: vec![Secret::new(secret)],
             api_keys: vec![Secret::new(api_key)],
             origins: OriginPolicy::deny_all(),
@@ -234,14 +237,36 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(1),
         };
+        if args.echo && !args.dev {
+            return Err(ConfigError::Invalid {
+                variable: "--echo",
+                why: "is a test mode and needs --dev".into(),
+            });
+        }
+        // Conformance suites send messages of megabytes; a flag set by hand wins.
+        let echo_default = |v: usize, default: usize, echo_value: usize| {
+            if args.echo && v == default {
+                echo_value
+            } else {
+                v
+            }
+        };
         let limits = Limits {
             handshake_timeout: args.handshake_timeout.into(),
             body_timeout: args.body_timeout.into(),
             max_head_bytes: args.max_head_bytes,
             max_body_bytes: args.max_body_bytes,
             max_batch_events: args.max_batch_events,
-            max_message_bytes: args.max_message_bytes,
-            max_outbound_bytes: args.max_outbound_bytes,
+            max_message_bytes: echo_default(
+                args.max_message_bytes,
+                DEFAULT_MAX_MESSAGE_BYTES,
+                ECHO_MAX_MESSAGE_BYTES,
+            ),
+            max_outbound_bytes: echo_default(
+                args.max_outbound_bytes,
+                DEFAULT_MAX_OUTBOUND_BYTES,
+                4 * ECHO_MAX_MESSAGE_BYTES,
+            ),
             max_connections: args.max_connections,
             ping_interval: args.ping_interval.into(),
             ping_timeout: args.ping_timeout.into(),
@@ -265,6 +290,7 @@ impl Config {
             admin_port: args.admin_port,
             shards,
             dev: args.dev,
+            echo: args.echo,
             jwt_secrets,
             api_keys,
             origins,

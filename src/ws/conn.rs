@@ -250,6 +250,10 @@ impl SocketTask {
         }
         loop {
             match self.ws().read() {
+                Ok(Message::Text(text)) if self.echo() => {
+                    self.echo_back(false, text.as_bytes());
+                }
+                Ok(Message::Binary(data)) if self.echo() => self.echo_back(true, &data),
                 Ok(Message::Text(text)) => {
                     if self.phase == Phase::Open {
                         self.on_client_text(text.as_str());
@@ -295,6 +299,21 @@ impl SocketTask {
                     .push_control(Outgoing::Owned(out.into_boxed_slice()));
             }
         }
+    }
+
+    fn echo(&self) -> bool {
+        self.guard.shard.node.config.echo
+    }
+
+    /// Echo mode: the message goes back on the same socket, through the same queue.
+    fn echo_back(&mut self, binary: bool, payload: &[u8]) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let frame = crate::ws::frame::data_frame(binary, payload);
+        self.guard
+            .state
+            .push_control(Outgoing::Owned(frame.into_boxed_slice()));
     }
 
     /// `{"type":"refresh","token":JWT}` extends the socket's life; anything else

@@ -161,6 +161,14 @@ pub fn text_frame(payload: &[u8]) -> Vec<u8> {
     f.bytes().to_vec()
 }
 
+/// A whole unmasked data frame (text or binary), for echo mode.
+pub fn data_frame(binary: bool, payload: &[u8]) -> Vec<u8> {
+    let opcode = if binary { Data::Binary } else { Data::Text };
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    let _ = Frame::message(payload.to_vec(), OpCode::Data(opcode), true).format(&mut out);
+    out
+}
+
 /// A close frame with `code` and a short reason.
 pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + reason.len());
