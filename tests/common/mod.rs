@@ -1239,3 +1239,88 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Raw-socket helpers for the hostile-input tests (tests/hostile_*.rs)
+// ---------------------------------------------------------------------------
+
+impl RawSocket {
+    /// Writes bytes as they are: a hand-built frame, or only part of one.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send raw bytes");
+    }
+
+    /// The next whole server frame as (opcode, payload); `Err` on EOF, reset or timeout.
+    pub fn read_frame(&mut self, timeout: Duration) -> io::Result<(u8, Vec<u8>)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((opcode, payload, used)) = parse_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Ok((opcode, payload));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = vec![0u8; 65536];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// True when the server closes TCP (EOF or reset) within `timeout`; bytes that arrive
+    /// first are discarded. The client does not answer the server's close frame, so this
+    /// also checks that the server does not wait for that answer forever.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// True when, for all of `dur`, the server sends nothing and keeps TCP open.
+    pub fn quiet_for(&mut self, dur: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        self.stream.set_read_timeout(Some(dur)).unwrap();
+        let mut b = [0u8; 1];
+        match self.stream.read(&mut b) {
+            Ok(0) => false,
+            Ok(_) => {
+                self.buf.push(b[0]);
+                false
+            }
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut,
+        }
+    }
+}
+
+/// A masked client frame header (FIN/RSV/opcode byte, 64-bit length form, mask key) that
+/// declares `len` payload bytes, none of which are sent.
+pub fn masked_header_declaring(first: u8, len: u64) -> Vec<u8> {
+    let mut f = vec![first, 0x80 | 127];
+    f.extend_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(&[0x12, 0x34, 0x56, 0x78]);
+    f
+}
