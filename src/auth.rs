@@ -51,6 +51,20 @@ pub struct Claims {
     pub aud: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// Every other claim (a tenant claim, for one).
+    #[serde(flatten)]
+    pub extra: std::collections::HashMap<String, serde_json::Value>,
+}
+
+impl Claims {
+    /// The value of claim `name` as text (strings as they are, numbers printed).
+    pub fn claim_text(&self, name: &str) -> Option<String> {
+        match self.extra.get(name)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// True when `s` is a valid session id: 1 to 128 of `A-Z a-z 0-9 . _ : -`.
@@ -169,6 +183,7 @@ pub fn mint_token(
         nbf: None,
         aud: None,
         iss: None,
+        extra: Default::default(),
     };
     mint_claims(secret, &claims)
 }
@@ -182,13 +197,20 @@ pub fn mint_claims(
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key)
 }
 
-/// True when `presented` equals one of `keys`, compared in constant time per key.
-pub fn api_key_matches(keys: &[Secret], presented: &[u8]) -> bool {
-    let mut ok = 0u8;
-    for key in keys {
-        ok |= key.expose().ct_eq(presented).unwrap_u8();
+/// Which of `keys` equals `presented`, compared in constant time with each key.
+pub fn api_key_index(keys: &[Secret], presented: &[u8]) -> Option<usize> {
+    let mut found = None;
+    for (i, key) in keys.iter().enumerate() {
+        if bool::from(key.expose().ct_eq(presented)) {
+            found = Some(i);
+        }
     }
-    ok == 1
+    found
+}
+
+/// True when `presented` equals one of `keys`.
+pub fn api_key_matches(keys: &[Secret], presented: &[u8]) -> bool {
+    api_key_index(keys, presented).is_some()
 }
 
 /// The allowed browser origins.
@@ -412,6 +434,7 @@ mod tests {
             nbf: None,
             aud: None,
             iss: Some("backend".into()),
+            extra: Default::default(),
         };
         let t = mint_claims(&secret(), &claims).unwrap();
         assert!(v.verify(&t, NOW).is_err(), "missing aud");

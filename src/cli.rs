@@ -128,6 +128,27 @@ pub struct ServeArgs {
     /// Open WebSockets per node (503).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Upgrades per second per client address (burst twice that); 0 disables (429).
+    #[arg(long, env = "RELAY_CONNECT_RATE", default_value_t = config::DEFAULT_CONNECT_RATE)]
+    pub connect_rate: u32,
+    /// Published events per second per API key (batches count each event); 0 disables (429).
+    #[arg(long, env = "RELAY_PUBLISH_RATE", default_value_t = config::DEFAULT_PUBLISH_RATE)]
+    pub publish_rate: u32,
+    /// Open sockets per session on this node (429).
+    #[arg(long, env = "RELAY_MAX_SOCKETS_PER_SESSION", default_value_t = config::DEFAULT_MAX_SOCKETS_PER_SESSION)]
+    pub max_sockets_per_session: usize,
+    /// JWT claim that names a socket's tenant (e.g. a Forge installation or cloud id).
+    #[arg(long, env = "RELAY_TENANT_CLAIM")]
+    pub tenant_claim: Option<String>,
+    /// Open sockets per tenant on this node; 0: no cap (429).
+    #[arg(long, env = "RELAY_MAX_SOCKETS_PER_TENANT", default_value_t = 0)]
+    pub max_sockets_per_tenant: usize,
+    /// CSV of proxy networks (CIDR) whose X-Forwarded-For names the client.
+    #[arg(long, env = "RELAY_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    /// Messages per second a client may send (burst twice that); over it: close 1008.
+    #[arg(long, env = "RELAY_CLIENT_MESSAGE_RATE", default_value_t = config::DEFAULT_CLIENT_MESSAGE_RATE)]
+    pub client_message_rate: u32,
     /// Ping a socket idle this long.
     #[arg(long, env = "RELAY_PING_INTERVAL", default_value = "25s")]
     pub ping_interval: humantime::Duration,

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::auth::OriginPolicy;
 use crate::cli::{LogFormat, ServeArgs};
+use crate::limiter::LimiterConfig;
 
 /// `PORT`: the contract's default.
 pub const DEFAULT_PORT: u16 = 3000;
@@ -48,6 +49,17 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clock leeway for `exp`, `nbf` and `iat`: small, since tokens live minutes.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(5);
+/// Upgrades per second per client address: generous, since an office behind one
+/// NAT address opens a socket per person when everyone loads a page at 9 am.
+pub const DEFAULT_CONNECT_RATE: u32 = 50;
+/// Published events per second per API key.
+pub const DEFAULT_PUBLISH_RATE: u32 = 100_000;
+/// Sockets one session may hold on a node: a session is one issue or page, so
+/// thousands mean a leak or an attack.
+pub const DEFAULT_MAX_SOCKETS_PER_SESSION: usize = 10_000;
+/// Messages per second a client may send: clients send pongs and token refreshes,
+/// a handful a minute.
+pub const DEFAULT_CLIENT_MESSAGE_RATE: u32 = 50;
 /// Origins allowed in `--dev` when `ALLOWED_ORIGINS` is unset: any localhost page.
 pub const DEV_ALLOWED_ORIGINS: &str =
     "http://localhost:*,https://localhost:*,http://127.0.0.1:*,https://127.0.0.1:*";
@@ -87,6 +99,8 @@ pub struct Limits {
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Client messages per second per socket (0: no budget).
+    pub client_message_rate: u32,
 }
 
 impl Default for Limits {
@@ -103,6 +117,7 @@ impl Default for Limits {
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            client_message_rate: DEFAULT_CLIENT_MESSAGE_RATE,
         }
     }
 }
@@ -150,6 +165,8 @@ pub struct Config {
     pub redis_cluster: bool,
     /// PEM CA certificates to trust for `rediss://`; `None`: the system's roots.
     pub redis_ca: Option<Vec<u8>>,
+    /// Rate limiters and caps.
+    pub limiters: LimiterConfig,
 }
 
 impl Config {
@@ -171,6 +188,10 @@ impl Config {
             redis_url: None,
             redis_cluster: false,
             redis_ca: None,
+            limiters: LimiterConfig {
+                max_sockets_per_session: DEFAULT_MAX_SOCKETS_PER_SESSION,
+                ..LimiterConfig::default()
+            },
         }
     }
 
@@ -271,6 +292,38 @@ impl Config {
             ping_interval: args.ping_interval.into(),
             ping_timeout: args.ping_timeout.into(),
             drain_timeout: args.drain_timeout.into(),
+            // Conformance suites send floods of messages on purpose.
+            client_message_rate: if args.echo {
+                0
+            } else {
+                args.client_message_rate
+            },
+        };
+        let mut trusted_proxies = Vec::new();
+        for cidr in args
+            .trusted_proxies
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let net = cidr
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| cidr.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    variable: "RELAY_TRUSTED_PROXIES",
+                    why: format!("{cidr:?} is not an address or CIDR network"),
+                })?;
+            trusted_proxies.push(net);
+        }
+        let limiters = LimiterConfig {
+            connects_per_sec: std::num::NonZeroU32::new(args.connect_rate),
+            events_per_sec: std::num::NonZeroU32::new(args.publish_rate),
+            max_sockets_per_session: args.max_sockets_per_session,
+            tenant_claim: args.tenant_claim.clone().filter(|c| !c.is_empty()),
+            max_sockets_per_tenant: args.max_sockets_per_tenant,
+            trusted_proxies,
         };
         if limits.ping_timeout <= limits.ping_interval {
             return Err(ConfigError::Invalid {
@@ -304,6 +357,7 @@ impl Config {
             redis_url,
             redis_cluster: args.redis_cluster,
             redis_ca,
+            limiters,
         })
     }
 }

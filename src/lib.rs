@@ -14,6 +14,7 @@
 //! - [`http`]: request-head parsing (pure), the publish body (pure), the HTTP connection loop.
 //! - [`ws`]: the upgrade decision (pure), event-frame encoding, the socket loop, close codes.
 //! - [`auth`]: JWT verification and minting, API-key check, origin matching (all pure).
+//! - [`limiter`]: node-wide rate limiters and caps (connects, publishes, tenants).
 //! - [`metrics`]: per-shard counters, merged on read into `/metrics`.
 //! - [`latency`]: per-shard HdrHistogram of accepted→written latency, merged into `/latency`.
 //!
@@ -40,6 +41,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod latency;
+pub mod limiter;
 pub mod metrics;
 pub mod router;
 pub mod runtime;

@@ -100,6 +100,7 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
         nbf: None,
         aud: args.aud.clone().map(serde_json::Value::String),
         iss: args.iss.clone(),
+        extra: Default::default(),
     };
     if !relay::auth::is_valid_session(&claims.session) {
         bail!("--session must be 1 to 128 characters of A-Z a-z 0-9 . _ : -");

@@ -99,6 +99,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         None => None,
     };
     let (router, inboxes) = Router::new(shards).map_err(RuntimeError::Channels)?;
+    let config_limiters = config.limiters.clone();
     let bridge = match &config.redis_url {
         Some(url) => {
             let url = String::from_utf8_lossy(url.expose()).into_owned();
@@ -118,6 +119,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         draining: AtomicBool::new(false),
         node_tag: random_hex(3),
         bridge,
+        limiters: crate::limiter::Limiters::new(config_limiters),
     });
     install_signal_thread(node.clone())?;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::auth::api_key_matches;
+use crate::auth::api_key_index;
 use crate::http::head::{find_head_end, parse_head, BodyFraming, RequestHead, MAX_HEADERS};
 use crate::http::response::{response, Refusal};
 use crate::shard::{unix_now, Shard};
@@ -37,6 +37,8 @@ enum Action {
     RefuseUpgrade(Refusal),
     Upgrade(AcceptedUpgrade),
     Publish {
+        /// Which API key authorized it (the publish rate is per key).
+        key: usize,
         len: usize,
         keep_alive: bool,
         expect_continue: bool,
@@ -95,6 +97,7 @@ async fn read_some(
 /// Serves one connection. `admin` marks the admin listener.
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let limits = shard.node.config.limits.clone();
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -134,7 +137,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                     refusal: Refusal::new(e.status(), e.to_string()),
                     keep_alive: false,
                 },
-                Ok(head) => route(&shard, &head, admin, buf.len() - head_len),
+                Ok(head) => route(&shard, &head, admin, peer, buf.len() - head_len),
             }
         };
         match action {
@@ -164,15 +167,17 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 return;
             }
             Action::Upgrade(upgrade) => {
+                let tenant = upgrade.tenant.clone();
                 if let Err(refused) = shard.place_socket(stream, upgrade) {
                     let (mut stream, refusal) = *refused;
-                    shard.node.release_socket();
+                    shard.node.release_upgrade(tenant.as_deref());
                     shard.stats.upgrade_refused(refusal.status);
                     let _ = stream.write_all(&refusal.to_response(false)).await;
                 }
                 return;
             }
             Action::Publish {
+                key,
                 len,
                 keep_alive,
                 expect_continue,
@@ -197,7 +202,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                         return;
                     }
                 };
-                let reply = publish(&shard, body, limits.max_batch_events, keep_alive).await;
+                let reply = publish(&shard, key, body, limits.max_batch_events, keep_alive).await;
                 if stream.write_all(&reply).await.is_err() || !keep_alive {
                     return;
                 }
@@ -268,9 +273,19 @@ async fn read_body(
     Ok(body)
 }
 
-async fn publish(shard: &Rc<Shard>, body: Vec<u8>, max_batch: usize, keep_alive: bool) -> Vec<u8> {
+async fn publish(
+    shard: &Rc<Shard>,
+    key: usize,
+    body: Vec<u8>,
+    max_batch: usize,
+    keep_alive: bool,
+) -> Vec<u8> {
     let parsed = shard.parser.borrow_mut().parse(body, max_batch);
     let result = match parsed {
+        Ok(batch) if !shard.node.limiters.allow_events(key, batch.events.len()) => {
+            shard.stats.rate_limited("publish");
+            Err(Refusal::rate_limited("publish rate limit for this API key"))
+        }
         Ok(batch) => shard.publish(batch).await,
         Err(e) => Err(Refusal::new(e.status, e.message)),
     };
@@ -295,12 +310,13 @@ fn route(
     shard: &Rc<Shard>,
     head: &RequestHead<'_, '_>,
     admin: bool,
+    peer: Option<std::net::IpAddr>,
     buffered_after: usize,
 ) -> Action {
     let keep_alive = head.keep_alive();
     let ops_here = admin || shard.node.config.admin_port.is_none();
     match head.path {
-        "/ws" if !admin => route_upgrade(shard, head, buffered_after),
+        "/ws" if !admin => route_upgrade(shard, head, peer, buffered_after),
         "/events" if !admin => route_publish(shard, head, keep_alive),
         "/healthz" => Action::Respond {
             bytes: response(
@@ -353,9 +369,24 @@ fn route(
     }
 }
 
-fn route_upgrade(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, buffered_after: usize) -> Action {
+fn route_upgrade(
+    shard: &Rc<Shard>,
+    head: &RequestHead<'_, '_>,
+    peer: Option<std::net::IpAddr>,
+    buffered_after: usize,
+) -> Action {
+    let limiters = &shard.node.limiters;
+    if let Some(peer) = peer {
+        let forwarded = head.all("x-forwarded-for").last();
+        if !limiters.allow_connect(limiters.client_ip(peer, forwarded)) {
+            shard.stats.rate_limited("connect");
+            return Action::RefuseUpgrade(Refusal::rate_limited(
+                "too many connections from this address",
+            ));
+        }
+    }
     let decision = decide(head, &shard.verifier, &shard.origins, unix_now());
-    let upgrade = match decision {
+    let mut upgrade = match decision {
         Ok(u) => u,
         Err(refusal) => return Action::RefuseUpgrade(refusal),
     };
@@ -369,9 +400,26 @@ fn route_upgrade(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, buffered_after: 
             "node draining; reconnect to another node",
         ));
     }
+    let tenant = limiters
+        .config
+        .tenant_claim
+        .as_deref()
+        .and_then(|claim| upgrade.claims.claim_text(claim));
+    if let Some(t) = &tenant {
+        if !limiters.tenant_acquire(t) {
+            shard.stats.rate_limited("tenant");
+            return Action::RefuseUpgrade(Refusal::rate_limited(
+                "too many sockets for this tenant",
+            ));
+        }
+    }
     if !shard.node.reserve_socket() {
+        if let Some(t) = &tenant {
+            limiters.tenant_release(t);
+        }
         return Action::RefuseUpgrade(Refusal::unavailable("node at its connection limit"));
     }
+    upgrade.tenant = tenant;
     Action::Upgrade(upgrade)
 }
 
@@ -397,9 +445,9 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
         })
         .or_else(|| head.all("x-api-key").next().map(str::trim))
         .unwrap_or("");
-    if !api_key_matches(&shard.node.config.api_keys, presented.as_bytes()) {
+    let Some(key) = api_key_index(&shard.node.config.api_keys, presented.as_bytes()) else {
         return refuse(Refusal::unauthorized_key(), false);
-    }
+    };
     if shard.is_draining() {
         return refuse(
             Refusal::unavailable("node draining; publish to another node"),
@@ -444,6 +492,7 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
         );
     }
     Action::Publish {
+        key,
         len: len as usize,
         keep_alive,
         expect_continue: head.has_token("expect", "100-continue"),

@@ -56,6 +56,14 @@ impl Refusal {
         Refusal::new(401, "missing or invalid API key")
     }
 
+    /// 429 from a rate limiter or cap.
+    pub fn rate_limited(message: &'static str) -> Refusal {
+        Refusal {
+            headers: "Retry-After: 1\r\n",
+            ..Refusal::new(429, message)
+        }
+    }
+
     pub fn unavailable(message: &'static str) -> Refusal {
         Refusal {
             headers: "Retry-After: 1\r\n",

@@ -51,9 +51,10 @@ pub const PUBLISH_ERROR_REASONS: [(u16, &str); 11] = [
     (503, "redis"),
 ];
 
-/// The `limiter` label of `relay_rate_limiter_blocked_total`. None is built yet; the
-/// series are exported at zero so dashboards and alerts can be written against them.
-pub const RATE_LIMITERS: [&str; 3] = ["connect", "publish", "session"];
+/// The `limiter` label of `relay_rate_limiter_blocked_total`: connects per client
+/// address, published events per API key, sockets per session, sockets per tenant,
+/// and client message floods (closed with 1008).
+pub const RATE_LIMITERS: [&str; 5] = ["connect", "publish", "session", "tenant", "client_messages"];
 
 /// Refused upgrades, by status.
 pub const UPGRADE_REFUSAL_STATUSES: [u16; 8] = [400, 401, 403, 408, 426, 429, 431, 503];
@@ -76,6 +77,7 @@ pub struct ShardStats {
     publish_errors: [Cell<u64>; PUBLISH_ERROR_REASONS.len()],
     disconnects: [Cell<u64>; Disconnect::ALL.len()],
     upgrade_refusals: [Cell<u64>; UPGRADE_REFUSAL_STATUSES.len()],
+    rate_limited: [Cell<u64>; RATE_LIMITERS.len()],
     pub latency: RefCell<LatencyHistogram>,
 }
 
@@ -107,6 +109,12 @@ impl ShardStats {
             bump(&self.upgrade_refusals[i], 1);
         }
     }
+    /// Counts a request or socket refused by `limiter` (one of [`RATE_LIMITERS`]).
+    pub fn rate_limited(&self, limiter: &str) {
+        if let Some(i) = RATE_LIMITERS.iter().position(|l| *l == limiter) {
+            bump(&self.rate_limited[i], 1);
+        }
+    }
     pub fn handoff(&self) {
         bump(&self.handoffs, 1);
     }
@@ -121,6 +129,7 @@ impl ShardStats {
             publish_errors: self.publish_errors.each_ref().map(Cell::get),
             disconnects: self.disconnects.each_ref().map(Cell::get),
             upgrade_refusals: self.upgrade_refusals.each_ref().map(Cell::get),
+            rate_limited: self.rate_limited.each_ref().map(Cell::get),
             latency: self.latency.borrow().clone(),
             redis: None,
         }
@@ -138,6 +147,7 @@ pub struct StatsSnapshot {
     pub publish_errors: [u64; PUBLISH_ERROR_REASONS.len()],
     pub disconnects: [u64; Disconnect::ALL.len()],
     pub upgrade_refusals: [u64; UPGRADE_REFUSAL_STATUSES.len()],
+    pub rate_limited: [u64; RATE_LIMITERS.len()],
     pub latency: LatencyHistogram,
     /// Node-wide Redis bridge figures, when the node has one.
     pub redis: Option<RedisFigures>,
@@ -200,6 +210,7 @@ impl StatsSnapshot {
         add_arrays(&mut self.publish_errors, &other.publish_errors);
         add_arrays(&mut self.disconnects, &other.disconnects);
         add_arrays(&mut self.upgrade_refusals, &other.upgrade_refusals);
+        add_arrays(&mut self.rate_limited, &other.rate_limited);
         self.latency.merge(&other.latency);
         self.redis = self.redis.or(other.redis);
     }
@@ -289,7 +300,8 @@ impl StatsSnapshot {
                 MetricType::COUNTER,
                 RATE_LIMITERS
                     .iter()
-                    .map(|l| counter(0, vec![label("limiter", l)]))
+                    .zip(self.rate_limited)
+                    .map(|(l, n)| counter(n, vec![label("limiter", l)]))
                     .collect(),
             ),
             family(

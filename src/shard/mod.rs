@@ -38,6 +38,8 @@ use registry::{mono_ms, Outgoing, Registry, SocketState};
 /// How often housekeeping looks at every socket: the granularity of pings, token
 /// expiry and dead-socket detection.
 pub const HOUSEKEEPING_TICK: Duration = Duration::from_millis(250);
+/// Housekeeping ticks between sweeps of idle rate-limiter keys (10 s).
+const LIMITER_SWEEP_TICKS: u64 = 40;
 /// How long a closing socket waits for the peer's close frame before dropping it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a scrape waits for the other shards' counters.
@@ -58,6 +60,8 @@ pub struct NodeShared {
     pub node_tag: String,
     /// The Redis bridge, when `REDIS_URL` is set.
     pub bridge: Option<BridgeHandle>,
+    /// Rate limiters and caps that hold per node.
+    pub limiters: crate::limiter::Limiters,
 }
 
 impl NodeShared {
@@ -77,6 +81,15 @@ impl NodeShared {
 
     pub fn release_socket(&self) {
         self.open_sockets.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Gives back everything an accepted upgrade held: its connection slot and its
+    /// tenant's socket slot.
+    pub fn release_upgrade(&self, tenant: Option<&str>) {
+        self.release_socket();
+        if let Some(t) = tenant {
+            self.limiters.tenant_release(t);
+        }
     }
 }
 
@@ -520,7 +533,7 @@ impl Shard {
 
     fn adopt(self: &Rc<Self>, msg: AdoptMsg) {
         if self.is_draining() {
-            self.node.release_socket();
+            self.node.release_upgrade(msg.upgrade.tenant.as_deref());
             return;
         }
         // SAFETY: the descriptor was handed to us whole; nobody else closes it.
@@ -528,7 +541,28 @@ impl Shard {
         self.start_socket(stream, msg.upgrade);
     }
 
-    fn start_socket(self: &Rc<Self>, stream: TcpStream, upgrade: AcceptedUpgrade) {
+    fn start_socket(self: &Rc<Self>, stream: TcpStream, mut upgrade: AcceptedUpgrade) {
+        // Sockets per session: all of a session's sockets are here, so this count
+        // is the node's.
+        let max = self.node.limiters.config.max_sockets_per_session;
+        let in_session = self
+            .registry
+            .borrow()
+            .sockets_of(&upgrade.claims.session)
+            .map_or(0, <[_]>::len);
+        if in_session >= max {
+            self.stats.rate_limited("session");
+            self.stats.upgrade_refused(429);
+            self.node.release_upgrade(upgrade.tenant.as_deref());
+            let reply =
+                Refusal::rate_limited("too many sockets for this session").to_response(false);
+            let mut stream = stream;
+            spawn_guarded(self.id, "refusal", async move {
+                use futures_lite::AsyncWriteExt;
+                let _ = stream.write_all(&reply).await;
+            });
+            return;
+        }
         let id = self.next_socket.get();
         self.next_socket.set(id + 1);
         let now = mono_ms();
@@ -576,6 +610,7 @@ impl Shard {
             shard: self.clone(),
             state,
             reason: Disconnect::IoError,
+            tenant: upgrade.tenant.take().map(String::into_boxed_str),
         };
         spawn_guarded(self.id, "socket", crate::ws::conn::run(guard, stream));
     }
@@ -583,8 +618,13 @@ impl Shard {
     /// Pings idle sockets, closes dead and expired ones, and reaps closing ones.
     async fn housekeeping(self: Rc<Self>) {
         let limits = self.node.config.limits.clone();
+        let mut ticks = 0u64;
         loop {
             glommio::timer::sleep(HOUSEKEEPING_TICK).await;
+            ticks += 1;
+            if self.id == 0 && ticks % LIMITER_SWEEP_TICKS == 0 {
+                self.node.limiters.forget_idle();
+            }
             let now = mono_ms();
             let unix = unix_now();
             let ping_interval = limits.ping_interval.as_millis() as u64;
@@ -680,6 +720,8 @@ pub struct SocketGuard {
     pub state: Rc<SocketState>,
     /// Set by the task when it ends normally; a panic leaves `IoError`.
     pub reason: Disconnect,
+    /// The tenant whose socket slot this socket holds.
+    pub tenant: Option<Box<str>>,
 }
 
 impl Drop for SocketGuard {
@@ -702,7 +744,7 @@ impl Drop for SocketGuard {
             }
         }
         shard.stats.disconnect(self.reason);
-        shard.node.release_socket();
+        shard.node.release_upgrade(self.tenant.as_deref());
         tracing::debug!(
             shard = shard.id,
             socket = self.state.id,

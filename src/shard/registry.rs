@@ -14,6 +14,9 @@ use std::time::Instant;
 use crate::ws::close::Disconnect;
 use crate::ws::frame::EncodedFrame;
 
+/// First byte of an unfragmented pong frame (FIN + opcode 0xA).
+pub const PONG_OPCODE_BYTE: u8 = 0x8A;
+
 /// One queued frame.
 #[derive(Debug)]
 pub enum Outgoing {
@@ -136,6 +139,29 @@ impl SocketState {
         }
         let len = out.bytes().len();
         self.push(out, len);
+    }
+
+    /// Queues a pong, replacing one that is still waiting unsent: a client that
+    /// floods pings and does not read leaves at most one pending pong.
+    pub fn push_pong(&self, frame: Box<[u8]>) {
+        if self.closing.get() {
+            return;
+        }
+        let mut q = self.queue.borrow_mut();
+        let back_unsent = q.len() > 1 || self.head_written.get() == 0;
+        if let Some(Outgoing::Owned(last)) = q.back_mut() {
+            if back_unsent && last.first() == Some(&PONG_OPCODE_BYTE) {
+                let old = last.len();
+                let new = frame.len();
+                *last = frame;
+                drop(q);
+                self.queued_bytes.set(self.queued_bytes.get() - old + new);
+                return;
+            }
+        }
+        drop(q);
+        let len = frame.len();
+        self.push(Outgoing::Owned(frame), len);
     }
 
     /// Queues the close frame: the last frame this socket gets.
@@ -341,6 +367,20 @@ mod tests {
             assert!(pushed < 100);
         }
         assert!(s.queued_bytes() <= 10_000);
+    }
+
+    #[test]
+    fn a_pong_waiting_unsent_is_replaced_not_stacked() {
+        let s = SocketState::new(1, Rc::from("s"), u64::MAX, mono_ms());
+        s.push_control(Outgoing::Static(b"xx"));
+        s.push_pong(Box::from(&[0x8A, 1, b'a'][..]));
+        s.push_pong(Box::from(&[0x8A, 1, b'b'][..]));
+        assert_eq!(s.queue().len(), 2);
+        assert_eq!(
+            s.queue().back().map(|o| o.bytes().to_vec()),
+            Some(vec![0x8A, 1, b'b'])
+        );
+        assert_eq!(s.queued_bytes(), 5);
     }
 
     #[test]

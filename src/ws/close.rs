@@ -31,11 +31,13 @@ pub enum Disconnect {
     /// The node could not take the socket on (its Redis bridge is behind). 1013;
     /// reconnect later.
     Overloaded,
+    /// The client sent messages faster than its budget. 1008.
+    Flood,
 }
 
 impl Disconnect {
     /// Every variant, in the order of [`Disconnect::index`].
-    pub const ALL: [Disconnect; 11] = [
+    pub const ALL: [Disconnect; 12] = [
         Disconnect::ClientClosed,
         Disconnect::Timeout,
         Disconnect::SlowConsumer,
@@ -47,6 +49,7 @@ impl Disconnect {
         Disconnect::Draining,
         Disconnect::IoError,
         Disconnect::Overloaded,
+        Disconnect::Flood,
     ];
 
     pub fn index(self) -> usize {
@@ -66,6 +69,7 @@ impl Disconnect {
             Disconnect::Policy => Some(1008),
             Disconnect::Draining => Some(1012),
             Disconnect::Overloaded => Some(1013),
+            Disconnect::Flood => Some(1008),
         }
     }
 
@@ -83,6 +87,7 @@ impl Disconnect {
             Disconnect::Draining => "node draining",
             Disconnect::IoError => "",
             Disconnect::Overloaded => "node overloaded",
+            Disconnect::Flood => "message rate over budget",
         }
     }
 
@@ -100,6 +105,7 @@ impl Disconnect {
             Disconnect::Draining => "draining",
             Disconnect::IoError => "io_error",
             Disconnect::Overloaded => "overloaded",
+            Disconnect::Flood => "flood",
         }
     }
 

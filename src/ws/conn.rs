@@ -103,6 +103,10 @@ struct SocketTask {
     /// tungstenite returned an error: its state is undefined from here on, so it is
     /// never called again and further input is discarded.
     ws_failed: bool,
+    /// The client's message budget: a token bucket refilled at
+    /// `limits.client_message_rate` per second, holding two seconds' worth.
+    tokens: f32,
+    tokens_at: u64,
 }
 
 /// Serves an upgraded socket until it ends. The 101 and welcome are already queued.
@@ -119,6 +123,8 @@ pub fn run(guard: SocketGuard, stream: TcpStream) -> impl std::future::Future<Ou
         phase: Phase::Open,
         write_shut: false,
         ws_failed: false,
+        tokens: 0.0,
+        tokens_at: 0,
     };
     futures_lite::future::poll_fn(move |cx| task.poll(cx).map(|reason| task.guard.reason = reason))
 }
@@ -249,7 +255,15 @@ impl SocketTask {
             return;
         }
         loop {
-            match self.ws().read() {
+            let msg = self.ws().read();
+            if self.phase == Phase::Open
+                && matches!(msg, Ok(ref m) if !m.is_close())
+                && !self.spend_budget()
+            {
+                self.guard.shard.stats.rate_limited("client_messages");
+                self.begin_close(Disconnect::Flood);
+            }
+            match msg {
                 Ok(Message::Text(text)) if self.echo() => {
                     self.echo_back(false, text.as_bytes());
                 }
@@ -290,15 +304,42 @@ impl SocketTask {
             if self.guard.state.is_closing() {
                 return;
             }
+            let single_pong = out.len() >= 2
+                && out[0] == crate::shard::registry::PONG_OPCODE_BYTE
+                && out.len() == 2 + usize::from(out[1] & 0x7f);
             if matches!(self.phase, Phase::Closing(Disconnect::ClientClosed)) {
                 // The close reply is the last frame.
                 self.guard.state.push_close(out);
+            } else if single_pong {
+                self.guard.state.push_pong(out.into_boxed_slice());
             } else {
                 self.guard
                     .state
                     .push_control(Outgoing::Owned(out.into_boxed_slice()));
             }
         }
+    }
+
+    /// Takes one message from the client's budget; false when it is spent.
+    fn spend_budget(&mut self) -> bool {
+        let rate = self.guard.shard.node.config.limits.client_message_rate;
+        if rate == 0 {
+            return true;
+        }
+        let burst = 2.0 * rate as f32;
+        let now = mono_ms();
+        if self.tokens_at == 0 {
+            self.tokens = burst;
+        } else {
+            let refill = now.saturating_sub(self.tokens_at) as f32 * rate as f32 / 1000.0;
+            self.tokens = (self.tokens + refill).min(burst);
+        }
+        self.tokens_at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
     }
 
     fn echo(&self) -> bool {

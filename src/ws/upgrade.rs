@@ -21,6 +21,8 @@ pub struct AcceptedUpgrade {
     pub accept_key: String,
     /// Echo `relay.v1` when the client offered it.
     pub protocol: Option<&'static str>,
+    /// The tenant whose socket slot this upgrade holds (see `limiter`), if any.
+    pub tenant: Option<String>,
 }
 
 impl AcceptedUpgrade {
@@ -111,6 +113,7 @@ pub fn decide(
         claims,
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         protocol,
+        tenant: None,
     })
 }
 

@@ -1,0 +1,219 @@
+//! Rate limiters and caps that hold per node, whatever the shard count.
+//!
+//! - connects per client address (the peer, or the client named by
+//!   `X-Forwarded-For` when the peer is a trusted proxy);
+//! - published events per API key;
+//! - open sockets per tenant, a tenant being the value of a configurable JWT claim
+//!   (for a Forge app, the installation or cloud id). Tenants are never registered
+//!   up front: a tenant exists while it has sockets.
+//!
+//! (Sockets per session need no shared state: a session's sockets all live on its
+//! owning shard, which counts them.)
+//!
+//! The keyed rate limiters are governor's (GCRA over a concurrent map), shared by
+//! all shards: one check per handshake or publish, never per delivered frame.
+//! Their memory is bounded by [`Limiters::forget_idle`], which housekeeping calls.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
+
+/// The rates and caps, from the configuration. `None`/0 disables one.
+#[derive(Debug, Clone, Default)]
+pub struct LimiterConfig {
+    /// Upgrade requests per second per client address (burst: twice that).
+    pub connects_per_sec: Option<NonZeroU32>,
+    /// Published events per second per API key (burst: one second's worth).
+    pub events_per_sec: Option<NonZeroU32>,
+    /// Open sockets per session (checked by the owning shard).
+    pub max_sockets_per_session: usize,
+    /// The JWT claim naming a socket's tenant.
+    pub tenant_claim: Option<String>,
+    /// Open sockets per tenant.
+    pub max_sockets_per_tenant: usize,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Node-wide limiter state. Shared by every shard (`NodeShared`).
+pub struct Limiters {
+    pub config: LimiterConfig,
+    connects: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    events: Option<DefaultKeyedRateLimiter<usize>>,
+    /// Open sockets per tenant. Touched once per socket opened or closed.
+    tenants: Mutex<HashMap<String, usize>>,
+}
+
+impl std::fmt::Debug for Limiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiters")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Limiters {
+    pub fn new(config: LimiterConfig) -> Limiters {
+        let two = NonZeroU32::MIN.saturating_add(1);
+        Limiters {
+            connects: config.connects_per_sec.map(|r| {
+                RateLimiter::keyed(Quota::per_second(r).allow_burst(r.saturating_mul(two)))
+            }),
+            events: config
+                .events_per_sec
+                .map(|r| RateLimiter::keyed(Quota::per_second(r).allow_burst(r))),
+            tenants: Mutex::new(HashMap::new()),
+            config,
+        }
+    }
+
+    /// The address a connect is charged to: the peer, unless the peer is a trusted
+    /// proxy, then the right-most address in `X-Forwarded-For` that is not one.
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.config.trusted_proxies.iter().any(|n| n.contains(ip));
+        if !trusted(&peer) {
+            return peer;
+        }
+        let Some(list) = forwarded_for else {
+            return peer;
+        };
+        list.rsplit(',')
+            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+            .find(|ip| !trusted(ip))
+            .unwrap_or(peer)
+    }
+
+    /// Charges one upgrade to `ip`; false when over the rate.
+    pub fn allow_connect(&self, ip: IpAddr) -> bool {
+        self.connects
+            .as_ref()
+            .is_none_or(|l| l.check_key(&ip).is_ok())
+    }
+
+    /// Charges `events` published events to API key number `key`.
+    pub fn allow_events(&self, key: usize, events: usize) -> bool {
+        let Some(l) = &self.events else {
+            return true;
+        };
+        let n = NonZeroU32::new(events.min(u32::MAX as usize) as u32).unwrap_or(NonZeroU32::MIN);
+        matches!(l.check_key_n(&key, n), Ok(Ok(_)))
+    }
+
+    /// Takes a socket slot for `tenant`; false when the tenant is at its cap.
+    pub fn tenant_acquire(&self, tenant: &str) -> bool {
+        let max = self.config.max_sockets_per_tenant;
+        if max == 0 {
+            return true;
+        }
+        let Ok(mut map) = self.tenants.lock() else {
+            return true;
+        };
+        let n = map.entry(tenant.to_string()).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn tenant_release(&self, tenant: &str) {
+        if self.config.max_sockets_per_tenant == 0 {
+            return;
+        }
+        if let Ok(mut map) = self.tenants.lock() {
+            if let Some(n) = map.get_mut(tenant) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(tenant);
+                }
+            }
+        }
+    }
+
+    /// Drops rate-limiter state of keys that are back to full credit, so memory
+    /// follows the clients that are active now, not every client ever seen.
+    pub fn forget_idle(&self) {
+        for l in self.connects.iter() {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        for l in self.events.iter() {
+            l.retain_recent();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiters(c: LimiterConfig) -> Limiters {
+        Limiters::new(c)
+    }
+
+    #[test]
+    fn connects_are_limited_per_address() {
+        let l = limiters(LimiterConfig {
+            connects_per_sec: NonZeroU32::new(2),
+            ..LimiterConfig::default()
+        });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let allowed = (0..10).filter(|_| l.allow_connect(a)).count();
+        assert_eq!(allowed, 4, "burst of twice the rate");
+        assert!(l.allow_connect(b), "another address has its own budget");
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+        let l = limiters(LimiterConfig {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..LimiterConfig::default()
+        });
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let outsider: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(
+            l.client_ip(proxy, Some("198.51.100.7, 10.9.9.9")),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(l.client_ip(outsider, Some("198.51.100.7")), outsider);
+        assert_eq!(l.client_ip(proxy, Some("not an ip")), proxy);
+    }
+
+    #[test]
+    fn events_are_charged_per_key_with_batches_counting_each_event() {
+        let l = limiters(LimiterConfig {
+            events_per_sec: NonZeroU32::new(100),
+            ..LimiterConfig::default()
+        });
+        assert!(l.allow_events(0, 100));
+        assert!(!l.allow_events(0, 1));
+        assert!(l.allow_events(1, 50));
+        assert!(
+            !l.allow_events(2, 101),
+            "a batch over the burst never passes"
+        );
+    }
+
+    #[test]
+    fn tenants_are_capped_and_forgotten_when_empty() {
+        let l = limiters(LimiterConfig {
+            max_sockets_per_tenant: 2,
+            ..LimiterConfig::default()
+        });
+        assert!(l.tenant_acquire("t1"));
+        assert!(l.tenant_acquire("t1"));
+        assert!(!l.tenant_acquire("t1"));
+        assert!(l.tenant_acquire("t2"));
+        l.tenant_release("t1");
+        assert!(l.tenant_acquire("t1"));
+        l.tenant_release("t1");
+        l.tenant_release("t1");
+        l.tenant_release("t2");
+        assert!(l.tenants.lock().unwrap().is_empty());
+    }
+}
