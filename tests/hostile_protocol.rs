@@ -98,6 +98,17 @@ fn frame_with_reserved_opcode_closes_with_1002() {
 // --- control frames -------------------------------------------------------------------
 
 #[test]
+fn unmasked_control_frame_closes_with_1002() {
+    // tests/lifecycle.rs covers an unmasked text frame; control frames are no exception.
+    let node = Node::start();
+    let close = 1000u16.to_be_bytes();
+    let cases: [(u8, &[u8]); 3] = [(0x89, b"ping"), (0x8A, b"pong"), (0x88, &close)];
+    each_closes_with(&node, 1002, &cases, |raw, (first, payload)| {
+        raw.send_frame(*first, payload, false)
+    });
+}
+
+#[test]
 fn fragmented_ping_closes_with_1002() {
     let node = Node::start();
     // A ping with FIN clear: control frames must not be fragmented.
