@@ -19,6 +19,10 @@ mkdir -p "$OUT"
 # base64 of 32 random bytes: 44 characters, above the contract's 32-byte minimum.
 export JWT_SIGNING_SECRET=${JWT_SIGNING_SECRET:-$(head -c 32 /dev/urandom | base64)}
 export RELAY_API_KEY=${RELAY_API_KEY:-bench-key}
+# The node's abuse limits (connects per address, events per API key) are not what these
+# runs measure; switch them off. LOG_LEVEL=warn keeps per-socket logging off the hot path.
+export RELAY_CONNECT_RATE=${RELAY_CONNECT_RATE:-0} RELAY_PUBLISH_RATE=${RELAY_PUBLISH_RATE:-0}
+export LOG_LEVEL=${LOG_LEVEL:-warn}
 S=loadtest/scenarios
 
 {
