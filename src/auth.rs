@@ -33,6 +33,8 @@ pub enum TokenError {
     IssuedInFuture,
     #[error("session claim invalid")]
     BadSession,
+    #[error("token lives longer than the configured maximum")]
+    TooLongLived,
 }
 
 /// The claims the relay reads. Unknown claims are ignored.
@@ -80,6 +82,7 @@ pub struct JwtVerifier {
     keys: Vec<DecodingKey>,
     validation: Validation,
     leeway_secs: u64,
+    max_lifetime_secs: Option<u64>,
 }
 
 impl JwtVerifier {
@@ -112,6 +115,7 @@ impl JwtVerifier {
                 .collect(),
             validation,
             leeway_secs: rules.leeway.as_secs(),
+            max_lifetime_secs: rules.max_lifetime.map(|d| d.as_secs()),
         }
     }
 
@@ -153,6 +157,12 @@ impl JwtVerifier {
         if let Some(iat) = claims.iat {
             if iat > now.saturating_add(self.leeway_secs) {
                 return Err(TokenError::IssuedInFuture);
+            }
+        }
+        if let Some(max) = self.max_lifetime_secs {
+            let from = claims.iat.unwrap_or(now);
+            if claims.exp.saturating_sub(from) > max.saturating_add(self.leeway_secs) {
+                return Err(TokenError::TooLongLived);
             }
         }
         if !is_valid_session(&claims.session) {

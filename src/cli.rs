@@ -48,6 +48,13 @@ pub struct CommonArgs {
     /// `info`, `debug`, or a tracing filter.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// File holding JWT_SIGNING_SECRET (Docker/Kubernetes secrets); wins over the
+    /// variable, and is read again on SIGHUP.
+    #[arg(long, env = "JWT_SIGNING_SECRET_FILE")]
+    pub jwt_signing_secret_file: Option<std::path::PathBuf>,
+    /// File holding RELAY_API_KEY; wins over the variable, read again on SIGHUP.
+    #[arg(long, env = "RELAY_API_KEY_FILE")]
+    pub relay_api_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,6 +70,10 @@ pub struct ServeArgs {
     /// Development mode: generate missing secrets into .env.local, allow localhost origins.
     #[arg(long, env = "RELAY_DEV")]
     pub dev: bool,
+    /// An env-format file (KEY=value lines) of reloadable settings: secrets, keys,
+    /// origins, limits, log level. Its values win; SIGHUP reads it again.
+    #[arg(long, env = "RELAY_CONFIG_FILE")]
+    pub config_file: Option<std::path::PathBuf>,
     /// Test mode for conformance suites: sockets echo client messages. Needs --dev.
     #[arg(long, hide = true)]
     pub echo: bool,
@@ -101,6 +112,9 @@ pub struct ServeArgs {
     /// Required `iss` claim, when set.
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+    /// Longest token lifetime accepted (exp − iat); unset: no maximum.
+    #[arg(long, env = "JWT_MAX_LIFETIME")]
+    pub jwt_max_lifetime: Option<humantime::Duration>,
     /// Clock leeway for exp, nbf and iat.
     #[arg(long, env = "JWT_LEEWAY", default_value = "5s")]
     pub jwt_leeway: humantime::Duration,

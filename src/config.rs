@@ -9,10 +9,11 @@
 //! This module does no network I/O; the only file it touches is `.env.local`
 //! in `--dev` mode.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::OriginPolicy;
@@ -126,6 +127,8 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct JwtRules {
     pub leeway: Duration,
+    /// Longest lifetime (`exp` − `iat`, or `exp` − now without `iat`) accepted.
+    pub max_lifetime: Option<Duration>,
     pub audience: Option<String>,
     pub issuer: Option<String>,
 }
@@ -134,6 +137,7 @@ impl Default for JwtRules {
     fn default() -> Self {
         JwtRules {
             leeway: DEFAULT_JWT_LEEWAY,
+            max_lifetime: None,
             audience: None,
             issuer: None,
         }
@@ -167,6 +171,18 @@ pub struct Config {
     pub redis_ca: Option<Vec<u8>>,
     /// Rate limiters and caps.
     pub limiters: LimiterConfig,
+    /// The tracing filter.
+    pub log_level: String,
+    /// Where reloadable settings come from on SIGHUP (see [`Config::reloaded`]).
+    pub sources: ReloadSources,
+}
+
+/// Files a running node reads again on SIGHUP.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadSources {
+    pub jwt_secret_file: Option<PathBuf>,
+    pub api_key_file: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -192,6 +208,8 @@ impl Config {
                 max_sockets_per_session: DEFAULT_MAX_SOCKETS_PER_SESSION,
                 ..LimiterConfig::default()
             },
+            log_level: "info".into(),
+            sources: ReloadSources::default(),
         }
     }
 
@@ -231,12 +249,31 @@ impl Config {
                 why: "needs REDIS_URL with the cluster's seed nodes".into(),
             });
         }
+        // A *_FILE wins over its variable; the file is read below (apply_sources).
+        let placeholder = |file: &Option<PathBuf>, value: &Option<String>, min: usize| match file {
+            Some(_) => Some("x".repeat(min.max(1))),
+            None => value.clone(),
+        };
         let jwt_secrets = parse_secret_list(
             "JWT_SIGNING_SECRET",
-            args.common.jwt_signing_secret.as_deref(),
+            placeholder(
+                &args.common.jwt_signing_secret_file,
+                &args.common.jwt_signing_secret,
+                MIN_SECRET_BYTES,
+            )
+            .as_deref(),
             MIN_SECRET_BYTES,
         )?;
-        let api_keys = parse_secret_list("RELAY_API_KEY", args.common.relay_api_key.as_deref(), 1)?;
+        let api_keys = parse_secret_list(
+            "RELAY_API_KEY",
+            placeholder(
+                &args.common.relay_api_key_file,
+                &args.common.relay_api_key,
+                1,
+            )
+            .as_deref(),
+            1,
+        )?;
         let origins_csv = match (&args.allowed_origins, args.dev) {
             (Some(csv), _) => csv.clone(),
             (None, true) => DEV_ALLOWED_ORIGINS.to_string(),
@@ -325,19 +362,7 @@ impl Config {
             max_sockets_per_tenant: args.max_sockets_per_tenant,
             trusted_proxies,
         };
-        if limits.ping_timeout <= limits.ping_interval {
-            return Err(ConfigError::Invalid {
-                variable: "RELAY_PING_TIMEOUT",
-                why: "must be longer than RELAY_PING_INTERVAL, or live sockets are closed".into(),
-            });
-        }
-        if limits.max_head_bytes < 1024 {
-            return Err(ConfigError::Invalid {
-                variable: "RELAY_MAX_HEAD_BYTES",
-                why: "must be at least 1024".into(),
-            });
-        }
-        Ok(Config {
+        let mut config = Config {
             host: args.host,
             port: args.port,
             admin_port: args.admin_port,
@@ -349,6 +374,7 @@ impl Config {
             origins,
             jwt: JwtRules {
                 leeway: args.jwt_leeway.into(),
+                max_lifetime: args.jwt_max_lifetime.map(Into::into),
                 audience: args.jwt_audience.clone(),
                 issuer: args.jwt_issuer.clone(),
             },
@@ -358,8 +384,200 @@ impl Config {
             redis_cluster: args.redis_cluster,
             redis_ca,
             limiters,
-        })
+            log_level: args.common.log_level.clone(),
+            sources: ReloadSources {
+                jwt_secret_file: args.common.jwt_signing_secret_file.clone(),
+                api_key_file: args.common.relay_api_key_file.clone(),
+                config_file: args.config_file.clone(),
+            },
+        };
+        // Files win over flags and the environment, at start as on every SIGHUP.
+        config.apply_sources()?;
+        Ok(config)
     }
+
+    /// A copy with the reloadable settings read again from [`ReloadSources`],
+    /// validated, and the names of the settings that changed (never their values).
+    /// On error the running configuration stays in force.
+    pub fn reloaded(&self) -> Result<(Config, Vec<&'static str>), ConfigError> {
+        let mut next = self.clone();
+        next.apply_sources()?;
+        let mut changed = Vec::new();
+        let mut note = |name: &'static str, differs: bool| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        note("JWT_SIGNING_SECRET", next.jwt_secrets != self.jwt_secrets);
+        note("RELAY_API_KEY", next.api_keys != self.api_keys);
+        note(
+            "ALLOWED_ORIGINS",
+            format!("{:?}", next.origins) != format!("{:?}", self.origins),
+        );
+        note("LOG_LEVEL", next.log_level != self.log_level);
+        note(
+            "JWT rules",
+            format!("{:?}", next.jwt) != format!("{:?}", self.jwt),
+        );
+        note(
+            "limits",
+            format!("{:?}", next.limits) != format!("{:?}", self.limits),
+        );
+        Ok((next, changed))
+    }
+
+    /// Reads the secret files and the config file over the current values.
+    fn apply_sources(&mut self) -> Result<(), ConfigError> {
+        let read = |variable: &'static str, path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                variable,
+                why: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        let mut file: HashMap<String, String> = HashMap::new();
+        if let Some(path) = &self.sources.config_file {
+            let text = read("RELAY_CONFIG_FILE", path)?;
+            for item in dotenvy::from_read_iter(text.as_bytes()) {
+                let (k, v) = item.map_err(|e| ConfigError::Invalid {
+                    variable: "RELAY_CONFIG_FILE",
+                    why: e.to_string(),
+                })?;
+                if !RELOADABLE.contains(&k.as_str()) {
+                    return Err(ConfigError::Invalid {
+                        variable: "RELAY_CONFIG_FILE",
+                        why: format!("{k} cannot be set there (only {})", RELOADABLE.join(", ")),
+                    });
+                }
+                file.insert(k, v);
+            }
+        }
+        let secret = match &self.sources.jwt_secret_file {
+            Some(p) => Some(read("JWT_SIGNING_SECRET_FILE", p)?),
+            None => file.get("JWT_SIGNING_SECRET").cloned(),
+        };
+        if let Some(v) = secret {
+            self.jwt_secrets = parse_secret_list(
+                "JWT_SIGNING_SECRET",
+                Some(&lines_to_csv(&v)),
+                MIN_SECRET_BYTES,
+            )?;
+        }
+        let keys = match &self.sources.api_key_file {
+            Some(p) => Some(read("RELAY_API_KEY_FILE", p)?),
+            None => file.get("RELAY_API_KEY").cloned(),
+        };
+        if let Some(v) = keys {
+            self.api_keys = parse_secret_list("RELAY_API_KEY", Some(&lines_to_csv(&v)), 1)?;
+        }
+        if let Some(v) = file.get("ALLOWED_ORIGINS") {
+            self.origins = OriginPolicy::parse(v).map_err(|e| ConfigError::Invalid {
+                variable: "ALLOWED_ORIGINS",
+                why: e.to_string(),
+            })?;
+        }
+        if let Some(v) = file.get("LOG_LEVEL") {
+            tracing_subscriber::EnvFilter::try_new(v).map_err(|e| ConfigError::Invalid {
+                variable: "LOG_LEVEL",
+                why: e.to_string(),
+            })?;
+            self.log_level = v.clone();
+        }
+        if let Some(v) = file.get("JWT_AUDIENCE") {
+            self.jwt.audience = Some(v.clone()).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = file.get("JWT_ISSUER") {
+            self.jwt.issuer = Some(v.clone()).filter(|s| !s.is_empty());
+        }
+        let dur = |name: &'static str, v: &str| {
+            humantime::parse_duration(v).map_err(|e| ConfigError::Invalid {
+                variable: name,
+                why: e.to_string(),
+            })
+        };
+        let num = |name: &'static str, v: &str| {
+            v.trim().parse::<usize>().map_err(|e| ConfigError::Invalid {
+                variable: name,
+                why: e.to_string(),
+            })
+        };
+        for (k, v) in &file {
+            let l = &mut self.limits;
+            match k.as_str() {
+                "JWT_LEEWAY" => self.jwt.leeway = dur("JWT_LEEWAY", v)?,
+                "RELAY_HANDSHAKE_TIMEOUT" => {
+                    l.handshake_timeout = dur("RELAY_HANDSHAKE_TIMEOUT", v)?
+                }
+                "RELAY_BODY_TIMEOUT" => l.body_timeout = dur("RELAY_BODY_TIMEOUT", v)?,
+                "RELAY_PING_INTERVAL" => l.ping_interval = dur("RELAY_PING_INTERVAL", v)?,
+                "RELAY_PING_TIMEOUT" => l.ping_timeout = dur("RELAY_PING_TIMEOUT", v)?,
+                "RELAY_DRAIN_TIMEOUT" => l.drain_timeout = dur("RELAY_DRAIN_TIMEOUT", v)?,
+                "RELAY_MAX_HEAD_BYTES" => l.max_head_bytes = num("RELAY_MAX_HEAD_BYTES", v)?,
+                "RELAY_MAX_BODY_BYTES" => l.max_body_bytes = num("RELAY_MAX_BODY_BYTES", v)?,
+                "RELAY_MAX_BATCH_EVENTS" => l.max_batch_events = num("RELAY_MAX_BATCH_EVENTS", v)?,
+                "RELAY_MAX_MESSAGE_BYTES" => {
+                    l.max_message_bytes = num("RELAY_MAX_MESSAGE_BYTES", v)?
+                }
+                "RELAY_MAX_OUTBOUND_BYTES" => {
+                    l.max_outbound_bytes = num("RELAY_MAX_OUTBOUND_BYTES", v)?
+                }
+                "RELAY_MAX_CONNECTIONS" => l.max_connections = num("RELAY_MAX_CONNECTIONS", v)?,
+                "RELAY_CLIENT_MESSAGE_RATE" => {
+                    l.client_message_rate = num("RELAY_CLIENT_MESSAGE_RATE", v)? as u32
+                }
+                _ => {}
+            }
+        }
+        self.check_limits()
+    }
+
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.ping_timeout <= l.ping_interval {
+            return Err(ConfigError::Invalid {
+                variable: "RELAY_PING_TIMEOUT",
+                why: "must be longer than RELAY_PING_INTERVAL, or live sockets are closed".into(),
+            });
+        }
+        if l.max_head_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                variable: "RELAY_MAX_HEAD_BYTES",
+                why: "must be at least 1024".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Variables `RELAY_CONFIG_FILE` may set: the ones a running node can change.
+pub const RELOADABLE: &[&str] = &[
+    "JWT_SIGNING_SECRET",
+    "RELAY_API_KEY",
+    "ALLOWED_ORIGINS",
+    "LOG_LEVEL",
+    "JWT_AUDIENCE",
+    "JWT_ISSUER",
+    "JWT_LEEWAY",
+    "RELAY_HANDSHAKE_TIMEOUT",
+    "RELAY_BODY_TIMEOUT",
+    "RELAY_PING_INTERVAL",
+    "RELAY_PING_TIMEOUT",
+    "RELAY_DRAIN_TIMEOUT",
+    "RELAY_MAX_HEAD_BYTES",
+    "RELAY_MAX_BODY_BYTES",
+    "RELAY_MAX_BATCH_EVENTS",
+    "RELAY_MAX_MESSAGE_BYTES",
+    "RELAY_MAX_OUTBOUND_BYTES",
+    "RELAY_MAX_CONNECTIONS",
+    "RELAY_CLIENT_MESSAGE_RATE",
+];
+
+/// A secret file may list values one per line or comma-separated.
+fn lines_to_csv(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Splits a comma-separated secret list and checks each value's strength.

@@ -34,16 +34,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// Sets up logging to stderr; returns how to change the filter later (SIGHUP).
+fn init_logging(level: &str, format: LogFormat) -> relay::runtime::SetLogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Human => registry.with(fmt).init(),
     }
+    Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -69,8 +76,8 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    init_logging(&args.common.log_level, config.log_format);
-    relay::runtime::run(config)?;
+    let set_log_level = init_logging(&config.log_level, config.log_format);
+    relay::runtime::run(config, set_log_level)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -84,10 +91,35 @@ fn fill_from_env(common: &mut CommonArgs) {
     }
 }
 
+/// A secret's value: from its `*_FILE` when one is named, else the variable.
+fn secret_value(
+    value: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<String>> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(Some(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ))
+        }
+        None => Ok(value.clone()),
+    }
+}
+
 fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let secret = secret_value(
+        &args.common.jwt_signing_secret,
+        &args.common.jwt_signing_secret_file,
+    )?;
     let secrets = config::parse_secret_list(
         "JWT_SIGNING_SECRET",
-        args.common.jwt_signing_secret.as_deref(),
+        secret.as_deref(),
         config::MIN_SECRET_BYTES,
     )?;
     let now = relay::shard::unix_now();
@@ -136,7 +168,8 @@ fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let keys = config::parse_secret_list("RELAY_API_KEY", args.common.relay_api_key.as_deref(), 1)?;
+    let key = secret_value(&args.common.relay_api_key, &args.common.relay_api_key_file)?;
+    let keys = config::parse_secret_list("RELAY_API_KEY", key.as_deref(), 1)?;
     let key: &Secret = &keys[0];
     let data: Box<serde_json::value::RawValue> =
         serde_json::from_str(&args.data).context("--data must be valid JSON")?;

@@ -90,8 +90,12 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// Runs a node until SIGTERM (or SIGINT) has drained it.
-pub fn run(config: Config) -> Result<(), RuntimeError> {
+/// Applies a new tracing filter (`LOG_LEVEL`) to the running process.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
+/// Runs a node until SIGTERM (or SIGINT) has drained it; SIGHUP reloads its
+/// secrets, keys, origins, limits and log level.
+pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeError> {
     let shards = config.shards;
     let (public_fds, public_addr) = bind_group(SocketAddr::new(config.host, config.port), shards)?;
     let admin = match config.admin_port {
@@ -100,6 +104,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     };
     let (router, inboxes) = Router::new(shards).map_err(RuntimeError::Channels)?;
     let config_limiters = config.limiters.clone();
+    let max_connections = config.limits.max_connections;
     let bridge = match &config.redis_url {
         Some(url) => {
             let url = String::from_utf8_lossy(url.expose()).into_owned();
@@ -120,8 +125,9 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         node_tag: random_hex(3),
         bridge,
         limiters: crate::limiter::Limiters::new(config_limiters),
+        max_connections: AtomicUsize::new(max_connections),
     });
-    install_signal_thread(node.clone())?;
+    install_signal_thread(node.clone(), set_log_level)?;
 
     let cpus = allowed_cpus();
     let mut admin_fds: Vec<Option<OwnedFd>> = match admin.as_ref() {
@@ -185,15 +191,57 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// SIGTERM or SIGINT starts a drain; a second one exits at once.
-fn install_signal_thread(node: Arc<NodeShared>) -> Result<(), RuntimeError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(RuntimeError::Signals)?;
+/// SIGHUP: reads the reloadable settings again and, if they are valid, hands them
+/// to every shard; says in the log which settings changed, never their values.
+fn reload(node: &NodeShared, current: &mut Config, set_log_level: &SetLogLevel) {
+    let (next, changed) = match current.reloaded() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running configuration stays in force");
+            return;
+        }
+    };
+    if changed.is_empty() {
+        tracing::info!("reload: nothing changed");
+        return;
+    }
+    if next.log_level != current.log_level {
+        if let Err(e) = set_log_level(&next.log_level) {
+            tracing::error!(error = %e, "reload refused: LOG_LEVEL");
+            return;
+        }
+    }
+    node.max_connections
+        .store(next.limits.max_connections, Ordering::Relaxed);
+    let shared = Arc::new(next.clone());
+    for shard in 0..node.router.shards() {
+        let msg = ShardMsg::Reload(shared.clone());
+        let pause = std::time::Duration::from_millis(5);
+        if node.router.send_retrying(shard, msg, 1000, pause).is_err() {
+            tracing::error!(shard, "reload not delivered to a shard");
+        }
+    }
+    tracing::info!(changed = ?changed, "configuration reloaded");
+    *current = next;
+}
+
+/// SIGTERM or SIGINT starts a drain; a second one exits at once. SIGHUP reloads.
+fn install_signal_thread(
+    node: Arc<NodeShared>,
+    set_log_level: SetLogLevel,
+) -> Result<(), RuntimeError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(RuntimeError::Signals)?;
+    let mut current = node.config.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reload(&node, &mut current, &set_log_level);
+                    continue;
+                }
                 if node.draining.swap(true, Ordering::SeqCst) {
                     tracing::warn!(signal, "second signal while draining: exiting now");
                     std::process::exit(1);

@@ -238,7 +238,6 @@ fn subprotocol_is_echoed_only_when_offered() {
 // --- heads ----------------------------------------------------------------------------
 
 #[test]
-#[ignore = "414 not built yet"]
 fn request_uri_over_8_kib_is_refused_with_414() {
     let node = Node::start();
     let pad = "x".repeat(9 * 1024);

@@ -98,9 +98,10 @@ async fn read_some(
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let peer = stream.peer_addr().ok().map(|a| a.ip());
-    let limits = shard.node.config.limits.clone();
     let mut buf: Vec<u8> = Vec::new();
     loop {
+        // Read per request, so a SIGHUP applies from the next request on.
+        let limits = shard.settings().config.limits.clone();
         // Find a whole head, scanning only new bytes.
         let deadline = Instant::now() + limits.handshake_timeout;
         let mut scanned = 0;
@@ -385,7 +386,13 @@ fn route_upgrade(
             ));
         }
     }
-    let decision = decide(head, &shard.verifier, &shard.origins, unix_now());
+    let settings = shard.settings();
+    let decision = decide(
+        head,
+        &settings.verifier,
+        &settings.config.origins,
+        unix_now(),
+    );
     let mut upgrade = match decision {
         Ok(u) => u,
         Err(refusal) => return Action::RefuseUpgrade(refusal),
@@ -445,7 +452,8 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
         })
         .or_else(|| head.all("x-api-key").next().map(str::trim))
         .unwrap_or("");
-    let Some(key) = api_key_index(&shard.node.config.api_keys, presented.as_bytes()) else {
+    let settings = shard.settings();
+    let Some(key) = api_key_index(&settings.config.api_keys, presented.as_bytes()) else {
         return refuse(Refusal::unauthorized_key(), false);
     };
     if shard.is_draining() {
@@ -481,7 +489,7 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
         }
         Ok(BodyFraming::Length(n)) => n,
     };
-    let max = shard.node.config.limits.max_body_bytes;
+    let max = settings.config.limits.max_body_bytes;
     if len > max as u64 {
         return refuse(
             Refusal::new(

@@ -9,6 +9,9 @@ use std::str;
 
 /// Headers one request may carry; more is answered 431.
 pub const MAX_HEADERS: usize = 64;
+/// Longest request target (path and query): a token in the query is ~1 KiB, so
+/// 8 KiB is room to spare; longer is answered 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// Why a request head was refused. Each maps to one status; the client's fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -21,6 +24,8 @@ pub enum HeadError {
     Malformed(&'static str),
     #[error("unsupported HTTP version")]
     Version,
+    #[error("request target longer than {MAX_URI_BYTES} bytes")]
+    UriTooLong,
 }
 
 impl HeadError {
@@ -29,6 +34,7 @@ impl HeadError {
             HeadError::TooLarge | HeadError::TooManyHeaders => 431,
             HeadError::Malformed(_) => 400,
             HeadError::Version => 505,
+            HeadError::UriTooLong => 414,
         }
     }
 }
@@ -76,6 +82,9 @@ pub fn parse_head<'h, 'b>(
     }
     let method = req.method.ok_or(HeadError::Malformed("no method"))?;
     let target = req.path.ok_or(HeadError::Malformed("no request target"))?;
+    if target.len() > MAX_URI_BYTES {
+        return Err(HeadError::UriTooLong);
+    }
     let minor_version = req.version.ok_or(HeadError::Version)?;
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::auth::{JwtVerifier, OriginPolicy};
+use crate::auth::JwtVerifier;
 use crate::bridge::{BridgeHandle, BridgeMsg};
 use crate::config::Config;
 use crate::http::publish::{PublishBatch, PublishParser};
@@ -62,6 +62,8 @@ pub struct NodeShared {
     pub bridge: Option<BridgeHandle>,
     /// Rate limiters and caps that hold per node.
     pub limiters: crate::limiter::Limiters,
+    /// `RELAY_MAX_CONNECTIONS`, which SIGHUP may change.
+    pub max_connections: AtomicUsize,
 }
 
 impl NodeShared {
@@ -71,7 +73,7 @@ impl NodeShared {
 
     /// Takes one connection slot, or refuses when the node is full.
     pub fn reserve_socket(&self) -> bool {
-        let max = self.config.limits.max_connections;
+        let max = self.max_connections.load(Ordering::Relaxed);
         if self.open_sockets.fetch_add(1, Ordering::AcqRel) >= max {
             self.open_sockets.fetch_sub(1, Ordering::AcqRel);
             return false;
@@ -110,14 +112,28 @@ struct PendingPublish {
 /// How long a publish waits for Redis before answering 503.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a shard reads from the configuration that SIGHUP may change. Replaced
+/// whole by a `Reload` message, never mutated: readers hold an `Rc` for as long as
+/// they need a consistent view.
+pub struct Settings {
+    pub config: Arc<Config>,
+    pub verifier: JwtVerifier,
+}
+
+impl Settings {
+    pub fn new(config: Arc<Config>) -> Settings {
+        let verifier = JwtVerifier::new(&config.jwt_secrets, &config.jwt);
+        Settings { config, verifier }
+    }
+}
+
 /// One shard's state. Lives in an `Rc` on its executor.
 pub struct Shard {
     pub id: usize,
     pub node: Arc<NodeShared>,
     pub stats: ShardStats,
     pub registry: RefCell<Registry>,
-    pub verifier: JwtVerifier,
-    pub origins: OriginPolicy,
+    settings: RefCell<Rc<Settings>>,
     pub parser: RefCell<PublishParser>,
     /// Scratch for socket reads; never held across an await.
     pub read_scratch: RefCell<Vec<u8>>,
@@ -150,15 +166,13 @@ pub fn unix_now() -> u64 {
 
 impl Shard {
     pub fn new(id: usize, node: Arc<NodeShared>, inbox: Inbox) -> Shard {
-        let verifier = JwtVerifier::new(&node.config.jwt_secrets, &node.config.jwt);
-        let origins = node.config.origins.clone();
+        let settings = Rc::new(Settings::new(Arc::new(node.config.clone())));
         Shard {
             id,
             node,
             stats: ShardStats::default(),
             registry: RefCell::new(Registry::default()),
-            verifier,
-            origins,
+            settings: RefCell::new(settings),
             parser: RefCell::new(PublishParser::default()),
             read_scratch: RefCell::new(vec![0u8; READ_CHUNK]),
             inbox,
@@ -175,6 +189,11 @@ impl Shard {
 
     pub fn is_draining(&self) -> bool {
         self.draining.get() || self.node.is_draining()
+    }
+
+    /// The current reloadable settings.
+    pub fn settings(&self) -> Rc<Settings> {
+        self.settings.borrow().clone()
     }
 
     /// Runs the shard until it has drained. `listeners` are (listener, is_admin).
@@ -200,7 +219,7 @@ impl Shard {
             s.request_close(Disconnect::Draining);
         }
         drop(sockets);
-        let deadline = Instant::now() + self.node.config.limits.drain_timeout;
+        let deadline = Instant::now() + self.settings().config.limits.drain_timeout;
         while self.registry.borrow().socket_count() > 0 && Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
@@ -309,6 +328,9 @@ impl Shard {
                     }
                 }
             }
+            ShardMsg::Reload(config) => {
+                *self.settings.borrow_mut() = Rc::new(Settings::new(config));
+            }
             ShardMsg::Drain => {
                 self.draining.set(true);
                 self.drain_signal.signal(1);
@@ -342,7 +364,7 @@ impl Shard {
 
     /// Queues one frame on every socket of a session.
     fn fan_out(&self, sockets: &[Rc<SocketState>], frame: &Rc<EncodedFrame>) {
-        let max = self.node.config.limits.max_outbound_bytes;
+        let max = self.settings().config.limits.max_outbound_bytes;
         for s in sockets {
             if !s.push_event(frame, max) {
                 // Full queue: write what the kernel takes now, then judge.
@@ -570,7 +592,7 @@ impl Shard {
         let state = Rc::new(SocketState::new(
             id,
             session,
-            self.verifier.expires_at(&upgrade.claims),
+            self.settings().verifier.expires_at(&upgrade.claims),
             now,
         ));
         state.fd.set(std::os::fd::AsRawFd::as_raw_fd(&stream));
@@ -617,10 +639,11 @@ impl Shard {
 
     /// Pings idle sockets, closes dead and expired ones, and reaps closing ones.
     async fn housekeeping(self: Rc<Self>) {
-        let limits = self.node.config.limits.clone();
         let mut ticks = 0u64;
         loop {
             glommio::timer::sleep(HOUSEKEEPING_TICK).await;
+            let settings = self.settings();
+            let limits = &settings.config.limits;
             ticks += 1;
             if self.id == 0 && ticks % LIMITER_SWEEP_TICKS == 0 {
                 self.node.limiters.forget_idle();

@@ -131,7 +131,7 @@ pub fn run(guard: SocketGuard, stream: TcpStream) -> impl std::future::Future<Ou
 
 impl SocketTask {
     fn ws(&mut self) -> &mut WebSocket<Pipe> {
-        let max = self.guard.shard.node.config.limits.max_message_bytes;
+        let max = self.guard.shard.settings().config.limits.max_message_bytes;
         self.ws.get_or_insert_with(|| {
             Box::new(WebSocket::from_raw_socket(
                 Pipe::default(),
@@ -322,7 +322,13 @@ impl SocketTask {
 
     /// Takes one message from the client's budget; false when it is spent.
     fn spend_budget(&mut self) -> bool {
-        let rate = self.guard.shard.node.config.limits.client_message_rate;
+        let rate = self
+            .guard
+            .shard
+            .settings()
+            .config
+            .limits
+            .client_message_rate;
         if rate == 0 {
             return true;
         }
@@ -370,18 +376,26 @@ impl SocketTask {
             return self.begin_close(Disconnect::Policy);
         };
         match (msg.kind, msg.token) {
-            ("refresh", Some(token)) => match self.guard.shard.verifier.verify(token, unix_now()) {
-                Ok(claims) if *claims.session == *self.guard.state.session => {
-                    self.guard
-                        .state
-                        .expires_at
-                        .set(self.guard.shard.verifier.expires_at(&claims));
-                }
-                Ok(_) => self.begin_close(Disconnect::Policy),
-                Err(crate::auth::TokenError::Expired) => self.begin_close(Disconnect::TokenExpired),
-                Err(_) => self.begin_close(Disconnect::Policy),
-            },
+            ("refresh", Some(token)) => {
+                let settings = self.guard.shard.settings();
+                self.refresh(&settings.verifier, token)
+            }
             _ => self.begin_close(Disconnect::Policy),
+        }
+    }
+
+    /// A refresh for this socket's session extends its life; any other token ends it.
+    fn refresh(&mut self, verifier: &crate::auth::JwtVerifier, token: &str) {
+        match verifier.verify(token, unix_now()) {
+            Ok(claims) if *claims.session == *self.guard.state.session => {
+                self.guard
+                    .state
+                    .expires_at
+                    .set(verifier.expires_at(&claims));
+            }
+            Ok(_) => self.begin_close(Disconnect::Policy),
+            Err(crate::auth::TokenError::Expired) => self.begin_close(Disconnect::TokenExpired),
+            Err(_) => self.begin_close(Disconnect::Policy),
         }
     }
 
