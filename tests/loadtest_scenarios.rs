@@ -1,0 +1,133 @@
+//! The load generator against real nodes: a seconds-long fanout loses nothing
+//! and fills its histogram; slow consumers are seen closed with 4008; cross-node
+//! fan-out through a real Redis loses nothing.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use loadtest::{run, scenario, RunOptions};
+
+fn opts() -> RunOptions {
+    RunOptions {
+        secret: Some(SECRET.into()),
+        api_key: Some(API_KEY.into()),
+        procs: 1,
+        threads: Some(2),
+        ..RunOptions::default()
+    }
+}
+
+/// A node for load: the per-address connect limit would refuse a storm from one
+/// loopback address, which is the point of it, not of these tests.
+fn load_node() -> Node {
+    Node::builder().flag("--connect-rate", "0").start()
+}
+
+#[test]
+fn seconds_long_fanout_loses_nothing_and_fills_the_histogram() {
+    let node = load_node();
+    let scn = scenario::from_str(
+        &format!(
+            "kind = \"fanout\"\nurl = \"http://{}\"\nsessions = 20\nsockets_per_session = 5\nrate = 500\nduration = \"2s\"\nbatch = 1\n",
+            node.addr
+        ),
+        &[],
+    )
+    .expect("scenario");
+    let r = run(&scn, &opts()).expect("run");
+    assert!(r.passed, "{:?} {:?}", r.failures, r.errors);
+    assert_eq!(r.sockets_connected, 100);
+    assert_eq!(r.events_accepted, 1000);
+    assert_eq!(r.lost, 0);
+    assert_eq!(r.deliveries, 1000 * 5);
+    assert_eq!(
+        r.latency_ms.count, r.deliveries,
+        "every delivery is in the histogram"
+    );
+    assert!(
+        r.latency_ms.p50 > 0.0 && r.latency_ms.max < 5_000.0,
+        "{:?}",
+        r.latency_ms
+    );
+    // The node agrees.
+    assert_eq!(node.metric("relay_deliveries_total", &[]), 5000.0);
+}
+
+#[test]
+fn slow_consumers_are_closed_with_4008_and_healthy_sockets_lose_nothing() {
+    let node = Node::builder()
+        .flag("--connect-rate", "0")
+        .flag("--max-outbound-bytes", "65536")
+        .start();
+    let scn = scenario::from_str(
+        &format!(
+            "kind = \"slow-consumers\"\nurl = \"http://{}\"\nsessions = 2\nsockets_per_session = 5\nslow_percent = 20\nrate = 2000\nevent_bytes = 4000\nduration = \"2s\"\ndrain = \"1s\"\n",
+            node.addr
+        ),
+        &[],
+    )
+    .expect("scenario");
+    let r = run(&scn, &opts()).expect("run");
+    assert_eq!(r.lost, 0, "healthy sockets lost events");
+    assert_eq!(
+        r.close_codes.get("4008"),
+        Some(&2),
+        "{:?} {:?}",
+        r.close_codes,
+        r.errors
+    );
+    assert!(r.passed, "{:?}", r.failures);
+}
+
+#[test]
+fn cross_node_fanout_through_redis_loses_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH (scripts/test installs it)");
+    let url = format!("redis://127.0.0.1:{port}");
+    let nodes: Vec<Node> = (0..3)
+        .map(|_| {
+            Node::builder()
+                .flag("--connect-rate", "0")
+                .env("REDIS_URL", &url)
+                .start()
+        })
+        .collect();
+    for n in &nodes {
+        assert!(
+            wait_until(PROMPT, || n.get("/readyz").status == 200),
+            "node not ready"
+        );
+    }
+    let scn = scenario::from_str(
+        &format!(
+            "kind = \"cross-node\"\nurl = \"http://{}\"\nnodes = [\"http://{}\", \"http://{}\"]\nsessions = 10\nsockets_per_session = 4\nrate = 300\nduration = \"2s\"\ndrain = \"2s\"\n",
+            nodes[0].addr, nodes[1].addr, nodes[2].addr
+        ),
+        &[],
+    )
+    .expect("scenario");
+    let r = run(&scn, &opts()).expect("run");
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert!(r.passed, "{:?} {:?}", r.failures, r.errors);
+    assert_eq!(r.lost, 0);
+    assert_eq!(r.deliveries, 600 * 4);
+    assert!(r.latency_ms.count > 0);
+}
