@@ -86,4 +86,36 @@ run churn 1 0 1 $S/churn.toml
 run scale-1-shard 1 0 - $S/fanout.toml --set rate=40000 --set batch=10 --set publishers=16 --procs 2
 run scale-2-shards 2 0,1 - $S/fanout.toml --set rate=40000 --set batch=10 --set publishers=16 --procs 2
 
+# cross-node: a private redis-server and three nodes on it (unpinned: 2 CPUs for all of
+# them); publish on node a, sockets on b and c. Skipped without redis-server.
+if wanted cross-node && command -v redis-server >/dev/null; then
+  rport=${REDIS_BENCH_PORT:-6421}
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
+  redis_pid=$!
+  sleep 0.5
+  pids=()
+  ports=()
+  for n in a b c; do
+    REDIS_URL="redis://127.0.0.1:$rport" "$RELAY" serve --shards 1 --host 127.0.0.1 --port 0 \
+      >"$OUT/cross-node-$n.node.out" 2>"$OUT/cross-node-$n.node.log" &
+    pids+=($!)
+  done
+  for n in a b c; do
+    for _ in $(seq 100); do
+      grep -q "listening on" "$OUT/cross-node-$n.node.out" 2>/dev/null && break
+      sleep 0.1
+    done
+    ports+=("$(sed -n 's/^relay listening on .*:\([0-9]*\)$/\1/p' "$OUT/cross-node-$n.node.out" | head -1)")
+  done
+  echo "== cross-node: load $(uptime | sed 's/.*load average: //')" | tee -a "$OUT/commands.txt"
+  echo "3 nodes on redis :$rport; loadtest run $S/cross-node.toml --url :${ports[0]} --nodes :${ports[1]},:${ports[2]}" >>"$OUT/commands.txt"
+  "$LT" run --quiet --url "http://127.0.0.1:${ports[0]}" \
+    --nodes "http://127.0.0.1:${ports[1]},http://127.0.0.1:${ports[2]}" \
+    --json "$OUT/cross-node.json" --hgrm "$OUT/cross-node.hgrm" $S/cross-node.toml | tee "$OUT/cross-node.txt" || true
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  kill -TERM "$redis_pid" 2>/dev/null || true
+  wait "$redis_pid" 2>/dev/null || true
+fi
+
 "$LT" summary "$OUT"/*.json | tee "$OUT/summary.md"
