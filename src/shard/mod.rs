@@ -23,7 +23,7 @@ use glommio::net::{TcpListener, TcpStream};
 use crate::auth::JwtVerifier;
 use crate::bridge::{BridgeHandle, BridgeMsg};
 use crate::config::Config;
-use crate::http::publish::{PublishBatch, PublishParser};
+use crate::http::publish::{EventSpans, PublishBatch, PublishParser};
 use crate::http::response::Refusal;
 use crate::metrics::{RedisFigures, ShardStats, StatsSnapshot};
 use crate::router::{shard_for, AdoptMsg, DeliverMsg, Inbox, Router, ShardMsg};
@@ -146,6 +146,21 @@ pub struct Shard {
     pending_publishes: RefCell<HashMap<u64, PendingPublish>>,
     draining: Cell<bool>,
     drain_signal: glommio::sync::Semaphore,
+}
+
+/// The pieces of one event's frame, from a validated batch.
+fn event_parts<'a>(
+    batch: &'a PublishBatch,
+    ev: &'a EventSpans,
+    generated: &'a str,
+) -> EventParts<'a> {
+    EventParts {
+        session: batch.session(ev),
+        event: batch.bytes(&ev.event),
+        id: ev.id.as_ref().map(|r| batch.bytes(r)),
+        generated_id: generated,
+        data: batch.bytes(&ev.data),
+    }
 }
 
 /// Nanoseconds since the UNIX epoch.
@@ -339,26 +354,14 @@ impl Shard {
     }
 
     /// Writes one event to every local socket of its session.
-    fn deliver(&self, batch: &PublishBatch, ev: &crate::http::publish::EventSpans, at: Instant) {
+    fn deliver(&self, batch: &PublishBatch, ev: &EventSpans, at: Instant) {
         let session = batch.session(ev);
         let registry = self.registry.borrow();
         let Some(sockets) = registry.sockets_of(session) else {
             return;
         };
-        let generated = match ev.id {
-            Some(_) => String::new(),
-            None => self.generated_id(),
-        };
-        let frame = Rc::new(encode_event(
-            &EventParts {
-                session,
-                event: batch.bytes(&ev.event),
-                id: ev.id.as_ref().map(|r| batch.bytes(r)),
-                generated_id: &generated,
-                data: batch.bytes(&ev.data),
-            },
-            at,
-        ));
+        let generated = self.id_unless_given(ev);
+        let frame = Rc::new(encode_event(&event_parts(batch, ev, &generated), at));
         self.fan_out(sockets, &frame);
     }
 
@@ -376,7 +379,11 @@ impl Shard {
         }
     }
 
-    fn generated_id(&self) -> String {
+    /// A relay-made id for an event the publisher gave none; empty otherwise.
+    fn id_unless_given(&self, ev: &EventSpans) -> String {
+        if ev.id.is_some() {
+            return String::new();
+        }
         let n = self.next_event.get();
         self.next_event.set(n + 1);
         format!("{}-{}-{n}", self.node.node_tag, self.id)
@@ -407,22 +414,9 @@ impl Shard {
             .events
             .iter()
             .map(|ev| {
-                let session = batch.session(ev);
-                let generated = match ev.id {
-                    Some(_) => String::new(),
-                    None => self.generated_id(),
-                };
-                let payload = remote_payload(
-                    &EventParts {
-                        session,
-                        event: batch.bytes(&ev.event),
-                        id: ev.id.as_ref().map(|r| batch.bytes(r)),
-                        generated_id: &generated,
-                        data: batch.bytes(&ev.data),
-                    },
-                    accepted_ns,
-                );
-                (session.to_string(), payload)
+                let generated = self.id_unless_given(ev);
+                let payload = remote_payload(&event_parts(&batch, ev, &generated), accepted_ns);
+                (batch.session(ev).to_string(), payload)
             })
             .collect();
         let id = self.next_publish.get();
