@@ -721,6 +721,10 @@ async fn publish(ctx: Rc<Ctx>, start_ns: u64) {
     };
     if scheduler.is_some() {
         while let Some(job) = rx.recv().await {
+            ctx.part
+                .borrow_mut()
+                .dispatch_lag
+                .record_ns(unix_ns().saturating_sub(job.1));
             queue.borrow_mut().push_back(job);
             notify.notify_one();
         }

@@ -139,6 +139,7 @@ pub fn table(r: &Report) -> String {
             ),
         );
         row(&mut o, "publish ms", lat(&r.publish_latency_ms));
+        row(&mut o, "dispatch lag", lat(&r.dispatch_lag_ms));
         row(&mut o, "send lag ms", lat(&r.send_lag_ms));
         row(
             &mut o,

@@ -137,8 +137,12 @@ pub struct Part {
     pub handshake: Hist,
     /// Scheduled publish time → `202` received.
     pub publish: Hist,
-    /// Scheduled publish time → request written: the tool's own lateness.
+    /// Scheduled publish time → request written: the tool's lateness plus any wait for a
+    /// free keep-alive connection (which the node's response time causes).
     pub send_lag: Hist,
+    /// Scheduled publish time → the request reached the publisher's queue: the tool's own
+    /// scheduling lateness (thread wake-ups), nothing of the node's.
+    pub dispatch_lag: Hist,
     pub deliveries: u64,
     pub requests_sent: u64,
     pub requests_accepted: u64,
@@ -198,6 +202,7 @@ impl Part {
         self.handshake.merge(&other.handshake);
         self.publish.merge(&other.publish);
         self.send_lag.merge(&other.send_lag);
+        self.dispatch_lag.merge(&other.dispatch_lag);
         self.deliveries += other.deliveries;
         self.requests_sent += other.requests_sent;
         self.requests_accepted += other.requests_accepted;
@@ -329,9 +334,12 @@ pub struct Report {
     pub publish_latency_ms: LatencyMs,
     /// Handshake start (or scheduled time) → welcome.
     pub handshake_ms: LatencyMs,
-    /// Scheduled time → request written by the tool: if this is high, the load generator
-    /// itself was late and the latency figures carry its delay.
+    /// Scheduled time → request written: the tool's lateness plus waiting for a free
+    /// publisher connection. High with low `dispatch_lag_ms`: the node answered slowly.
     pub send_lag_ms: LatencyMs,
+    /// Scheduled time → request queued for a connection: the load generator's own
+    /// lateness alone (its thread wake-ups on this machine).
+    pub dispatch_lag_ms: LatencyMs,
     pub errors: BTreeMap<String, u64>,
     pub errors_total: u64,
     pub error_budget: u64,
@@ -472,6 +480,7 @@ impl Report {
             publish_latency_ms: part.publish.summary(),
             handshake_ms: part.handshake.summary(),
             send_lag_ms: part.send_lag.summary(),
+            dispatch_lag_ms: part.dispatch_lag.summary(),
             errors,
             errors_total,
             error_budget,
