@@ -355,7 +355,12 @@ impl Config {
             trusted_proxies.push(net);
         }
         let limiters = LimiterConfig {
-            connects_per_sec: std::num::NonZeroU32::new(args.connect_rate),
+            // Conformance suites open hundreds of sockets from one address.
+            connects_per_sec: std::num::NonZeroU32::new(if args.echo {
+                0
+            } else {
+                args.connect_rate
+            }),
             events_per_sec: std::num::NonZeroU32::new(args.publish_rate),
             max_sockets_per_session: args.max_sockets_per_session,
             tenant_claim: args.tenant_claim.clone().filter(|c| !c.is_empty()),

@@ -593,10 +593,13 @@ impl Shard {
         let conn_id = format!("{}-{}-{id}", self.node.node_tag, self.id);
         // The 101 and the welcome leave in one write, as one queue entry.
         let mut hello = upgrade.response();
-        hello.extend_from_slice(&crate::ws::frame::welcome_frame(
-            &upgrade.claims.session,
-            &conn_id,
-        ));
+        // Echo mode serves conformance suites, which expect only their own messages.
+        if !self.node.config.echo {
+            hello.extend_from_slice(&crate::ws::frame::welcome_frame(
+                &upgrade.claims.session,
+                &conn_id,
+            ));
+        }
         let hello = hello.into_boxed_slice();
         {
             let mut reg = self.registry.borrow_mut();

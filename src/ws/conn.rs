@@ -296,6 +296,12 @@ impl SocketTask {
                 }
             }
         }
+        self.queue_ws_output();
+    }
+
+    /// Moves what tungstenite wrote (pongs, the close reply) onto the socket's
+    /// queue, in order with everything queued before it.
+    fn queue_ws_output(&mut self) {
         if !self.ws_failed {
             let _ = self.ws().flush();
         }
@@ -357,6 +363,8 @@ impl SocketTask {
         if self.phase != Phase::Open {
             return;
         }
+        // A pong owed for a ping that came before this message goes first.
+        self.queue_ws_output();
         let frame = crate::ws::frame::data_frame(binary, payload);
         self.guard
             .state
