@@ -326,6 +326,15 @@ impl ProgressLine {
         }
     }
 
+    /// Plain lines every 5 s even on a terminal (for `--procs` children, whose lines would
+    /// otherwise overwrite each other).
+    pub fn lines(label: String, enabled: bool) -> Self {
+        ProgressLine {
+            tty: false,
+            ..Self::new(label, enabled)
+        }
+    }
+
     /// Call often; prints at most once per interval.
     pub fn tick(&mut self, p: &Progress, phase: &str) {
         let interval = if self.tty {

@@ -73,6 +73,9 @@ pub struct ChildConfig {
     pub slice: Slice,
     pub threads: Option<usize>,
     pub cpus: Option<Vec<usize>>,
+    /// Print a progress line (plain lines, labelled with the process index).
+    #[serde(default)]
+    pub progress: bool,
 }
 
 fn dotenv(key: &str) -> Option<String> {
@@ -287,6 +290,7 @@ fn run_children(
             },
             threads: opts.threads,
             cpus,
+            progress: opts.progress,
         };
         let mut c = ChildProc {
             child,
@@ -358,6 +362,7 @@ pub fn child_main() -> Result<(), RunError> {
     let cfg: ChildConfig =
         serde_json::from_str(&first).map_err(|e| child_err(u32::MAX, e.to_string()))?;
     let index = cfg.slice.index;
+    let kind = cfg.scenario.kind;
     if let Some(cpus) = &cfg.cpus {
         sys::pin(cpus)?;
     }
@@ -370,7 +375,7 @@ pub fn child_main() -> Result<(), RunError> {
         slice: cfg.slice,
         threads: cfg.threads.unwrap_or_else(sys::allowed_cpus),
     };
-    let mut line = ProgressLine::new(String::new(), false);
+    let mut line = ProgressLine::lines(format!("{kind} #{index}"), cfg.progress);
     let part = engine::run_process(engine_cfg, Arc::new(Progress::default()), &mut line, || {
         let mut out = std::io::stdout().lock();
         writeln!(out, "READY").map_err(|e| EngineError::Start(e.to_string()))?;
