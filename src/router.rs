@@ -359,7 +359,10 @@ mod tests {
         // Pinned values: changing the hash would move every session to another
         // shard between versions, and nodes of one fleet would disagree.
         assert_eq!(shard_for("s1", 1), 0);
-        let four: Vec<usize> = ["a", "b", "c", "d"].iter().map(|s| shard_for(s, 4)).collect();
+        let four: Vec<usize> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|s| shard_for(s, 4))
+            .collect();
         assert_eq!(four, [3, 1, 2, 1]);
         assert_eq!(shard_for("session-42", 8), 5);
         assert_eq!(shard_for("session-42", 4), 2);

@@ -131,3 +131,32 @@ fn cross_node_fanout_through_redis_loses_nothing() {
     assert_eq!(r.deliveries, 600 * 4);
     assert!(r.latency_ms.count > 0);
 }
+
+#[test]
+fn wrong_secret_is_counted_as_handshake_401_and_fails_the_run() {
+    let node = load_node();
+    let scn = scenario::from_str(
+        &format!(
+            "kind = \"connect-storm\"\nurl = \"http://{}\"\nsessions = 2\nsockets_per_session = 3\n",
+            node.addr
+        ),
+        &[],
+    )
+    .expect("scenario");
+    let mut wrong = opts();
+    wrong.secret = Some("another-secret-0123456789abcdef01234".into());
+    let r = run(&scn, &wrong).expect("run");
+    assert!(!r.passed);
+    assert_eq!(r.errors.get("handshake_http_401"), Some(&6));
+    let r = run(&scn, &opts()).expect("run");
+    assert!(r.passed, "{:?}", r.failures);
+    assert_eq!(r.handshake_ms.count, 6);
+}
+
+#[test]
+fn non_loopback_targets_are_refused_before_any_traffic() {
+    let scn = scenario::from_str("kind = \"fanout\"\nurl = \"http://10.1.2.3:3000\"\n", &[])
+        .expect("scenario");
+    let err = run(&scn, &opts()).expect_err("refused");
+    assert!(err.to_string().contains("not a loopback address"), "{err}");
+}
