@@ -249,31 +249,20 @@ impl Config {
                 why: "needs REDIS_URL with the cluster's seed nodes".into(),
             });
         }
-        // A *_FILE wins over its variable; the file is read below (apply_sources).
-        let placeholder = |file: &Option<PathBuf>, value: &Option<String>, min: usize| match file {
-            Some(_) => Some("x".repeat(min.max(1))),
-            None => value.clone(),
-        };
-        let jwt_secrets = parse_secret_list(
-            "JWT_SIGNING_SECRET",
-            placeholder(
-                &args.common.jwt_signing_secret_file,
-                &args.common.jwt_signing_secret,
-                MIN_SECRET_BYTES,
-            )
-            .as_deref(),
-            MIN_SECRET_BYTES,
+        // A *_FILE wins over its variable.
+        let secret = secret_value(
+            "JWT_SIGNING_SECRET_FILE",
+            args.common.jwt_signing_secret.as_deref(),
+            args.common.jwt_signing_secret_file.as_deref(),
         )?;
-        let api_keys = parse_secret_list(
-            "RELAY_API_KEY",
-            placeholder(
-                &args.common.relay_api_key_file,
-                &args.common.relay_api_key,
-                1,
-            )
-            .as_deref(),
-            1,
+        let jwt_secrets =
+            parse_secret_list("JWT_SIGNING_SECRET", secret.as_deref(), MIN_SECRET_BYTES)?;
+        let key = secret_value(
+            "RELAY_API_KEY_FILE",
+            args.common.relay_api_key.as_deref(),
+            args.common.relay_api_key_file.as_deref(),
         )?;
+        let api_keys = parse_secret_list("RELAY_API_KEY", key.as_deref(), 1)?;
         let origins_csv = match (&args.allowed_origins, args.dev) {
             (Some(csv), _) => csv.clone(),
             (None, true) => DEV_ALLOWED_ORIGINS.to_string(),
@@ -456,23 +445,21 @@ impl Config {
                 file.insert(k, v);
             }
         }
-        let secret = match &self.sources.jwt_secret_file {
-            Some(p) => Some(read("JWT_SIGNING_SECRET_FILE", p)?),
-            None => file.get("JWT_SIGNING_SECRET").cloned(),
-        };
+        let secret = secret_value(
+            "JWT_SIGNING_SECRET_FILE",
+            file.get("JWT_SIGNING_SECRET").map(String::as_str),
+            self.sources.jwt_secret_file.as_deref(),
+        )?;
         if let Some(v) = secret {
-            self.jwt_secrets = parse_secret_list(
-                "JWT_SIGNING_SECRET",
-                Some(&lines_to_csv(&v)),
-                MIN_SECRET_BYTES,
-            )?;
+            self.jwt_secrets = parse_secret_list("JWT_SIGNING_SECRET", Some(&v), MIN_SECRET_BYTES)?;
         }
-        let keys = match &self.sources.api_key_file {
-            Some(p) => Some(read("RELAY_API_KEY_FILE", p)?),
-            None => file.get("RELAY_API_KEY").cloned(),
-        };
+        let keys = secret_value(
+            "RELAY_API_KEY_FILE",
+            file.get("RELAY_API_KEY").map(String::as_str),
+            self.sources.api_key_file.as_deref(),
+        )?;
         if let Some(v) = keys {
-            self.api_keys = parse_secret_list("RELAY_API_KEY", Some(&lines_to_csv(&v)), 1)?;
+            self.api_keys = parse_secret_list("RELAY_API_KEY", Some(&v), 1)?;
         }
         if let Some(v) = file.get("ALLOWED_ORIGINS") {
             self.origins = OriginPolicy::parse(v).map_err(|e| ConfigError::Invalid {
@@ -576,13 +563,27 @@ pub const RELOADABLE: &[&str] = &[
     "RELAY_CLIENT_MESSAGE_RATE",
 ];
 
-/// A secret file may list values one per line or comma-separated.
-fn lines_to_csv(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(",")
+/// A secret's value list: the file's content when a `*_FILE` is named (one value
+/// per line, or comma-separated), else the variable's value.
+pub fn secret_value(
+    file_variable: &'static str,
+    value: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(path) = file else {
+        return Ok(value.map(str::to_string));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+        variable: file_variable,
+        why: format!("cannot read {}: {e}", path.display()),
+    })?;
+    Ok(Some(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(","),
+    ))
 }
 
 /// Splits a comma-separated secret list and checks each value's strength.

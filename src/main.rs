@@ -91,31 +91,11 @@ fn fill_from_env(common: &mut CommonArgs) {
     }
 }
 
-/// A secret's value: from its `*_FILE` when one is named, else the variable.
-fn secret_value(
-    value: &Option<String>,
-    file: &Option<std::path::PathBuf>,
-) -> anyhow::Result<Option<String>> {
-    match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Ok(Some(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ))
-        }
-        None => Ok(value.clone()),
-    }
-}
-
 fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
-    let secret = secret_value(
-        &args.common.jwt_signing_secret,
-        &args.common.jwt_signing_secret_file,
+    let secret = config::secret_value(
+        "JWT_SIGNING_SECRET_FILE",
+        args.common.jwt_signing_secret.as_deref(),
+        args.common.jwt_signing_secret_file.as_deref(),
     )?;
     let secrets = config::parse_secret_list(
         "JWT_SIGNING_SECRET",
@@ -168,7 +148,11 @@ fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let key = secret_value(&args.common.relay_api_key, &args.common.relay_api_key_file)?;
+    let key = config::secret_value(
+        "RELAY_API_KEY_FILE",
+        args.common.relay_api_key.as_deref(),
+        args.common.relay_api_key_file.as_deref(),
+    )?;
     let keys = config::parse_secret_list("RELAY_API_KEY", key.as_deref(), 1)?;
     let key: &Secret = &keys[0];
     let data: Box<serde_json::value::RawValue> =
