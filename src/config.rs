@@ -186,33 +186,6 @@ pub struct ReloadSources {
 }
 
 impl Config {
-    /// A configuration for tests: one shard on an ephemeral loopback port.
-    pub fn for_tests(secret: &str, api_key: &str) -> Config {
-        Config {
-            host: IpAddr::from([127, 0, 0, 1]),
-            port: 0,
-            admin_port: None,
-            shards: 1,
-            dev: false,
-            echo: false,
-            jwt_secrets: vec![Secret::new(secret)],
-            api_keys: vec![Secret::new(api_key)],
-            origins: OriginPolicy::deny_all(),
-            jwt: JwtRules::default(),
-            limits: Limits::default(),
-            log_format: LogFormat::Human,
-            redis_url: None,
-            redis_cluster: false,
-            redis_ca: None,
-            limiters: LimiterConfig {
-                max_sockets_per_session: DEFAULT_MAX_SOCKETS_PER_SESSION,
-                ..LimiterConfig::default()
-            },
-            log_level: "info".into(),
-            sources: ReloadSources::default(),
-        }
-    }
-
     /// Validates parsed flags into a [`Config`].
     pub fn from_serve_args(args: &ServeArgs) -> Result<Config, ConfigError> {
         let redis_url = match args.redis_url.as_deref().map(str::trim) {

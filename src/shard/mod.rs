@@ -326,7 +326,7 @@ impl Shard {
                 }
             }
             ShardMsg::SnapshotRequest { from, id } => {
-                let snapshot = Box::new(self.local_snapshot());
+                let snapshot = Box::new(self.stats.snapshot());
                 let reply = ShardMsg::SnapshotReply { id, snapshot };
                 if let Err((e, _)) = self.node.router.send(from, reply) {
                     tracing::warn!(shard = self.id, error = %e, "snapshot reply not sent");
@@ -673,14 +673,10 @@ impl Shard {
         }
     }
 
-    fn local_snapshot(&self) -> StatsSnapshot {
-        self.stats.snapshot()
-    }
-
     /// Counters of every shard, merged. Waits at most [`SNAPSHOT_TIMEOUT`] for the
     /// others; a wedged shard leaves its part out rather than hanging the scrape.
     pub async fn node_snapshot(self: &Rc<Self>) -> StatsSnapshot {
-        let mut merged = self.local_snapshot();
+        let mut merged = self.stats.snapshot();
         merged.redis = self.node.bridge.as_ref().map(|b| RedisFigures {
             connected: b.is_connected(),
             reconnects: b.status.reconnects.load(Ordering::Relaxed),
