@@ -8,7 +8,7 @@
 //! the socket waited leave together. Runs only on the shard that owns the socket.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use tungstenite::Message;
 
 use crate::metrics::ShardStats;
@@ -24,64 +23,13 @@ use crate::shard::registry::{mono_ms, Outgoing, SocketState};
 use crate::shard::{unix_now, SocketGuard, CLOSE_GRACE};
 use crate::ws::close::Disconnect;
 use crate::ws::frame::close_frame;
+use crate::ws::reader::{ClientInput, ClientReader};
 
-/// tungstenite's initial read buffer per socket: none. Clients send little (pongs,
-/// refreshes), so the buffer is allocated by the first frame that arrives, sized
-/// to it; a socket that never speaks holds no read buffer at all. tungstenite's
-/// 128 KiB default would be most of an idle socket's memory.
-pub const WS_READ_BUFFER: usize = 0;
 /// Frames handed to one `sendmsg`.
 const MAX_IOVECS: usize = 64;
 /// Reads handled in one poll before yielding, so one chatty client cannot starve
 /// the shard.
 const READS_PER_POLL: usize = 8;
-
-/// The byte pipe between the socket and tungstenite: reads come from what the task
-/// pushed in, writes (pongs, close replies) are collected for the socket's queue.
-#[derive(Default)]
-struct Pipe {
-    input: Vec<u8>,
-    pos: usize,
-    output: Vec<u8>,
-}
-
-impl Read for Pipe {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let avail = &self.input[self.pos..];
-        if avail.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = avail.len().min(buf.len());
-        buf[..n].copy_from_slice(&avail[..n]);
-        self.pos += n;
-        if self.pos == self.input.len() {
-            self.input.clear();
-            self.pos = 0;
-        }
-        Ok(n)
-    }
-}
-
-impl Write for Pipe {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// tungstenite configured for a relay socket: small read buffer, client messages
-/// capped at `max_message`, frames too (so a huge declared length fails at once).
-pub fn ws_config(max_message: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(64 * 1024)
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -95,14 +43,10 @@ struct SocketTask {
     /// The socket's shard and state; unregisters the socket when the task ends.
     guard: SocketGuard,
     stream: TcpStream,
-    /// tungstenite's state, made when the client first sends a byte: a socket that
-    /// never speaks does not pay for it.
-    ws: Option<Box<WebSocket<Pipe>>>,
+    /// The client-frame parser; it holds no buffer until the client sends a byte.
+    reader: ClientReader,
     phase: Phase,
     write_shut: bool,
-    /// tungstenite returned an error: its state is undefined from here on, so it is
-    /// never called again and further input is discarded.
-    ws_failed: bool,
     /// The client's message budget: a token bucket refilled at
     /// `limits.client_message_rate` per second, holding two seconds' worth.
     tokens: f32,
@@ -116,13 +60,13 @@ struct SocketTask {
 pub fn run(guard: SocketGuard, stream: TcpStream) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(None);
+    let max_message = guard.shard.settings().config.limits.max_message_bytes;
     let mut task = SocketTask {
         guard,
         stream,
-        ws: None,
+        reader: ClientReader::new(max_message),
         phase: Phase::Open,
         write_shut: false,
-        ws_failed: false,
         tokens: 0.0,
         tokens_at: 0,
     };
@@ -130,17 +74,6 @@ pub fn run(guard: SocketGuard, stream: TcpStream) -> impl std::future::Future<Ou
 }
 
 impl SocketTask {
-    fn ws(&mut self) -> &mut WebSocket<Pipe> {
-        let max = self.guard.shard.settings().config.limits.max_message_bytes;
-        self.ws.get_or_insert_with(|| {
-            Box::new(WebSocket::from_raw_socket(
-                Pipe::default(),
-                Role::Server,
-                Some(ws_config(max)),
-            ))
-        })
-    }
-
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
         self.guard.state.set_waker(cx.waker());
         if let Some(reason) = self.guard.state.take_close_request() {
@@ -233,14 +166,12 @@ impl SocketTask {
                         })
                     }
                     Poll::Ready(Ok(n)) => {
-                        if !self.ws_failed {
-                            self.ws().get_mut().input.extend_from_slice(&scratch[..n]);
-                        }
+                        self.reader.push(&scratch[..n]);
                         n
                     }
                 }
             };
-            let _ = n;
+            debug_assert!(n > 0);
             self.guard.state.last_heard.set(mono_ms());
             self.handle_input();
         }
@@ -249,50 +180,42 @@ impl SocketTask {
         Poll::Pending
     }
 
-    /// Runs tungstenite over the bytes read so far.
+    /// Acts on every complete client message read so far.
     fn handle_input(&mut self) {
-        if self.ws_failed {
-            return;
-        }
         loop {
-            let msg = self.ws().read();
-            if self.phase == Phase::Open
-                && matches!(msg, Ok(ref m) if !m.is_close())
-                && !self.spend_budget()
-            {
+            let msg = match self.reader.read_message() {
+                ClientInput::Message(msg) => msg,
+                ClientInput::NeedMore | ClientInput::Ended => break,
+                ClientInput::Failed(reason) => {
+                    tracing::debug!(
+                        socket = self.guard.state.id,
+                        ?reason,
+                        "client protocol error"
+                    );
+                    self.begin_close(reason);
+                    break;
+                }
+            };
+            if self.phase == Phase::Open && !msg.is_close() && !self.spend_budget() {
                 self.guard.shard.stats.rate_limited("client_messages");
                 self.begin_close(Disconnect::Flood);
             }
             match msg {
-                Ok(Message::Text(text)) if self.echo() => {
-                    self.echo_back(false, text.as_bytes());
-                }
-                Ok(Message::Binary(data)) if self.echo() => self.echo_back(true, &data),
-                Ok(Message::Text(text)) => {
+                Message::Text(text) if self.echo() => self.echo_back(false, text.as_bytes()),
+                Message::Binary(data) if self.echo() => self.echo_back(true, &data),
+                Message::Text(text) => {
                     if self.phase == Phase::Open {
                         self.on_client_text(text.as_str());
                     }
                 }
-                Ok(Message::Binary(_)) => self.begin_close(Disconnect::Policy),
-                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {}
-                Ok(Message::Close(_)) => {
+                Message::Binary(_) => self.begin_close(Disconnect::Policy),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Message::Close(_) => {
                     // tungstenite queued the close reply; it goes out with the flush.
                     if self.phase == Phase::Open {
                         self.phase = Phase::Closing(Disconnect::ClientClosed);
                         self.guard.state.discard_unsent();
                     }
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(tungstenite::Error::ConnectionClosed)
-                | Err(tungstenite::Error::AlreadyClosed) => break,
-                Err(e) => {
-                    tracing::debug!(socket = self.guard.state.id, error = %e, "client protocol error");
-                    self.ws_failed = true;
-                    let pipe = self.ws().get_mut();
-                    pipe.input.clear();
-                    pipe.pos = 0;
-                    self.begin_close(Disconnect::from_ws_error(&e));
-                    break;
                 }
             }
         }
@@ -302,10 +225,7 @@ impl SocketTask {
     /// Moves what tungstenite wrote (pongs, the close reply) onto the socket's
     /// queue, in order with everything queued before it.
     fn queue_ws_output(&mut self) {
-        if !self.ws_failed {
-            let _ = self.ws().flush();
-        }
-        let out = std::mem::take(&mut self.ws().get_mut().output);
+        let out = self.reader.take_output();
         if !out.is_empty() {
             if self.guard.state.is_closing() {
                 return;

@@ -8,4 +8,5 @@
 pub mod close;
 pub mod conn;
 pub mod frame;
+pub mod reader;
 pub mod upgrade;
