@@ -12,6 +12,7 @@ use relay::auth::{mint_token, JwtVerifier};
 use relay::config::{JwtRules, Secret};
 use relay::http::publish::PublishParser;
 use relay::router::shard_for;
+use relay::shard::history::StreamPos;
 use relay::ws::frame::{encode_event, EventParts};
 
 fn jwt(c: &mut Criterion) {
@@ -70,6 +71,10 @@ fn frame_encode(c: &mut Criterion) {
             encode_event(
                 black_box(&EventParts {
                     session: "tenant-42:issue-1234",
+                    pos: StreamPos {
+                        epoch: 0x1234_5678_9abc_def0,
+                        seq: 123_456,
+                    },
                     event: br#""issue.updated""#,
                     id: Some(br#""evt-1""#),
                     generated_id: "",

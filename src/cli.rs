@@ -163,6 +163,25 @@ pub struct ServeArgs {
     /// Messages per second a client may send (burst twice that); over it: close 1008.
     #[arg(long, env = "RELAY_CLIENT_MESSAGE_RATE", default_value_t = config::DEFAULT_CLIENT_MESSAGE_RATE)]
     pub client_message_rate: u32,
+    /// Where resumable history lives: `memory` (the owning shard) or `redis` (also a
+    /// Redis Stream per session, so a client can resume on any node).
+    #[arg(long, env = "RELAY_HISTORY", value_enum, default_value = "memory")]
+    pub history: config::HistoryStore,
+    /// Events kept per session for resume; 0: none (a resume always resyncs).
+    #[arg(long, env = "RELAY_HISTORY_EVENTS", default_value_t = config::DEFAULT_HISTORY_EVENTS)]
+    pub history_events: usize,
+    /// Frame bytes kept per session for resume.
+    #[arg(long, env = "RELAY_HISTORY_BYTES", default_value_t = config::DEFAULT_HISTORY_BYTES)]
+    pub history_bytes: usize,
+    /// How long an event stays resumable (and a stream outlives its last socket).
+    #[arg(long, env = "RELAY_HISTORY_TTL", default_value = "2m")]
+    pub history_ttl: humantime::Duration,
+    /// History bytes on the node, all sessions together; the oldest go first.
+    #[arg(long, env = "RELAY_HISTORY_MEMORY", default_value_t = config::DEFAULT_HISTORY_MEMORY)]
+    pub history_memory: usize,
+    /// How long an event id is remembered: a republish within it is not delivered again.
+    #[arg(long, env = "RELAY_DEDUPE_WINDOW", default_value = "5m")]
+    pub dedupe_window: humantime::Duration,
     /// Ping a socket idle this long.
     #[arg(long, env = "RELAY_PING_INTERVAL", default_value = "25s")]
     pub ping_interval: humantime::Duration,

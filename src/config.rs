@@ -61,6 +61,16 @@ pub const DEFAULT_MAX_SOCKETS_PER_SESSION: usize = 10_000;
 /// Messages per second a client may send: clients send pongs and token refreshes,
 /// a handful a minute.
 pub const DEFAULT_CLIENT_MESSAGE_RATE: u32 = 50;
+/// Events kept per session for resume.
+pub const DEFAULT_HISTORY_EVENTS: usize = 1000;
+/// Bytes of frames kept per session for resume.
+pub const DEFAULT_HISTORY_BYTES: usize = 1024 * 1024;
+/// How long an event stays resumable, and how long a stream outlives its last socket.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(120);
+/// History memory per node, all sessions together.
+pub const DEFAULT_HISTORY_MEMORY: usize = 256 * 1024 * 1024;
+/// How long a published id is remembered for dedupe: longer than any sane retry loop.
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(300);
 /// Origins allowed in `--dev` when `ALLOWED_ORIGINS` is unset: any localhost page.
 pub const DEV_ALLOWED_ORIGINS: &str =
     "http://localhost:*,https://localhost:*,http://127.0.0.1:*,https://127.0.0.1:*";
@@ -123,6 +133,43 @@ impl Default for Limits {
     }
 }
 
+/// Where resumable history lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistoryStore {
+    /// A ring per session on its owning shard: resume on the node that held it.
+    Memory,
+    /// Also a Redis Stream per session: resume on any node (needs `REDIS_URL`).
+    Redis,
+}
+
+/// Sequencing, resume and dedupe (see `shard::history`).
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    /// Events kept per session (0: no history; every resume gets a resync).
+    pub events: usize,
+    /// Frame bytes kept per session.
+    pub bytes: usize,
+    /// Age after which an event is no longer replayed, and idle streams are forgotten.
+    pub max_age: Duration,
+    /// All sessions' history on the node.
+    pub memory: usize,
+    pub dedupe_window: Duration,
+    pub store: HistoryStore,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            events: DEFAULT_HISTORY_EVENTS,
+            bytes: DEFAULT_HISTORY_BYTES,
+            max_age: DEFAULT_HISTORY_TTL,
+            memory: DEFAULT_HISTORY_MEMORY,
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            store: HistoryStore::Memory,
+        }
+    }
+}
+
 /// What a token must look like beyond its signature.
 #[derive(Debug, Clone)]
 pub struct JwtRules {
@@ -171,6 +218,8 @@ pub struct Config {
     pub redis_ca: Option<Vec<u8>>,
     /// Rate limiters and caps.
     pub limiters: LimiterConfig,
+    /// Sequencing, resume history and dedupe.
+    pub history: HistoryConfig,
     /// The tracing filter.
     pub log_level: String,
     /// Where reloadable settings come from on SIGHUP (see [`Config::reloaded`]).
@@ -329,6 +378,20 @@ impl Config {
             max_sockets_per_tenant: args.max_sockets_per_tenant,
             trusted_proxies,
         };
+        if args.history == HistoryStore::Redis && redis_url.is_none() {
+            return Err(ConfigError::Invalid {
+                variable: "RELAY_HISTORY",
+                why: "redis needs REDIS_URL".into(),
+            });
+        }
+        let history = HistoryConfig {
+            events: args.history_events,
+            bytes: args.history_bytes,
+            max_age: args.history_ttl.into(),
+            memory: args.history_memory,
+            dedupe_window: args.dedupe_window.into(),
+            store: args.history,
+        };
         let mut config = Config {
             host: args.host,
             port: args.port,
@@ -351,6 +414,7 @@ impl Config {
             redis_cluster: args.redis_cluster,
             redis_ca,
             limiters,
+            history,
             log_level: args.common.log_level.clone(),
             sources: ReloadSources {
                 jwt_secret_file: args.common.jwt_signing_secret_file.clone(),

@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::http::publish::PublishBatch;
 use crate::metrics::StatsSnapshot;
+use crate::shard::history::StreamPos;
 use crate::ws::upgrade::AcceptedUpgrade;
 
 /// Messages one shard may have in its inbox: with a batch per message this is a
@@ -46,6 +47,28 @@ pub struct DeliverMsg {
     pub accepted_at: Instant,
     /// Bytes reserved in the receiver's [`InboxBudget`]; released once handled.
     pub reserved_bytes: usize,
+    /// Who waits for the receipts: shard `from`, publish `id`.
+    pub reply: Option<(usize, u64)>,
+    /// Ids for events published without one: `{node}-{id_shard}-{id_base + index}`.
+    pub id_shard: usize,
+    pub id_base: u64,
+    /// `?wait=delivered`: write through to the sockets and count them.
+    pub wait_delivered: bool,
+}
+
+/// What happened to one accepted event, for the publisher's 202.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    /// Index of the event in its request.
+    pub index: u32,
+    pub pos: StreamPos,
+    /// The id was seen within the dedupe window: not delivered again.
+    pub duplicate: bool,
+    /// With `?wait=delivered`: sockets the frame reached the kernel for, sockets it
+    /// waits in the queue of, and sockets closed as too slow.
+    pub written: u32,
+    pub queued: u32,
+    pub dropped: u32,
 }
 
 /// A socket that authenticated on one shard, moving to its session's owner before
@@ -60,8 +83,17 @@ pub struct AdoptMsg {
 #[derive(Debug)]
 pub struct RemoteEvent {
     pub session: Box<str>,
-    /// As published: see `ws::frame::remote_payload`.
+    /// As the publish script sent it: see `ws::frame::remote_parts`.
     pub payload: Vec<u8>,
+}
+
+/// Why the shard asked the bridge for events from a session's Redis Stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchPurpose {
+    /// A resuming socket waits for them.
+    Resume { socket: u64 },
+    /// This node missed them while Redis was away.
+    CatchUp,
 }
 
 /// Everything that crosses cores (and the bridge thread).
@@ -72,18 +104,34 @@ pub enum ShardMsg {
     Remote {
         events: Vec<RemoteEvent>,
     },
-    /// The bridge's answer to a publish: Redis took all its events, or not.
+    /// The owner's receipts for publish `id` of this shard.
+    Sequenced {
+        id: u64,
+        receipts: Vec<Receipt>,
+    },
+    /// The bridge's answer to a publish: Redis took all its events (with these
+    /// receipts), or not (`None`).
     PublishDone {
         id: u64,
-        ok: bool,
+        receipts: Option<Vec<Receipt>>,
     },
-    /// These sessions' subscriptions are live: welcome their waiting sockets.
+    /// These sessions' subscriptions are live, and this is where their streams
+    /// stand: welcome their waiting sockets.
     Subscribed {
-        sessions: Vec<String>,
+        sessions: Vec<(String, StreamPos)>,
     },
-    /// These sessions may have missed events: tell their sockets to reload state.
+    /// These sessions may have missed events while Redis was away; their streams
+    /// stand here now.
     Resync {
-        sessions: Vec<String>,
+        sessions: Vec<(String, StreamPos)>,
+    },
+    /// Events read back from a session's Redis Stream, after `after`: raw payloads
+    /// in order, or `None` when the stream does not reach back that far.
+    Fetched {
+        session: String,
+        after: StreamPos,
+        purpose: FetchPurpose,
+        payloads: Option<Vec<Vec<u8>>>,
     },
     Adopt(Box<AdoptMsg>),
     /// Send your counters to shard `from`, tagged `id`.

@@ -112,6 +112,13 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
                 &url,
                 config.redis_cluster,
                 config.redis_ca.clone(),
+                crate::bridge::PublishRules {
+                    dedupe_secs: config.history.dedupe_window.as_secs(),
+                    history_len: match config.history.store {
+                        crate::config::HistoryStore::Redis => config.history.events.max(1),
+                        crate::config::HistoryStore::Memory => 0,
+                    },
+                },
                 router.clone(),
             )?)
         }

@@ -17,7 +17,99 @@ use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::channel_of;
+use super::{channel_of, history_key, position_key, OutgoingEvent, PublishRules};
+use crate::shard::history::StreamPos;
+
+/// Gives an event its place in the session's stream and publishes it, atomically,
+/// so every node sees the same `seq` for the same event. A retried id within the
+/// dedupe window gets its first sequence number back and is not published again.
+/// Keys and channel share the session's hash tag, so in a Cluster they live on one
+/// shard.
+///
+/// KEYS: 1 the session's position hash (`e` epoch, `n` last seq), 2 the dedupe key
+/// of this event's id, 3 the session's history stream.
+/// ARGV: 1 channel, 2 the epoch to start a stream with if it has none, 3 the payload
+/// before the seq, 4 the payload after the epoch, 5 `1` when the event has an id,
+/// 6 the dedupe window (s), 7 the position's time to live (s), 8 the history
+/// stream's length (`0`: no stream), 9 `PUBLISH` or `SPUBLISH`.
+const PUBLISH_SCRIPT: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[2]
+  redis.call('HSET', KEYS[1], 'e', e, 'n', 0)
+  redis.call('DEL', KEYS[3])
+end
+if ARGV[5] == '1' then
+  local prev = redis.call('GET', KEYS[2])
+  if prev then
+    return {e, tonumber(prev), 1}
+  end
+end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+if ARGV[5] == '1' then
+  redis.call('SET', KEYS[2], n, 'EX', ARGV[6])
+end
+local msg = ARGV[3] .. n .. ',"epoch":"' .. e .. '"' .. ARGV[4]
+if ARGV[8] ~= '0' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], n .. '-1', 'm', msg)
+  redis.call('EXPIRE', KEYS[3], ARGV[7])
+end
+redis.call(ARGV[9], ARGV[1], msg)
+return {e, n, 0}
+"#;
+
+/// A session's current position, starting its stream (new epoch) if Redis has none
+/// (first use, expiry, or a Redis that lost its data).
+/// KEYS: 1 position hash, 2 history stream. ARGV: 1 epoch for a new stream, 2 ttl (s).
+const POSITION_SCRIPT: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', e, 'n', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('DEL', KEYS[2])
+end
+return {e, tonumber(redis.call('HGET', KEYS[1], 'n'))}
+"#;
+
+/// How long Redis keeps a session's position after its last event.
+const POSITION_TTL_SECS: u64 = 24 * 3600;
+
+/// What the publish script answered for one event.
+#[derive(Debug, Clone, Copy)]
+pub struct Placed {
+    pub pos: StreamPos,
+    pub duplicate: bool,
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// `{epoch, seq[, duplicate]}` from a script's reply.
+fn placed(v: &Value) -> Option<Placed> {
+    let Value::Array(items) = v else { return None };
+    let epoch = u64::from_str_radix(std::str::from_utf8(&bytes(items.first()?)?).ok()?, 16).ok()?;
+    let seq = int(items.get(1)?)?;
+    let duplicate = items.get(2).and_then(int) == Some(1);
+    Some(Placed {
+        pos: StreamPos { epoch, seq },
+        duplicate,
+    })
+}
+
+fn bad_reply() -> Lost {
+    Lost::Redis(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply from a relay script",
+    )))
+}
 
 /// A connect, subscribe or publish call that takes longer is a failure.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -147,37 +239,158 @@ impl Link {
         }
     }
 
-    /// Publishes `(session, payload)` pairs, in order per session.
-    pub async fn publish(&mut self, events: &[(&str, &[u8])]) -> Result<(), Lost> {
-        match self {
+    /// Places and publishes events, in order per session; one answer per event.
+    pub async fn publish(
+        &mut self,
+        events: &[(&OutgoingEvent, u64)],
+        rules: &PublishRules,
+    ) -> Result<Vec<Placed>, Lost> {
+        let command = match self {
+            Link::Standalone { .. } => "PUBLISH",
+            Link::Cluster { .. } => "SPUBLISH",
+        };
+        let script_cmd = |ev: &OutgoingEvent, epoch: u64| {
+            let id_key = match &ev.id {
+                Some(id) => super::dedupe_key(&ev.session, id),
+                None => position_key(&ev.session),
+            };
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(PUBLISH_SCRIPT)
+                .arg(3)
+                .arg(position_key(&ev.session))
+                .arg(id_key)
+                .arg(history_key(&ev.session))
+                .arg(channel_of(&ev.session))
+                .arg(format!("{epoch:016x}"))
+                .arg(&ev.head)
+                .arg(&ev.tail)
+                .arg(if ev.id.is_some() { "1" } else { "0" })
+                .arg(rules.dedupe_secs.max(1))
+                .arg(POSITION_TTL_SECS)
+                .arg(rules.history_len)
+                .arg(command);
+            cmd
+        };
+        let replies: Vec<Value> = match self {
             Link::Standalone { publisher, .. } => {
                 let mut pipe = redis::pipe();
-                for (session, payload) in events {
-                    pipe.cmd("PUBLISH")
-                        .arg(channel_of(session))
-                        .arg(*payload)
-                        .ignore();
+                for (ev, epoch) in events {
+                    pipe.add_command(script_cmd(ev, *epoch));
                 }
-                timed(pipe.query_async::<()>(publisher)).await
+                timed(pipe.query_async::<Vec<Value>>(publisher)).await?
             }
             Link::Cluster { conn, .. } => {
                 // One multiplexed connection per cluster node: commands for one
-                // channel go down one connection in the order they are first polled,
+                // session go down one connection in the order they are first polled,
                 // which join_all does in order.
-                let calls = events.iter().map(|(session, payload)| {
+                let calls = events.iter().map(|(ev, epoch)| {
                     let mut conn = conn.clone();
-                    let cmd = redis::cmd("SPUBLISH")
-                        .arg(channel_of(session))
-                        .arg(*payload)
-                        .to_owned();
+                    let cmd = script_cmd(ev, *epoch);
                     async move { timed(cmd.query_async::<Value>(&mut conn)).await }
                 });
+                let mut out = Vec::with_capacity(events.len());
                 for r in futures_util::future::join_all(calls).await {
-                    r?;
+                    out.push(r?);
                 }
-                Ok(())
+                out
             }
+        };
+        if replies.len() != events.len() {
+            return Err(bad_reply());
         }
+        replies.iter().map(|v| placed(v).ok_or_else(bad_reply)).collect()
+    }
+
+    /// The current position of each session (starting streams Redis has none for).
+    pub async fn positions(
+        &mut self,
+        sessions: &[String],
+        new_epoch: u64,
+    ) -> Result<Vec<StreamPos>, Lost> {
+        let cmd_for = |session: &str| {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(POSITION_SCRIPT)
+                .arg(2)
+                .arg(position_key(session))
+                .arg(history_key(session))
+                .arg(format!("{new_epoch:016x}"))
+                .arg(POSITION_TTL_SECS);
+            cmd
+        };
+        let replies: Vec<Value> = match self {
+            Link::Standalone { publisher, .. } => {
+                let mut pipe = redis::pipe();
+                for s in sessions {
+                    pipe.add_command(cmd_for(s));
+                }
+                timed(pipe.query_async::<Vec<Value>>(publisher)).await?
+            }
+            Link::Cluster { conn, .. } => {
+                let calls = sessions.iter().map(|s| {
+                    let mut conn = conn.clone();
+                    let cmd = cmd_for(s);
+                    async move { timed(cmd.query_async::<Value>(&mut conn)).await }
+                });
+                let mut out = Vec::with_capacity(sessions.len());
+                for r in futures_util::future::join_all(calls).await {
+                    out.push(r?);
+                }
+                out
+            }
+        };
+        if replies.len() != sessions.len() {
+            return Err(bad_reply());
+        }
+        replies
+            .iter()
+            .map(|v| placed(v).map(|p| p.pos).ok_or_else(bad_reply))
+            .collect()
+    }
+
+    /// Events of `session`'s history stream after `after_seq`, at most `count`, as
+    /// published; `None` when the stream no longer reaches back that far.
+    pub async fn fetch(
+        &mut self,
+        session: &str,
+        after_seq: u64,
+        count: usize,
+    ) -> Result<Option<Vec<Vec<u8>>>, Lost> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(history_key(session))
+            .arg(format!("{}-0", after_seq + 1))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let reply: Value = match self {
+            Link::Standalone { publisher, .. } => timed(cmd.query_async(publisher)).await?,
+            Link::Cluster { conn, .. } => timed(cmd.query_async(conn)).await?,
+        };
+        let Value::Array(entries) = reply else {
+            return Err(bad_reply());
+        };
+        let mut payloads = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let Value::Array(parts) = entry else {
+                return Err(bad_reply());
+            };
+            let id = parts.first().and_then(bytes).ok_or_else(bad_reply)?;
+            let seq: u64 = std::str::from_utf8(&id)
+                .ok()
+                .and_then(|id| id.split('-').next()?.parse().ok())
+                .ok_or_else(bad_reply)?;
+            if seq != after_seq + 1 + i as u64 {
+                // Trimmed, or a gap: the stream cannot bridge from `after_seq`.
+                return Ok(None);
+            }
+            let fields = match parts.get(1) {
+                Some(Value::Array(f)) => f.clone(),
+                Some(Value::Map(m)) => m.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect(),
+                _ => return Err(bad_reply()),
+            };
+            let payload = fields.get(1).and_then(bytes).ok_or_else(bad_reply)?;
+            payloads.push(payload);
+        }
+        Ok(Some(payloads))
     }
 
     pub async fn ping(&mut self) -> Result<(), Lost> {

@@ -31,13 +31,20 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::router::{RemoteEvent, Router, ShardMsg};
+use crate::router::{FetchPurpose, Receipt, RemoteEvent, Router, ShardMsg};
+use crate::shard::history::StreamPos;
 
 mod link;
 use link::{Incoming, Link, Lost, Target};
 
-/// Every session channel is this prefix plus the session name.
+/// Every session channel is this prefix plus the session name in braces (a Cluster
+/// hash tag, so the channel and the session's keys share a slot).
 pub const CHANNEL_PREFIX: &str = "relay:v1:s:";
+/// Prefix of a session's keys: `relay:v1:{S}` (position), `relay:v1:{S}:h`
+/// (history stream), `relay:v1:{S}:d:ID` (a dedupe id).
+pub const KEY_PREFIX: &str = "relay:v1:";
+/// Events read from a history stream for one resume, at most.
+const FETCH_MAX: usize = 10_000;
 /// Requests and subscription changes waiting for the bridge.
 pub const BRIDGE_QUEUE: usize = 8192;
 /// How often an idle bridge checks that Redis still answers.
@@ -52,18 +59,43 @@ const SEND_PAUSE: Duration = Duration::from_micros(200);
 /// Channels per SUBSCRIBE command when resubscribing a large set.
 const SUBSCRIBE_CHUNK: usize = 1000;
 
-/// One event on its way to Redis: its session and its encoded payload.
-pub type OutgoingEvent = (String, Vec<u8>);
+/// One event on its way to Redis, before Redis places it in its session's stream.
+#[derive(Debug)]
+pub struct OutgoingEvent {
+    pub session: String,
+    /// The payload around the position: see `ws::frame::remote_parts`.
+    pub head: Vec<u8>,
+    pub tail: Vec<u8>,
+    /// The publisher's id (its JSON literal), for dedupe.
+    pub id: Option<Vec<u8>>,
+}
+
+/// What the publish script needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRules {
+    pub dedupe_secs: u64,
+    /// Entries kept in each session's history stream; 0: no stream.
+    pub history_len: usize,
+}
 
 /// What shards ask of the bridge.
 #[derive(Debug)]
 pub enum BridgeMsg {
-    /// Publish `events` (session, payload), then answer shard `from` with
-    /// `ShardMsg::PublishDone { id }`.
+    /// Place and publish `events`, then answer shard `from` with
+    /// `ShardMsg::PublishDone { id }`. `epoch` starts a session Redis has no
+    /// stream for.
     Publish {
         from: usize,
         id: u64,
         events: Vec<OutgoingEvent>,
+        epoch: u64,
+    },
+    /// Read `session`'s history stream after `after`; answer `ShardMsg::Fetched`.
+    Fetch {
+        from: usize,
+        session: String,
+        after: StreamPos,
+        purpose: FetchPurpose,
     },
     /// The session's first local socket arrived on shard `from`.
     Subscribe { from: usize, session: String },
@@ -85,8 +117,6 @@ pub enum BridgeError {
 pub struct BridgeStatus {
     pub connected: AtomicBool,
     pub reconnects: AtomicU64,
-    /// Sessions told to resync.
-    pub resyncs: AtomicU64,
 }
 
 /// The shards' side of the bridge. Cheap to clone.
@@ -116,7 +146,32 @@ impl BridgeHandle {
 
 /// The channel of a session.
 pub fn channel_of(session: &str) -> String {
-    format!("{CHANNEL_PREFIX}{session}")
+    format!("{CHANNEL_PREFIX}{{{session}}}")
+}
+
+/// The session a channel belongs to.
+fn session_of(channel: &str) -> Option<&str> {
+    channel
+        .strip_prefix(CHANNEL_PREFIX)?
+        .strip_prefix('{')?
+        .strip_suffix('}')
+}
+
+/// The hash holding a session's epoch and last sequence number.
+pub fn position_key(session: &str) -> String {
+    format!("{KEY_PREFIX}{{{session}}}")
+}
+
+/// The stream holding a session's recent events (`--history redis`).
+pub fn history_key(session: &str) -> String {
+    format!("{KEY_PREFIX}{{{session}}}:h")
+}
+
+/// The key remembering one published id of a session. The id is hashed: ids are
+/// publisher input, and keys stay short whatever they look like.
+pub fn dedupe_key(session: &str, id: &[u8]) -> String {
+    let h = xxhash_rust::xxh3::xxh3_128(id);
+    format!("{KEY_PREFIX}{{{session}}}:d:{h:032x}")
 }
 
 /// Starts the bridge thread for `url`.
@@ -128,6 +183,7 @@ pub fn start(
     url: &str,
     cluster: bool,
     ca_pem: Option<Vec<u8>>,
+    rules: PublishRules,
     router: Router,
 ) -> Result<BridgeHandle, BridgeError> {
     // rustls needs one process-wide crypto provider; a second install is a no-op error.
@@ -164,6 +220,7 @@ pub fn start(
         wake,
         status,
         router,
+        rules,
         wanted: HashMap::new(),
         subscribed: HashSet::new(),
         owed_resync: HashSet::new(),
@@ -193,6 +250,7 @@ struct Bridge {
     wake: Arc<tokio::sync::Notify>,
     status: Arc<BridgeStatus>,
     router: Router,
+    rules: PublishRules,
     /// Sessions some local socket needs, with the shard that owns them.
     wanted: HashMap<String, usize>,
     /// Sessions Redis confirmed we are subscribed to, on this connection.
@@ -244,7 +302,13 @@ impl Bridge {
     fn drain_while_down(&mut self) {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
-                BridgeMsg::Publish { from, id, .. } => self.answer(from, id, false),
+                BridgeMsg::Publish { from, id, .. } => self.answer(from, id, None),
+                BridgeMsg::Fetch {
+                    from,
+                    session,
+                    after,
+                    purpose,
+                } => self.answer_fetch(from, session, after, purpose, None),
                 BridgeMsg::Subscribe { from, session } => {
                     self.wanted.insert(session, from);
                 }
@@ -256,9 +320,32 @@ impl Bridge {
         }
     }
 
-    fn answer(&self, shard: usize, id: u64, ok: bool) {
+    fn answer_fetch(
+        &self,
+        shard: usize,
+        session: String,
+        after: StreamPos,
+        purpose: FetchPurpose,
+        payloads: Option<Vec<Vec<u8>>>,
+    ) {
+        let msg = ShardMsg::Fetched {
+            session,
+            after,
+            purpose,
+            payloads,
+        };
+        if self
+            .router
+            .send_retrying(shard, msg, 100, SEND_PAUSE)
+            .is_err()
+        {
+            tracing::error!(shard, "history could not be delivered; the socket stays pending");
+        }
+    }
+
+    fn answer(&self, shard: usize, id: u64, receipts: Option<Vec<Receipt>>) {
         // The shard is waiting on this answer; its inbox drains continuously.
-        let msg = ShardMsg::PublishDone { id, ok };
+        let msg = ShardMsg::PublishDone { id, receipts };
         if self
             .router
             .send_retrying(shard, msg, 100, SEND_PAUSE)
@@ -281,11 +368,15 @@ impl Bridge {
             link.subscribe(chunk).await?;
         }
         self.subscribed.extend(wanted.iter().cloned());
-        self.confirm(&wanted);
+        // Where each stream stands now: a session whose position moved while we
+        // were away gets a resync (or, if Redis lost it, a new epoch).
+        for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
+            self.confirm(&mut link, chunk).await?;
+        }
+        self.owed_resync.clear();
         self.status.connected.store(true, Ordering::Release);
         *backoff = BACKOFF_FIRST;
         tracing::info!(sessions = wanted.len(), "redis connected");
-        self.pay_resyncs();
 
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -326,7 +417,7 @@ impl Bridge {
             _ = ping.tick() => link.ping().await?,
         }
         self.serve_queue(link).await?;
-        self.pay_resyncs();
+        self.pay_resyncs(link).await?;
         Ok(())
     }
 
@@ -335,10 +426,23 @@ impl Bridge {
     async fn serve_queue(&mut self, link: &mut Link) -> Result<(), Lost> {
         let mut subscribe = Vec::new();
         let mut unsubscribe = Vec::new();
-        let mut publishes: Vec<(usize, u64, Vec<OutgoingEvent>)> = Vec::new();
+        let mut confirm_only = Vec::new();
+        let mut fetches = Vec::new();
+        let mut publishes: Vec<(usize, u64, Vec<OutgoingEvent>, u64)> = Vec::new();
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
-                BridgeMsg::Publish { from, id, events } => publishes.push((from, id, events)),
+                BridgeMsg::Publish {
+                    from,
+                    id,
+                    events,
+                    epoch,
+                } => publishes.push((from, id, events, epoch)),
+                BridgeMsg::Fetch {
+                    from,
+                    session,
+                    after,
+                    purpose,
+                } => fetches.push((from, session, after, purpose)),
                 BridgeMsg::Subscribe { from, session } => {
                     unsubscribe.retain(|s| s != &session);
                     if self.wanted.insert(session.clone(), from).is_none()
@@ -346,7 +450,7 @@ impl Bridge {
                     {
                         subscribe.push(session);
                     } else {
-                        self.confirm(std::slice::from_ref(&session));
+                        confirm_only.push(session);
                     }
                 }
                 BridgeMsg::Unsubscribe { session } => {
@@ -365,29 +469,59 @@ impl Bridge {
         if !subscribe.is_empty() {
             link.subscribe(&subscribe).await?;
             self.subscribed.extend(subscribe.iter().cloned());
-            self.confirm(&subscribe);
+            confirm_only.extend(subscribe);
+        }
+        if !confirm_only.is_empty() {
+            self.confirm(link, &confirm_only).await?;
+        }
+        for (from, session, after, purpose) in fetches {
+            let payloads = link.fetch(&session, after.seq, FETCH_MAX).await?;
+            self.answer_fetch(from, session, after, purpose, payloads);
         }
         if publishes.is_empty() {
             return Ok(());
         }
-        let events: Vec<(&str, &[u8])> = publishes
+        let events: Vec<(&OutgoingEvent, u64)> = publishes
             .iter()
-            .flat_map(|(_, _, evs)| evs.iter().map(|(s, p)| (s.as_str(), p.as_slice())))
+            .flat_map(|(_, _, evs, epoch)| evs.iter().map(move |e| (e, *epoch)))
             .collect();
-        let result = link.publish(&events).await;
-        let ok = result.is_ok();
-        for (from, id, _) in &publishes {
-            self.answer(*from, *id, ok);
+        let result = link.publish(&events, &self.rules).await;
+        match result {
+            Ok(placed) => {
+                let mut placed = placed.into_iter();
+                for (from, id, evs, _) in &publishes {
+                    let receipts = (0..evs.len())
+                        .zip(placed.by_ref())
+                        .map(|(i, p)| Receipt {
+                            index: i as u32,
+                            pos: p.pos,
+                            duplicate: p.duplicate,
+                            written: 0,
+                            queued: 0,
+                            dropped: 0,
+                        })
+                        .collect();
+                    self.answer(*from, *id, Some(receipts));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (from, id, _, _) in &publishes {
+                    self.answer(*from, *id, None);
+                }
+                Err(e)
+            }
         }
-        result
     }
 
-    /// Tells each session's owner that its subscription is live.
-    fn confirm(&self, sessions: &[String]) {
-        let mut by_shard: HashMap<usize, Vec<String>> = HashMap::new();
-        for s in sessions {
+    /// Tells each session's owner that its subscription is live, and where its
+    /// stream stands.
+    async fn confirm(&self, link: &mut Link, sessions: &[String]) -> Result<(), Lost> {
+        let positions = link.positions(sessions, new_epoch()).await?;
+        let mut by_shard: HashMap<usize, Vec<(String, StreamPos)>> = HashMap::new();
+        for (s, pos) in sessions.iter().zip(positions) {
             if let Some(&shard) = self.wanted.get(s) {
-                by_shard.entry(shard).or_default().push(s.clone());
+                by_shard.entry(shard).or_default().push((s.clone(), pos));
             }
         }
         for (shard, sessions) in by_shard {
@@ -400,13 +534,14 @@ impl Bridge {
                 tracing::error!(shard, "subscription confirmation could not be delivered");
             }
         }
+        Ok(())
     }
 
     /// Routes incoming events to their sessions' owners, one message per shard.
     fn route_incoming(&mut self, incoming: Vec<Incoming>) {
         let mut by_shard: HashMap<usize, Vec<RemoteEvent>> = HashMap::new();
         for msg in incoming {
-            let Some(session) = msg.channel.strip_prefix(CHANNEL_PREFIX) else {
+            let Some(session) = session_of(&msg.channel) else {
                 continue;
             };
             let Some(&shard) = self.wanted.get(session) else {
@@ -429,28 +564,43 @@ impl Bridge {
         }
     }
 
-    /// Sends the resyncs that are owed, as far as the shards can take them.
-    fn pay_resyncs(&mut self) {
-        if self.owed_resync.is_empty() || !self.status.connected.load(Ordering::Acquire) {
-            return;
+    /// Sends the resyncs that are owed (with where each stream stands), as far as
+    /// the shards can take them.
+    async fn pay_resyncs(&mut self, link: &mut Link) -> Result<(), Lost> {
+        if self.owed_resync.is_empty() {
+            return Ok(());
         }
-        let mut by_shard: HashMap<usize, Vec<String>> = HashMap::new();
-        for s in self.owed_resync.drain() {
+        let sessions: Vec<String> = self
+            .owed_resync
+            .drain()
+            .filter(|s| self.wanted.contains_key(s))
+            .collect();
+        let positions = link.positions(&sessions, new_epoch()).await?;
+        let mut by_shard: HashMap<usize, Vec<(String, StreamPos)>> = HashMap::new();
+        for (s, pos) in sessions.into_iter().zip(positions) {
             if let Some(&shard) = self.wanted.get(&s) {
-                by_shard.entry(shard).or_default().push(s);
+                by_shard.entry(shard).or_default().push((s, pos));
             }
         }
         for (shard, sessions) in by_shard {
-            let n = sessions.len() as u64;
-            match self.router.send(shard, ShardMsg::Resync { sessions }) {
-                Ok(()) => {
-                    self.status.resyncs.fetch_add(n, Ordering::Relaxed);
-                }
-                Err((_, ShardMsg::Resync { sessions })) => self.owed_resync.extend(sessions),
-                Err(_) => {}
+            if let Err((_, ShardMsg::Resync { sessions })) =
+                self.router.send(shard, ShardMsg::Resync { sessions })
+            {
+                self.owed_resync
+                    .extend(sessions.into_iter().map(|(s, _)| s));
             }
         }
+        Ok(())
     }
+}
+
+/// An epoch for sessions Redis has no stream for; any fresh value will do.
+fn new_epoch() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    xxhash_rust::xxh3::xxh3_64(&nanos.to_le_bytes()).max(1)
 }
 
 /// A float in [0, 1) for backoff jitter; quality does not matter here.
@@ -468,6 +618,9 @@ mod tests {
 
     #[test]
     fn channel_names_carry_the_fixed_prefix() {
-        assert_eq!(channel_of("s1"), "relay:v1:s:s1");
+        assert_eq!(channel_of("s1"), "relay:v1:s:{s1}");
+        assert_eq!(session_of("relay:v1:s:{s1}"), Some("s1"));
+        assert_eq!(session_of("relay:v1:s:s1"), None);
+        assert_eq!(position_key("a:b"), "relay:v1:{a:b}");
     }
 }

@@ -42,6 +42,8 @@ enum Action {
         len: usize,
         keep_alive: bool,
         expect_continue: bool,
+        /// `?wait=delivered`: answer after the fan-out, with its counts.
+        wait_delivered: bool,
     },
     Metrics {
         keep_alive: bool,
@@ -182,6 +184,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 len,
                 keep_alive,
                 expect_continue,
+                wait_delivered,
             } => {
                 buf.drain(..head_len);
                 let body = match read_body(
@@ -203,7 +206,15 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                         return;
                     }
                 };
-                let reply = publish(&shard, key, body, limits.max_batch_events, keep_alive).await;
+                let reply = publish(
+                    &shard,
+                    key,
+                    body,
+                    limits.max_batch_events,
+                    keep_alive,
+                    wait_delivered,
+                )
+                .await;
                 if stream.write_all(&reply).await.is_err() || !keep_alive {
                     return;
                 }
@@ -280,6 +291,7 @@ async fn publish(
     body: Vec<u8>,
     max_batch: usize,
     keep_alive: bool,
+    wait_delivered: bool,
 ) -> Vec<u8> {
     let parsed = shard.parser.borrow_mut().parse(body, max_batch);
     let result = match parsed {
@@ -287,14 +299,11 @@ async fn publish(
             shard.stats.rate_limited("publish");
             Err(Refusal::rate_limited("publish rate limit for this API key"))
         }
-        Ok(batch) => shard.publish(batch).await,
+        Ok(batch) => shard.publish(batch, wait_delivered).await,
         Err(e) => Err(Refusal::new(e.status, e.message)),
     };
     match result {
-        Ok(n) => {
-            let body = format!(r#"{{"accepted":{n}}}"#);
-            response(202, "application/json", body.as_bytes(), "", keep_alive)
-        }
+        Ok(receipts) => response(202, "application/json", &receipts, "", keep_alive),
         Err(refusal) => {
             match refusal.metric_reason {
                 Some(reason) => shard.stats.publish_error_reason(reason),
@@ -499,10 +508,21 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
             false,
         );
     }
+    let wait_delivered = match head.query_param("wait") {
+        None => false,
+        Some("delivered") => true,
+        Some(_) => {
+            return refuse(
+                Refusal::new(400, "wait must be \"delivered\" when given"),
+                false,
+            )
+        }
+    };
     Action::Publish {
         key,
         len: len as usize,
         keep_alive,
         expect_continue: head.has_token("expect", "100-continue"),
+        wait_delivered,
     }
 }

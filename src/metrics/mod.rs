@@ -13,6 +13,7 @@ use prometheus::proto::{
 use prometheus::{Encoder, TextEncoder};
 
 use crate::latency::LatencyHistogram;
+use crate::shard::history::ResyncReason;
 use crate::ws::close::Disconnect;
 
 pub const CONNECTED_CLIENTS: &str = "relay_connected_clients";
@@ -28,6 +29,11 @@ pub const SESSIONS: &str = "relay_sessions";
 pub const REDIS_CONNECTED: &str = "relay_redis_connected";
 pub const REDIS_RECONNECTS_TOTAL: &str = "relay_redis_reconnects_total";
 pub const RESYNC_TOTAL: &str = "relay_resync_total";
+pub const REPLAYS_TOTAL: &str = "relay_replays_total";
+pub const REPLAYED_EVENTS_TOTAL: &str = "relay_replayed_events_total";
+pub const DEDUPE_HITS_TOTAL: &str = "relay_dedupe_hits_total";
+pub const HISTORY_BYTES: &str = "relay_history_bytes";
+pub const HISTORY_SESSIONS: &str = "relay_history_sessions";
 
 /// Upper bounds of `relay_latency_seconds`, from 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 15] = [
@@ -79,6 +85,13 @@ pub struct ShardStats {
     upgrade_refusals: [Cell<u64>; UPGRADE_REFUSAL_STATUSES.len()],
     rate_limited: [Cell<u64>; RATE_LIMITERS.len()],
     pub latency: RefCell<LatencyHistogram>,
+    replays: Cell<u64>,
+    replayed_events: Cell<u64>,
+    resyncs: [Cell<u64>; ResyncReason::ALL.len()],
+    dedupe_hits: Cell<u64>,
+    /// Set by the shard from its history before each snapshot.
+    pub history_bytes: Cell<u64>,
+    pub history_sessions: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -118,6 +131,18 @@ impl ShardStats {
     pub fn handoff(&self) {
         bump(&self.handoffs, 1);
     }
+    /// A resuming socket got `events` missed events replayed.
+    pub fn replay(&self, events: u64) {
+        bump(&self.replays, 1);
+        bump(&self.replayed_events, events);
+    }
+    /// `sockets` sockets were told to resync.
+    pub fn resync(&self, reason: ResyncReason, sockets: u64) {
+        bump(&self.resyncs[reason.index()], sockets);
+    }
+    pub fn dedupe_hit(&self) {
+        bump(&self.dedupe_hits, 1);
+    }
 
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
@@ -132,6 +157,12 @@ impl ShardStats {
             rate_limited: self.rate_limited.each_ref().map(Cell::get),
             latency: self.latency.borrow().clone(),
             redis: None,
+            replays: self.replays.get(),
+            replayed_events: self.replayed_events.get(),
+            resyncs: self.resyncs.each_ref().map(Cell::get),
+            dedupe_hits: self.dedupe_hits.get(),
+            history_bytes: self.history_bytes.get(),
+            history_sessions: self.history_sessions.get(),
         }
     }
 }
@@ -151,6 +182,12 @@ pub struct StatsSnapshot {
     pub latency: LatencyHistogram,
     /// Node-wide Redis bridge figures, when the node has one.
     pub redis: Option<RedisFigures>,
+    pub replays: u64,
+    pub replayed_events: u64,
+    pub resyncs: [u64; ResyncReason::ALL.len()],
+    pub dedupe_hits: u64,
+    pub history_bytes: u64,
+    pub history_sessions: u64,
 }
 
 /// What the Redis bridge reports.
@@ -158,7 +195,6 @@ pub struct StatsSnapshot {
 pub struct RedisFigures {
     pub connected: bool,
     pub reconnects: u64,
-    pub resyncs: u64,
 }
 
 fn add_arrays<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
@@ -213,6 +249,12 @@ impl StatsSnapshot {
         add_arrays(&mut self.rate_limited, &other.rate_limited);
         self.latency.merge(&other.latency);
         self.redis = self.redis.or(other.redis);
+        self.replays += other.replays;
+        self.replayed_events += other.replayed_events;
+        add_arrays(&mut self.resyncs, &other.resyncs);
+        self.dedupe_hits += other.dedupe_hits;
+        self.history_bytes += other.history_bytes;
+        self.history_sessions += other.history_sessions;
     }
 
     fn families(&self) -> Vec<MetricFamily> {
@@ -334,13 +376,49 @@ impl StatsSnapshot {
                 MetricType::COUNTER,
                 vec![counter(r.reconnects, vec![])],
             ));
-            families.push(family(
-                RESYNC_TOTAL,
-                "Sessions told to resync because they may have missed events.",
-                MetricType::COUNTER,
-                vec![counter(r.resyncs, vec![])],
-            ));
         }
+        families.extend([
+            family(
+                RESYNC_TOTAL,
+                "Resync frames sent to sockets (they missed events and must reload state), by reason.",
+                MetricType::COUNTER,
+                ResyncReason::ALL
+                    .iter()
+                    .zip(self.resyncs)
+                    .map(|(r, n)| counter(n, vec![label("reason", r.metric_reason())]))
+                    .collect(),
+            ),
+            family(
+                REPLAYS_TOTAL,
+                "Resuming sockets served by replaying the events they missed.",
+                MetricType::COUNTER,
+                vec![counter(self.replays, vec![])],
+            ),
+            family(
+                REPLAYED_EVENTS_TOTAL,
+                "Events replayed to resuming sockets.",
+                MetricType::COUNTER,
+                vec![counter(self.replayed_events, vec![])],
+            ),
+            family(
+                DEDUPE_HITS_TOTAL,
+                "Published events not delivered again because their id was seen within the dedupe window.",
+                MetricType::COUNTER,
+                vec![counter(self.dedupe_hits, vec![])],
+            ),
+            family(
+                HISTORY_BYTES,
+                "Memory held by resume history and dedupe ids on this node.",
+                MetricType::GAUGE,
+                vec![gauge(self.history_bytes)],
+            ),
+            family(
+                HISTORY_SESSIONS,
+                "Session streams (position and history) kept on this node.",
+                MetricType::GAUGE,
+                vec![gauge(self.history_sessions)],
+            ),
+        ]);
         families
     }
 

@@ -7,6 +7,7 @@
 //! Shard state is `Rc`/`Cell` and never leaves its thread; what other threads see
 //! is [`NodeShared`]. This module may not know about Redis or the CLI.
 
+pub mod history;
 pub mod registry;
 
 use std::cell::{Cell, RefCell};
@@ -21,25 +22,31 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::auth::JwtVerifier;
-use crate::bridge::{BridgeHandle, BridgeMsg};
+use crate::bridge::{BridgeHandle, BridgeMsg, OutgoingEvent};
 use crate::config::Config;
 use crate::http::publish::{EventSpans, PublishBatch, PublishParser};
 use crate::http::response::Refusal;
 use crate::metrics::{RedisFigures, ShardStats, StatsSnapshot};
-use crate::router::{shard_for, AdoptMsg, DeliverMsg, Inbox, Router, ShardMsg};
+use crate::config::HistoryStore;
+use crate::router::{
+    shard_for, AdoptMsg, DeliverMsg, FetchPurpose, Inbox, Receipt, Router, ShardMsg,
+};
 use crate::ws::close::Disconnect;
 use crate::ws::frame::{
-    encode_event, frame_from_remote, remote_payload, resync_frame, EncodedFrame, EventParts,
-    PING_FRAME,
+    encode_event, frame_from_remote, remote_parts, resync_frame, welcome_frame, EncodedFrame,
+    EventParts, PING_FRAME,
 };
 use crate::ws::upgrade::AcceptedUpgrade;
-use registry::{mono_ms, Outgoing, Registry, SocketState};
+use history::{Arrival, History, ResyncReason, Resume, StreamPos};
+use registry::{mono_ms, Outgoing, PendingHello, Registry, SocketState};
 
 /// How often housekeeping looks at every socket: the granularity of pings, token
 /// expiry and dead-socket detection.
 pub const HOUSEKEEPING_TICK: Duration = Duration::from_millis(250);
 /// Housekeeping ticks between sweeps of idle rate-limiter keys (10 s).
 const LIMITER_SWEEP_TICKS: u64 = 40;
+/// Housekeeping ticks between sweeps of old history and idle streams (1 s).
+const HISTORY_SWEEP_TICKS: u64 = 4;
 /// How long a closing socket waits for the peer's close frame before dropping it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a scrape waits for the other shards' counters.
@@ -102,11 +109,23 @@ struct PendingSnapshot {
     waker: Option<Waker>,
 }
 
-/// A publish waiting for the bridge's answer.
+/// A publish waiting for receipts: from the shards that own its sessions, or from
+/// the bridge once Redis took it.
 #[derive(Default)]
 struct PendingPublish {
-    done: Option<bool>,
+    /// Answers still to come.
+    remaining: usize,
+    receipts: Vec<Receipt>,
+    failed: bool,
     waker: Option<Waker>,
+}
+
+/// Where ids of events published without one come from: `{node}-{shard}-{base + i}`
+/// for the event at index `i`, so the owner and the publisher make the same id.
+#[derive(Debug, Clone, Copy)]
+struct IdSource {
+    shard: usize,
+    base: u64,
 }
 
 /// How long a publish waits for Redis before answering 503.
@@ -133,6 +152,8 @@ pub struct Shard {
     pub node: Arc<NodeShared>,
     pub stats: ShardStats,
     pub registry: RefCell<Registry>,
+    /// Each session's stream: position, resume history, dedupe ids.
+    pub history: RefCell<History>,
     settings: RefCell<Rc<Settings>>,
     pub parser: RefCell<PublishParser>,
     /// Scratch for socket reads; never held across an await.
@@ -153,9 +174,11 @@ fn event_parts<'a>(
     batch: &'a PublishBatch,
     ev: &'a EventSpans,
     generated: &'a str,
+    pos: StreamPos,
 ) -> EventParts<'a> {
     EventParts {
         session: batch.session(ev),
+        pos,
         event: batch.bytes(&ev.event),
         id: ev.id.as_ref().map(|r| batch.bytes(r)),
         generated_id: generated,
@@ -182,11 +205,16 @@ pub fn unix_now() -> u64 {
 impl Shard {
     pub fn new(id: usize, node: Arc<NodeShared>, inbox: Inbox) -> Shard {
         let settings = Rc::new(Settings::new(Arc::new(node.config.clone())));
+        let salt = xxhash_rust::xxh3::xxh3_64(
+            format!("{}-{id}-{}", node.node_tag, unix_now_ns()).as_bytes(),
+        );
+        let history = History::new(node.config.history.clone(), node.config.shards, salt);
         Shard {
             id,
             node,
             stats: ShardStats::default(),
             registry: RefCell::new(Registry::default()),
+            history: RefCell::new(history),
             settings: RefCell::new(settings),
             parser: RefCell::new(PublishParser::default()),
             read_scratch: RefCell::new(vec![0u8; READ_CHUNK]),
@@ -275,9 +303,27 @@ impl Shard {
     fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Deliver(d) => {
+                let ids = IdSource {
+                    shard: d.id_shard,
+                    base: d.id_base,
+                };
+                let mut receipts = Vec::with_capacity(d.events.len());
                 for &i in &d.events {
-                    if let Some(ev) = d.batch.events.get(i as usize) {
-                        self.deliver(&d.batch, ev, d.accepted_at);
+                    if let Some(r) = self.deliver(&d.batch, i, d.accepted_at, ids, d.wait_delivered) {
+                        receipts.push(r);
+                    }
+                }
+                if let Some((from, id)) = d.reply {
+                    let reply = ShardMsg::Sequenced { id, receipts };
+                    // Rarely full: the publisher's inbox drains continuously.
+                    let sent = self.node.router.send_retrying(
+                        from,
+                        reply,
+                        100,
+                        Duration::from_micros(200),
+                    );
+                    if sent.is_err() {
+                        tracing::error!(shard = self.id, "receipts not sent; the publish times out");
                     }
                 }
             }
@@ -286,47 +332,67 @@ impl Shard {
                 let now = Instant::now();
                 let now_ns = unix_now_ns();
                 for ev in events {
-                    let registry = self.registry.borrow();
-                    let Some(sockets) = registry.sockets_of(&ev.session) else {
-                        continue;
-                    };
                     match frame_from_remote(&ev.payload, now_ns, now) {
-                        Some(frame) => self.fan_out(sockets, &Rc::new(frame)),
+                        Some((frame, pos)) => self.deliver_remote(&ev.session, frame, pos, now),
                         None => {
                             tracing::warn!(shard = self.id, "malformed event from redis dropped")
                         }
                     }
                 }
             }
-            ShardMsg::PublishDone { id, ok } => {
+            ShardMsg::Sequenced { id, receipts } => {
                 if let Some(p) = self.pending_publishes.borrow_mut().get_mut(&id) {
-                    p.done = Some(ok);
+                    p.receipts.extend(receipts);
+                    p.remaining = p.remaining.saturating_sub(1);
+                    if p.remaining == 0 {
+                        if let Some(w) = p.waker.take() {
+                            w.wake();
+                        }
+                    }
+                }
+            }
+            ShardMsg::PublishDone { id, receipts } => {
+                if let Some(p) = self.pending_publishes.borrow_mut().get_mut(&id) {
+                    match receipts {
+                        Some(r) => p.receipts.extend(r),
+                        None => p.failed = true,
+                    }
+                    p.remaining = 0;
                     if let Some(w) = p.waker.take() {
                         w.wake();
                     }
                 }
             }
             ShardMsg::Subscribed { sessions } => {
-                for session in sessions {
-                    let waiting = self.registry.borrow_mut().set_ready(&session);
-                    for (socket, hello) in waiting {
-                        socket.push_control(Outgoing::Owned(hello));
+                for (session, pos) in sessions {
+                    let key = self.history.borrow().key(&session);
+                    let changed = self.history.borrow_mut().settle(&key, pos);
+                    if let Some(reason) = changed {
+                        self.send_resync(&session, reason);
                     }
+                    self.greet_pending(&session);
                 }
             }
             ShardMsg::Resync { sessions } => {
-                let registry = self.registry.borrow();
-                for session in sessions {
-                    if let Some(sockets) = registry.sockets_of(&session) {
-                        let frame = resync_frame(&session);
-                        for s in sockets {
-                            s.push_control(Outgoing::Owned(frame.clone().into_boxed_slice()));
-                        }
+                for (session, pos) in sessions {
+                    if self.history.borrow().get(&session).is_none() {
+                        continue;
+                    }
+                    let key = self.history.borrow().key(&session);
+                    let changed = self.history.borrow_mut().settle(&key, pos);
+                    if let Some(reason) = changed {
+                        self.send_resync(&session, reason);
                     }
                 }
             }
+            ShardMsg::Fetched {
+                session,
+                after,
+                purpose,
+                payloads,
+            } => self.fetched(&session, after, purpose, payloads),
             ShardMsg::SnapshotRequest { from, id } => {
-                let snapshot = Box::new(self.stats.snapshot());
+                let snapshot = Box::new(self.snapshot());
                 let reply = ShardMsg::SnapshotReply { id, snapshot };
                 if let Err((e, _)) = self.node.router.send(from, reply) {
                     tracing::warn!(shard = self.id, error = %e, "snapshot reply not sent");
@@ -353,49 +419,285 @@ impl Shard {
         }
     }
 
-    /// Writes one event to every local socket of its session.
-    fn deliver(&self, batch: &PublishBatch, ev: &EventSpans, at: Instant) {
+    /// This shard's counters, with its history's figures.
+    fn snapshot(&self) -> StatsSnapshot {
+        let figures = self.history.borrow().figures();
+        self.stats.history_bytes.set(figures.bytes as u64);
+        self.stats.history_sessions.set(figures.sessions as u64);
+        self.stats.snapshot()
+    }
+
+    /// Sequences one event of a batch this shard owns, keeps it for resume, and
+    /// writes it to every welcomed socket of its session. `None` for a bad index.
+    fn deliver(
+        &self,
+        batch: &PublishBatch,
+        index: u32,
+        at: Instant,
+        ids: IdSource,
+        wait: bool,
+    ) -> Option<Receipt> {
+        let ev = batch.events.get(index as usize)?;
         let session = batch.session(ev);
+        let mut history = self.history.borrow_mut();
+        let key = history.key(session);
+        let id_hash = ev
+            .id
+            .as_ref()
+            .map(|r| xxhash_rust::xxh3::xxh3_64(batch.bytes(r)));
+        let mut receipt = Receipt {
+            index,
+            pos: StreamPos { epoch: 0, seq: 0 },
+            duplicate: false,
+            written: 0,
+            queued: 0,
+            dropped: 0,
+        };
+        if let Some(h) = id_hash {
+            if let Some(seq) = history.duplicate_of(session, h) {
+                self.stats.dedupe_hit();
+                receipt.duplicate = true;
+                receipt.pos = StreamPos {
+                    epoch: history.position(session).map_or(0, |p| p.epoch),
+                    seq,
+                };
+                return Some(receipt);
+            }
+        }
+        receipt.pos = history.next_seq(&key, at);
+        if let Some(h) = id_hash {
+            history.remember_id(session, h, receipt.pos.seq, at);
+        }
+        let registry = self.registry.borrow();
+        let sockets = registry.sockets_of(session);
+        let keep = history.config().events > 0;
+        if sockets.is_none() && !keep {
+            return Some(receipt);
+        }
+        let generated = self.generated_id(ev, ids, index);
+        let frame = Rc::new(encode_event(
+            &event_parts(batch, ev, &generated, receipt.pos),
+            at,
+        ));
+        if keep {
+            history.retain(&key, &frame);
+        }
+        drop(history);
+        if let Some(sockets) = sockets {
+            let (written, queued, dropped) = self.fan_out(sockets, &frame, wait);
+            receipt.written = written;
+            receipt.queued = queued;
+            receipt.dropped = dropped;
+        }
+        Some(receipt)
+    }
+
+    /// An event from Redis: delivered when it is the session's next one, dropped
+    /// when already seen; a gap before it resyncs the session's sockets first.
+    fn deliver_remote(&self, session: &str, frame: EncodedFrame, pos: StreamPos, now: Instant) {
+        let mut history = self.history.borrow_mut();
+        let key = history.key(session);
+        match history.arrival(&key, pos, now) {
+            Arrival::Old => return,
+            Arrival::Next => {}
+            Arrival::Gap(reason) => {
+                drop(history);
+                self.send_resync(session, reason);
+                history = self.history.borrow_mut();
+            }
+        }
+        let frame = Rc::new(frame);
+        if history.config().events > 0 {
+            history.retain(&key, &frame);
+        }
+        drop(history);
+        if let Some(sockets) = self.registry.borrow().sockets_of(session) {
+            self.fan_out(sockets, &frame, false);
+        }
+    }
+
+    /// Tells every welcomed socket of `session` to reload state: events before the
+    /// stream's current position may be missing for them.
+    fn send_resync(&self, session: &str, reason: ResyncReason) {
+        let Some(pos) = self.history.borrow().position(session) else {
+            return;
+        };
         let registry = self.registry.borrow();
         let Some(sockets) = registry.sockets_of(session) else {
             return;
         };
-        let generated = self.id_unless_given(ev);
-        let frame = Rc::new(encode_event(&event_parts(batch, ev, &generated), at));
-        self.fan_out(sockets, &frame);
+        let frame = resync_frame(session, pos);
+        for s in sockets {
+            s.push_control(Outgoing::Owned(frame.clone().into_boxed_slice()));
+        }
+        self.stats.resync(reason, sockets.len() as u64);
     }
 
-    /// Queues one frame on every socket of a session.
-    fn fan_out(&self, sockets: &[Rc<SocketState>], frame: &Rc<EncodedFrame>) {
+    /// Queues one frame on every socket of a session. With `wait`, writes through
+    /// and returns (written to the kernel, still queued, closed as slow).
+    fn fan_out(
+        &self,
+        sockets: &[Rc<SocketState>],
+        frame: &Rc<EncodedFrame>,
+        wait: bool,
+    ) -> (u32, u32, u32) {
         let max = self.settings().config.limits.max_outbound_bytes;
+        let (mut written, mut queued, mut dropped) = (0, 0, 0);
         for s in sockets {
+            let mut slow = false;
             if !s.push_event(frame, max) {
                 // Full queue: write what the kernel takes now, then judge.
                 let flushed = crate::ws::conn::write_queue_now(s, &self.stats);
                 if flushed.is_err() || !s.push_event(frame, max) {
                     s.request_close(Disconnect::SlowConsumer);
+                    slow = true;
+                }
+            }
+            if wait {
+                if slow {
+                    dropped += 1;
+                } else {
+                    match crate::ws::conn::write_queue_now(s, &self.stats) {
+                        Ok(true) => written += 1,
+                        Ok(false) => queued += 1,
+                        Err(_) => dropped += 1,
+                    }
                 }
             }
         }
+        (written, queued, dropped)
     }
 
     /// A relay-made id for an event the publisher gave none; empty otherwise.
-    fn id_unless_given(&self, ev: &EventSpans) -> String {
+    fn generated_id(&self, ev: &EventSpans, ids: IdSource, index: u32) -> String {
         if ev.id.is_some() {
             return String::new();
         }
-        let n = self.next_event.get();
-        self.next_event.set(n + 1);
-        format!("{}-{}-{n}", self.node.node_tag, self.id)
+        format!(
+            "{}-{}-{}",
+            self.node.node_tag,
+            ids.shard,
+            ids.base + u64::from(index)
+        )
+    }
+
+    /// Reserves ids for a batch's events published without one.
+    fn reserve_ids(&self, n: usize) -> IdSource {
+        let base = self.next_event.get();
+        self.next_event.set(base + n as u64);
+        IdSource {
+            shard: self.id,
+            base,
+        }
     }
 
     /// Accepts a validated batch: through Redis when the node has a bridge, else
-    /// straight to the owning shards. Returns the number of events accepted.
-    pub async fn publish(self: &Rc<Self>, batch: PublishBatch) -> Result<usize, Refusal> {
-        match &self.node.bridge {
-            Some(bridge) => self.publish_via_redis(bridge, batch).await,
-            None => self.publish_local(batch),
+    /// straight to the owning shards. Returns the 202's body: a receipt per event.
+    pub async fn publish(
+        self: &Rc<Self>,
+        batch: PublishBatch,
+        wait_delivered: bool,
+    ) -> Result<Vec<u8>, Refusal> {
+        let started = Instant::now();
+        let ids = self.reserve_ids(batch.events.len());
+        let receipts = match &self.node.bridge {
+            Some(bridge) => self.publish_via_redis(bridge, &batch, ids).await?,
+            None => {
+                let batch = Arc::new(batch);
+                let r = self.publish_local(&batch, ids, wait_delivered).await?;
+                return Ok(self.receipts_body(&batch, ids, r, wait_delivered.then(|| started.elapsed())));
+            }
+        };
+        Ok(self.receipts_body(&batch, ids, receipts, None))
+    }
+
+    /// `{"accepted":N,"events":[{"session","seq","epoch","id"[,"duplicate"]
+    /// [,"written","queued","dropped"]}...][,"took_us":T]}`, in request order.
+    fn receipts_body(
+        &self,
+        batch: &PublishBatch,
+        ids: IdSource,
+        mut receipts: Vec<Receipt>,
+        took: Option<Duration>,
+    ) -> Vec<u8> {
+        use std::io::Write;
+        receipts.sort_unstable_by_key(|r| r.index);
+        let mut out = Vec::with_capacity(32 + receipts.len() * 96);
+        let _ = write!(out, r#"{{"accepted":{},"events":["#, receipts.len());
+        for (n, r) in receipts.iter().enumerate() {
+            let Some(ev) = batch.events.get(r.index as usize) else {
+                continue;
+            };
+            if n > 0 {
+                out.push(b',');
+            }
+            let _ = write!(
+                out,
+                r#"{{"session":"{}","seq":{},"epoch":"{:016x}","id":"#,
+                batch.session(ev),
+                r.pos.seq,
+                r.pos.epoch
+            );
+            match &ev.id {
+                Some(id) => out.extend_from_slice(batch.bytes(id)),
+                None => {
+                    let _ = write!(out, r#""{}""#, self.generated_id(ev, ids, r.index));
+                }
+            }
+            if r.duplicate {
+                out.extend_from_slice(br#","duplicate":true"#);
+            }
+            if took.is_some() {
+                let _ = write!(
+                    out,
+                    r#","written":{},"queued":{},"dropped":{}"#,
+                    r.written, r.queued, r.dropped
+                );
+            }
+            out.push(b'}');
         }
+        out.push(b']');
+        if let Some(t) = took {
+            let _ = write!(out, r#","took_us":{}"#, t.as_micros());
+        }
+        out.push(b'}');
+        out
+    }
+
+    /// Registers a publish that waits for `remaining` answers; returns its id.
+    fn await_answers(&self, remaining: usize) -> u64 {
+        let id = self.next_publish.get();
+        self.next_publish.set(id + 1);
+        self.pending_publishes.borrow_mut().insert(
+            id,
+            PendingPublish {
+                remaining,
+                ..PendingPublish::default()
+            },
+        );
+        id
+    }
+
+    /// Waits for publish `id`'s answers: its receipts, or `None` on a failure or
+    /// after [`PUBLISH_TIMEOUT`].
+    async fn answers(&self, id: u64) -> Option<Vec<Receipt>> {
+        let wait = futures_lite::future::poll_fn(|cx| {
+            let mut pending = self.pending_publishes.borrow_mut();
+            match pending.get_mut(&id) {
+                Some(p) if p.failed => Poll::Ready(false),
+                Some(p) if p.remaining == 0 => Poll::Ready(true),
+                Some(p) => {
+                    p.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                None => Poll::Ready(false),
+            }
+        });
+        let ok = glommio::timer::timeout(PUBLISH_TIMEOUT, async { Ok(wait.await) })
+            .await
+            .unwrap_or(false);
+        let p = self.pending_publishes.borrow_mut().remove(&id)?;
+        ok.then_some(p.receipts)
     }
 
     /// Hands the batch to the bridge and waits until Redis took all of it: the 202
@@ -403,63 +705,61 @@ impl Shard {
     async fn publish_via_redis(
         self: &Rc<Self>,
         bridge: &BridgeHandle,
-        batch: PublishBatch,
-    ) -> Result<usize, Refusal> {
+        batch: &PublishBatch,
+        ids: IdSource,
+    ) -> Result<Vec<Receipt>, Refusal> {
         if !bridge.is_connected() {
             return Err(Refusal::redis_unavailable());
         }
         let n = batch.events.len();
         let accepted_ns = unix_now_ns();
-        let events: Vec<(String, Vec<u8>)> = batch
+        let unplaced = StreamPos { epoch: 0, seq: 0 };
+        let events: Vec<OutgoingEvent> = batch
             .events
             .iter()
-            .map(|ev| {
-                let generated = self.id_unless_given(ev);
-                let payload = remote_payload(&event_parts(&batch, ev, &generated), accepted_ns);
-                (batch.session(ev).to_string(), payload)
+            .enumerate()
+            .map(|(i, ev)| {
+                let generated = self.generated_id(ev, ids, i as u32);
+                let (head, tail) =
+                    remote_parts(&event_parts(batch, ev, &generated, unplaced), accepted_ns);
+                OutgoingEvent {
+                    session: batch.session(ev).to_string(),
+                    head,
+                    tail,
+                    id: ev.id.as_ref().map(|r| batch.bytes(r).to_vec()),
+                }
             })
             .collect();
-        let id = self.next_publish.get();
-        self.next_publish.set(id + 1);
-        self.pending_publishes
-            .borrow_mut()
-            .insert(id, PendingPublish::default());
+        // The epoch a session gets if Redis holds none for it (first use, or lost).
+        let epoch = self.history.borrow_mut().new_epoch();
+        let id = self.await_answers(1);
         let sent = bridge.send(BridgeMsg::Publish {
             from: self.id,
             id,
             events,
+            epoch,
         });
-        let outcome = if sent.is_err() {
-            None
-        } else {
-            let wait = futures_lite::future::poll_fn(|cx| {
-                let mut pending = self.pending_publishes.borrow_mut();
-                match pending.get_mut(&id) {
-                    Some(PendingPublish { done: Some(ok), .. }) => Poll::Ready(*ok),
-                    Some(p) => {
-                        p.waker = Some(cx.waker().clone());
-                        Poll::Pending
-                    }
-                    None => Poll::Ready(false),
-                }
-            });
-            glommio::timer::timeout(PUBLISH_TIMEOUT, async { Ok(wait.await) })
-                .await
-                .ok()
-        };
-        self.pending_publishes.borrow_mut().remove(&id);
-        match outcome {
-            Some(true) => {
+        if sent.is_err() {
+            self.pending_publishes.borrow_mut().remove(&id);
+            return Err(Refusal::redis_unavailable());
+        }
+        match self.answers(id).await {
+            Some(receipts) => {
                 self.stats.add_events(n as u64);
-                Ok(n)
+                Ok(receipts)
             }
-            _ => Err(Refusal::redis_unavailable()),
+            None => Err(Refusal::redis_unavailable()),
         }
     }
 
     /// Routes a validated batch: local events now, others to their owners, all or
-    /// nothing.
-    fn publish_local(self: &Rc<Self>, batch: PublishBatch) -> Result<usize, Refusal> {
+    /// nothing; then waits for the owners' receipts.
+    async fn publish_local(
+        self: &Rc<Self>,
+        batch: &Arc<PublishBatch>,
+        ids: IdSource,
+        wait_delivered: bool,
+    ) -> Result<Vec<Receipt>, Refusal> {
         let accepted_at = Instant::now();
         let n = batch.events.len();
         let shards = self.node.router.shards();
@@ -473,8 +773,9 @@ impl Shard {
                 remote[owner].push(i as u32);
             }
         }
-        let batch = Arc::new(batch);
         let reserved_bytes = batch.body.len();
+        let others = remote.iter().filter(|evs| !evs.is_empty()).count();
+        let id = self.await_answers(others);
         let groups: Vec<(usize, DeliverMsg)> = remote
             .into_iter()
             .enumerate()
@@ -487,24 +788,46 @@ impl Shard {
                         events,
                         accepted_at,
                         reserved_bytes,
+                        reply: Some((self.id, id)),
+                        id_shard: ids.shard,
+                        id_base: ids.base,
+                        wait_delivered,
                     },
                 )
             })
             .collect();
         if !groups.is_empty() {
-            self.node.router.dispatch(groups).map_err(|e| {
+            if let Err(e) = self.node.router.dispatch(groups) {
+                self.pending_publishes.borrow_mut().remove(&id);
                 tracing::warn!(shard = self.id, error = %e, "publish refused");
-                Refusal::unavailable("the relay is overloaded; retry later")
-            })?;
+                return Err(Refusal::unavailable("the relay is overloaded; retry later"));
+            }
         }
+        let mut receipts = Vec::with_capacity(local.len());
         if !local.is_empty() {
             self.drain_inbox();
             for i in local {
-                self.deliver(&batch, &batch.events[i as usize], accepted_at);
+                if let Some(r) = self.deliver(batch, i, accepted_at, ids, wait_delivered) {
+                    receipts.push(r);
+                }
             }
         }
         self.stats.add_events(n as u64);
-        Ok(n)
+        if others == 0 {
+            self.pending_publishes.borrow_mut().remove(&id);
+            return Ok(receipts);
+        }
+        match self.answers(id).await {
+            Some(more) => {
+                receipts.extend(more);
+                Ok(receipts)
+            }
+            // The events are accepted and will be delivered; only the receipts are
+            // late. A retry with the same ids is deduplicated.
+            None => Err(Refusal::unavailable(
+                "the relay is overloaded; retry with the same event ids",
+            )),
+        }
     }
 
     /// Completes an upgrade on this shard, or hands the socket to its owner.
@@ -564,8 +887,7 @@ impl Shard {
         let in_session = self
             .registry
             .borrow()
-            .sockets_of(&upgrade.claims.session)
-            .map_or(0, <[_]>::len);
+            .session_size(&upgrade.claims.session);
         if in_session >= max {
             self.stats.rate_limited("session");
             self.stats.upgrade_refused(429);
@@ -585,45 +907,58 @@ impl Shard {
         let session = self.registry.borrow().intern(&upgrade.claims.session);
         let state = Rc::new(SocketState::new(
             id,
-            session,
+            session.clone(),
             self.settings().verifier.expires_at(&upgrade.claims),
             now,
         ));
         state.fd.set(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let conn_id = format!("{}-{}-{id}", self.node.node_tag, self.id);
-        // The 101 and the welcome leave in one write, as one queue entry.
-        let mut hello = upgrade.response();
-        // Echo mode serves conformance suites, which expect only their own messages.
-        if !self.node.config.echo {
-            hello.extend_from_slice(&crate::ws::frame::welcome_frame(
-                &upgrade.claims.session,
-                &conn_id,
-            ));
-        }
-        let hello = hello.into_boxed_slice();
+        let hello = PendingHello {
+            socket: state.clone(),
+            response: upgrade.response().into_boxed_slice(),
+            conn_id: conn_id.into_boxed_str(),
+            since: upgrade.since,
+            fetching: false,
+        };
+        // With Redis, the welcome waits until the session's subscription is live
+        // and its position known, so no event published after it can be missed.
+        let live = {
+            let mut history = self.history.borrow_mut();
+            let key = history.key(&session);
+            let live = match &self.node.bridge {
+                None => {
+                    history.stream(&key, Instant::now());
+                    true
+                }
+                Some(bridge) => match history.get(&session) {
+                    Some(stream) => stream.live,
+                    None => {
+                        history.start_pending(&key, Instant::now());
+                        let msg = BridgeMsg::Subscribe {
+                            from: self.id,
+                            session: session.to_string(),
+                        };
+                        if bridge.send(msg).is_err() {
+                            state.request_close(Disconnect::Overloaded);
+                        }
+                        false
+                    }
+                },
+            };
+            history.socket_joined(&session);
+            live
+        };
         {
             let mut reg = self.registry.borrow_mut();
-            let added = reg.add(state.clone(), self.node.bridge.is_none());
-            if added.ready {
-                state.push_control(Outgoing::Owned(hello));
-            } else {
-                // With Redis, the welcome waits until the session's subscription is
-                // live, so no event published after it can be missed.
-                reg.wait_for_ready(state.clone(), hello);
-            }
-            if added.first {
-                if let Some(bridge) = &self.node.bridge {
-                    let msg = BridgeMsg::Subscribe {
-                        from: self.id,
-                        session: upgrade.claims.session.clone(),
-                    };
-                    if bridge.send(msg).is_err() {
-                        state.request_close(Disconnect::Overloaded);
-                    }
-                }
-            }
+            reg.add_pending(hello);
             self.stats.connected.set(reg.socket_count() as u64);
             self.stats.sessions.set(reg.session_count() as u64);
+        }
+        if live {
+            let hello = self.registry.borrow_mut().take_pending(&session, Some(id));
+            for h in hello {
+                self.greet(h);
+            }
         }
         let guard = SocketGuard {
             shard: self.clone(),
@@ -632,6 +967,155 @@ impl Shard {
             tenant: upgrade.tenant.take().map(String::into_boxed_str),
         };
         spawn_guarded(self.id, "socket", crate::ws::conn::run(guard, stream));
+    }
+
+    /// Greets every socket of `session` that waits for its stream (not those
+    /// waiting for events fetched from Redis).
+    fn greet_pending(self: &Rc<Self>, session: &str) {
+        let waiting = self.registry.borrow_mut().take_pending(session, None);
+        for h in waiting {
+            if h.fetching {
+                self.registry.borrow_mut().repend(h);
+            } else {
+                self.greet(h);
+            }
+        }
+    }
+
+    /// Sends a socket its 101 and welcome (with the stream's position) and, when it
+    /// resumes, the events it missed or a resync; from then on it gets events.
+    fn greet(self: &Rc<Self>, mut hello: PendingHello) {
+        let session = hello.socket.session.clone();
+        let pos = self
+            .history
+            .borrow()
+            .position(&session)
+            .unwrap_or(StreamPos { epoch: 0, seq: 0 });
+        let mut replay = Vec::new();
+        let mut resync = None;
+        if let Some(since) = hello.since {
+            let max = self.settings().config.limits.max_outbound_bytes;
+            let resume = self.history.borrow().resume(&session, since, max);
+            match resume {
+                Resume::UpToDate => {}
+                Resume::Replay(frames) => replay = frames,
+                Resume::Resync(ResyncReason::History)
+                    if self.node.config.history.store == HistoryStore::Redis
+                        && since.epoch == pos.epoch =>
+                {
+                    // The Redis Stream may reach further back than this node's ring.
+                    if let Some(bridge) = &self.node.bridge {
+                        let msg = BridgeMsg::Fetch {
+                            from: self.id,
+                            session: session.to_string(),
+                            after: since,
+                            purpose: FetchPurpose::Resume {
+                                socket: hello.socket.id,
+                            },
+                        };
+                        if bridge.send(msg).is_ok() {
+                            hello.fetching = true;
+                            self.registry.borrow_mut().repend(hello);
+                            return;
+                        }
+                    }
+                    resync = Some(ResyncReason::History);
+                }
+                Resume::Resync(reason) => resync = Some(reason),
+            }
+        }
+        self.send_hello(hello, pos, &replay, resync);
+    }
+
+    /// Queues the 101, the welcome, then the replay or the resync, and makes the
+    /// socket receive events from now on.
+    fn send_hello(
+        &self,
+        hello: PendingHello,
+        pos: StreamPos,
+        replay: &[Rc<EncodedFrame>],
+        resync: Option<ResyncReason>,
+    ) {
+        let session = &hello.socket.session;
+        let mut first = Vec::from(hello.response);
+        // Echo mode serves conformance suites, which expect only their own messages.
+        if !self.node.config.echo {
+            first.extend_from_slice(&welcome_frame(session, &hello.conn_id, pos));
+        }
+        // The 101 and the welcome leave in one write, as one queue entry.
+        hello
+            .socket
+            .push_control(Outgoing::Owned(first.into_boxed_slice()));
+        if let Some(reason) = resync {
+            let frame = resync_frame(session, pos);
+            hello
+                .socket
+                .push_control(Outgoing::Owned(frame.into_boxed_slice()));
+            self.stats.resync(reason, 1);
+        } else if !replay.is_empty() {
+            for f in replay {
+                hello.socket.push_control(Outgoing::Replay(f.clone()));
+            }
+            self.stats.replay(replay.len() as u64);
+        }
+        self.registry.borrow_mut().welcome(hello.socket);
+    }
+
+    /// Events read back from Redis for a resuming socket: with the ring's newer
+    /// frames they must cover everything after its position, else it resyncs.
+    fn fetched(
+        self: &Rc<Self>,
+        session: &str,
+        after: StreamPos,
+        purpose: FetchPurpose,
+        payloads: Option<Vec<Vec<u8>>>,
+    ) {
+        let FetchPurpose::Resume { socket } = purpose else {
+            return;
+        };
+        let Some(hello) = self
+            .registry
+            .borrow_mut()
+            .take_pending(session, Some(socket))
+            .pop()
+        else {
+            return;
+        };
+        let Some(pos) = self.history.borrow().position(session) else {
+            return;
+        };
+        let now = Instant::now();
+        let now_ns = unix_now_ns();
+        let mut frames: Vec<Rc<EncodedFrame>> = Vec::new();
+        for p in payloads.unwrap_or_default() {
+            if let Some((f, at)) = frame_from_remote(&p, now_ns, now) {
+                if at.epoch == pos.epoch && at.seq > after.seq && at.seq <= pos.seq {
+                    frames.push(Rc::new(f));
+                }
+            }
+        }
+        // The ring holds what arrived here; Redis what came before it.
+        let max = self.settings().config.limits.max_outbound_bytes;
+        let from_ring = frames.last().map_or(after, |f| StreamPos {
+            epoch: pos.epoch,
+            seq: f.seq,
+        });
+        match self.history.borrow().resume(session, from_ring, max) {
+            Resume::UpToDate => {}
+            Resume::Replay(more) => frames.extend(more),
+            Resume::Resync(_) => frames.clear(),
+        }
+        let complete = after.seq <= pos.seq
+            && frames.len() as u64 == pos.seq - after.seq
+            && frames
+                .iter()
+                .zip(after.seq + 1..)
+                .all(|(f, seq)| f.seq == seq);
+        if complete {
+            self.send_hello(hello, pos, &frames, None);
+        } else {
+            self.send_hello(hello, pos, &[], Some(ResyncReason::History));
+        }
     }
 
     /// Pings idle sockets, closes dead and expired ones, and reaps closing ones.
@@ -644,6 +1128,9 @@ impl Shard {
             ticks += 1;
             if self.id == 0 && ticks % LIMITER_SWEEP_TICKS == 0 {
                 self.node.limiters.forget_idle();
+            }
+            if ticks % HISTORY_SWEEP_TICKS == 0 {
+                self.sweep_history();
             }
             let now = mono_ms();
             let unix = unix_now();
@@ -673,14 +1160,32 @@ impl Shard {
         }
     }
 
+    /// Forgets old history and idle streams; with Redis, gives up their channels.
+    fn sweep_history(&self) {
+        let forgotten = {
+            let mut history = self.history.borrow_mut();
+            history.sweep(Instant::now());
+            history.take_forgotten()
+        };
+        if let Some(bridge) = &self.node.bridge {
+            for session in forgotten {
+                let msg = BridgeMsg::Unsubscribe {
+                    session: session.to_string(),
+                };
+                if bridge.send(msg).is_err() {
+                    tracing::warn!(shard = self.id, "unsubscribe not queued; the bridge is behind");
+                }
+            }
+        }
+    }
+
     /// Counters of every shard, merged. Waits at most [`SNAPSHOT_TIMEOUT`] for the
     /// others; a wedged shard leaves its part out rather than hanging the scrape.
     pub async fn node_snapshot(self: &Rc<Self>) -> StatsSnapshot {
-        let mut merged = self.stats.snapshot();
+        let mut merged = self.snapshot();
         merged.redis = self.node.bridge.as_ref().map(|b| RedisFigures {
             connected: b.is_connected(),
             reconnects: b.status.reconnects.load(Ordering::Relaxed),
-            resyncs: b.status.resyncs.load(Ordering::Relaxed),
         });
         let shards = self.node.router.shards();
         if shards == 1 {
@@ -744,20 +1249,14 @@ impl Drop for SocketGuard {
     fn drop(&mut self) {
         let shard = &self.shard;
         if let Ok(mut reg) = shard.registry.try_borrow_mut() {
-            let last = reg.remove(&self.state);
+            reg.remove(&self.state);
             shard.stats.connected.set(reg.socket_count() as u64);
             shard.stats.sessions.set(reg.session_count() as u64);
-            if let (true, Some(bridge)) = (last, &shard.node.bridge) {
-                let msg = BridgeMsg::Unsubscribe {
-                    session: self.state.session.to_string(),
-                };
-                if bridge.send(msg).is_err() {
-                    tracing::warn!(
-                        shard = shard.id,
-                        "unsubscribe not queued; the bridge is behind"
-                    );
-                }
-            }
+        }
+        // The stream lingers for the history's age, so the client can resume; its
+        // Redis subscription goes when housekeeping forgets it.
+        if let Ok(mut history) = shard.history.try_borrow_mut() {
+            history.socket_left(&self.state.session, Instant::now());
         }
         shard.stats.disconnect(self.reason);
         shard.node.release_upgrade(self.tenant.as_deref());

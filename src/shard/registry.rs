@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
 
+use crate::shard::history::StreamPos;
 use crate::ws::close::Disconnect;
 use crate::ws::frame::EncodedFrame;
 
@@ -26,12 +27,15 @@ pub enum Outgoing {
     Owned(Box<[u8]>),
     /// A constant frame, such as a ping.
     Static(&'static [u8]),
+    /// An event frame replayed to a resuming socket: not counted as a delivery
+    /// again, and kept out of the latency histogram (it is old on purpose).
+    Replay(Rc<EncodedFrame>),
 }
 
 impl Outgoing {
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Outgoing::Event(f) => f.bytes(),
+            Outgoing::Event(f) | Outgoing::Replay(f) => f.bytes(),
             Outgoing::Owned(v) => v,
             Outgoing::Static(s) => s,
         }
@@ -225,24 +229,26 @@ impl SocketState {
     }
 }
 
+/// A socket whose 101 and welcome wait for its session's stream: its subscription
+/// (with Redis) or the events it resumes from (with Redis-kept history).
+pub struct PendingHello {
+    pub socket: Rc<SocketState>,
+    /// The 101 response.
+    pub response: Box<[u8]>,
+    pub conn_id: Box<str>,
+    /// Where the client asked to resume from.
+    pub since: Option<StreamPos>,
+    /// Waiting for the events it missed, from Redis.
+    pub fetching: bool,
+}
+
 /// One session's sockets on this shard.
 #[derive(Default)]
 pub struct SessionEntry {
+    /// Welcomed sockets: events go to these.
     pub sockets: Vec<Rc<SocketState>>,
-    /// Events can reach this session: always true on a single node; with Redis, once
-    /// the bridge confirmed the subscription.
-    pub ready: bool,
-    /// Sockets whose 101 and welcome wait for `ready`, with those bytes.
-    pub waiting: Vec<(Rc<SocketState>, Box<[u8]>)>,
-}
-
-/// What adding a socket changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Added {
-    /// The session had no socket here before.
-    pub first: bool,
-    /// Events reach the session already.
-    pub ready: bool,
+    /// Sockets not welcomed yet; events do not go to them.
+    pub pending: Vec<PendingHello>,
 }
 
 /// Sessions → sockets, for one shard.
@@ -261,24 +267,48 @@ impl Registry {
         }
     }
 
-    /// Adds a socket; a new session starts ready when `ready_when_new`.
-    pub fn add(&mut self, socket: Rc<SocketState>, ready_when_new: bool) -> Added {
+    /// Sockets of `session` here, welcomed or not.
+    pub fn session_size(&self, session: &str) -> usize {
+        self.sessions
+            .get(session)
+            .map_or(0, |e| e.sockets.len() + e.pending.len())
+    }
+
+    /// Adds a socket that is not welcomed yet.
+    pub fn add_pending(&mut self, hello: PendingHello) {
         self.sockets += 1;
-        let mut first = false;
-        let entry = self
-            .sessions
-            .entry(socket.session.clone())
-            .or_insert_with(|| {
-                first = true;
-                SessionEntry {
-                    ready: ready_when_new,
-                    ..SessionEntry::default()
-                }
-            });
-        entry.sockets.push(socket);
-        Added {
-            first,
-            ready: entry.ready,
+        self.sessions
+            .entry(hello.socket.session.clone())
+            .or_default()
+            .pending
+            .push(hello);
+    }
+
+    /// Takes the pending sockets of `session` (all, or the one with id `only`).
+    pub fn take_pending(&mut self, session: &str, only: Option<u64>) -> Vec<PendingHello> {
+        let Some(entry) = self.sessions.get_mut(session) else {
+            return Vec::new();
+        };
+        match only {
+            None => std::mem::take(&mut entry.pending),
+            Some(id) => match entry.pending.iter().position(|p| p.socket.id == id) {
+                Some(i) => vec![entry.pending.swap_remove(i)],
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// Puts a socket back among the pending ones (its welcome waits again).
+    pub fn repend(&mut self, hello: PendingHello) {
+        if let Some(entry) = self.sessions.get_mut(&hello.socket.session) {
+            entry.pending.push(hello);
+        }
+    }
+
+    /// Makes a socket taken from the pending ones receive events from now on.
+    pub fn welcome(&mut self, socket: Rc<SocketState>) {
+        if let Some(entry) = self.sessions.get_mut(&socket.session) {
+            entry.sockets.push(socket);
         }
     }
 
@@ -287,46 +317,32 @@ impl Registry {
         let Some(entry) = self.sessions.get_mut(&socket.session) else {
             return false;
         };
-        if let Some(i) = entry.sockets.iter().position(|s| s.id == socket.id) {
-            entry.sockets.swap_remove(i);
-            self.sockets -= 1;
-        }
-        entry.waiting.retain(|(s, _)| s.id != socket.id);
-        if entry.sockets.is_empty() {
+        let before = entry.sockets.len() + entry.pending.len();
+        entry.sockets.retain(|s| s.id != socket.id);
+        entry.pending.retain(|p| p.socket.id != socket.id);
+        self.sockets -= before - entry.sockets.len() - entry.pending.len();
+        if entry.sockets.is_empty() && entry.pending.is_empty() {
             self.sessions.remove(&socket.session);
             return true;
         }
         false
     }
 
-    /// Holds a socket's first bytes until its session is ready.
-    pub fn wait_for_ready(&mut self, socket: Rc<SocketState>, hello: Box<[u8]>) {
-        if let Some(entry) = self.sessions.get_mut(&socket.session) {
-            entry.waiting.push((socket, hello));
-        }
-    }
-
-    /// Marks a session ready and hands back the sockets that were waiting.
-    pub fn set_ready(&mut self, session: &str) -> Vec<(Rc<SocketState>, Box<[u8]>)> {
-        match self.sessions.get_mut(session) {
-            Some(entry) => {
-                entry.ready = true;
-                std::mem::take(&mut entry.waiting)
-            }
-            None => Vec::new(),
-        }
-    }
-
     /// The sockets that events of `session` go to (those already welcomed).
     pub fn sockets_of(&self, session: &str) -> Option<&[Rc<SocketState>]> {
         self.sessions
             .get(session)
-            .filter(|e| e.ready)
             .map(|e| e.sockets.as_slice())
+            .filter(|s| !s.is_empty())
     }
 
+    /// Every socket, welcomed or not.
     pub fn all(&self) -> impl Iterator<Item = &Rc<SocketState>> {
-        self.sessions.values().flat_map(|e| e.sockets.iter())
+        self.sessions.values().flat_map(|e| {
+            e.sockets
+                .iter()
+                .chain(e.pending.iter().map(|p| &p.socket))
+        })
     }
 
     pub fn socket_count(&self) -> usize {
@@ -348,6 +364,7 @@ mod tests {
         Rc::new(encode_event(
             &EventParts {
                 session: "s",
+                pos: StreamPos { epoch: 1, seq: 1 },
                 event: b"\"e\"",
                 id: Some(b"\"i\""),
                 generated_id: "",
@@ -392,45 +409,42 @@ mod tests {
         assert_eq!(s.queue().len(), 1);
     }
 
+    fn hello(socket: &Rc<SocketState>) -> PendingHello {
+        PendingHello {
+            socket: socket.clone(),
+            response: Box::from(&b"101"[..]),
+            conn_id: Box::from("c"),
+            since: None,
+            fetching: false,
+        }
+    }
+
     #[test]
-    fn a_session_waiting_for_its_subscription_gets_no_events() {
+    fn a_socket_not_welcomed_gets_no_events() {
         let mut r = Registry::default();
         let a = Rc::new(SocketState::new(1, r.intern("s1"), 0, mono_ms()));
-        assert_eq!(
-            r.add(a.clone(), false),
-            Added {
-                first: true,
-                ready: false
-            }
-        );
-        r.wait_for_ready(a.clone(), Box::from(&b"hello"[..]));
+        r.add_pending(hello(&a));
         assert!(r.sockets_of("s1").is_none());
-        let waiting = r.set_ready("s1");
+        assert_eq!(r.session_size("s1"), 1);
+        let waiting = r.take_pending("s1", None);
         assert_eq!(waiting.len(), 1);
+        r.welcome(a.clone());
         assert_eq!(r.sockets_of("s1").map(<[_]>::len), Some(1));
+        assert_eq!(r.all().count(), 1);
     }
 
     #[test]
     fn registry_tracks_sessions_and_sockets() {
         let mut r = Registry::default();
         let a = Rc::new(SocketState::new(1, r.intern("s1"), 0, mono_ms()));
-        assert_eq!(
-            r.add(a.clone(), true),
-            Added {
-                first: true,
-                ready: true
-            }
-        );
         let b = Rc::new(SocketState::new(2, r.intern("s1"), 0, mono_ms()));
-        assert_eq!(
-            r.add(b.clone(), true),
-            Added {
-                first: false,
-                ready: true
-            }
-        );
+        r.add_pending(hello(&a));
+        r.add_pending(hello(&b));
+        assert_eq!(r.take_pending("s1", Some(1)).len(), 1);
+        r.welcome(a.clone());
         assert_eq!(r.session_count(), 1);
-        assert_eq!(r.sockets_of("s1").map(<[_]>::len), Some(2));
+        assert_eq!(r.socket_count(), 2);
+        assert_eq!(r.sockets_of("s1").map(<[_]>::len), Some(1));
         assert!(!r.remove(&a));
         assert!(r.remove(&b));
         assert_eq!(r.session_count(), 0);

@@ -10,6 +10,8 @@
 use std::io::Write;
 use std::time::Instant;
 
+use crate::shard::history::StreamPos;
+
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
 
@@ -26,6 +28,8 @@ pub struct EncodedFrame {
     start: usize,
     /// When the relay accepted the event: the start of `relay_latency_seconds`.
     pub accepted_at: Instant,
+    /// The event's sequence number in its session (0 for frames that are not events).
+    pub seq: u64,
 }
 
 impl EncodedFrame {
@@ -74,6 +78,7 @@ impl FrameBuilder {
             buf: self.buf,
             start,
             accepted_at,
+            seq: 0,
         }
     }
 }
@@ -82,6 +87,8 @@ impl FrameBuilder {
 pub struct EventParts<'a> {
     /// The session name (valid session names need no escaping).
     pub session: &'a str,
+    /// The event's place in its session's stream.
+    pub pos: StreamPos,
     /// The event name's JSON string literal, quotes included.
     pub event: &'a [u8],
     /// The id's JSON string literal, or `None` to use `generated_id`.
@@ -92,17 +99,27 @@ pub struct EventParts<'a> {
 }
 
 fn event_json_len(parts: &EventParts<'_>) -> usize {
-    64 + parts.session.len()
+    112 + parts.session.len()
         + parts.event.len()
         + parts.id.map_or(parts.generated_id.len() + 2, <[u8]>::len)
         + parts.data.len()
 }
 
-/// Appends `{"type":"event","session":S,"event":NAME,"id":ID,"data":DATA}`.
-fn write_event_json(p: &mut Vec<u8>, parts: &EventParts<'_>) {
+/// Appends `{"type":"event","session":S,"seq":` : the part before the sequence number.
+fn write_event_head(p: &mut Vec<u8>, session: &str) {
     p.extend_from_slice(br#"{"type":"event","session":""#);
-    p.extend_from_slice(parts.session.as_bytes());
-    p.extend_from_slice(br#"","event":"#);
+    p.extend_from_slice(session.as_bytes());
+    p.extend_from_slice(br#"","seq":"#);
+}
+
+/// Appends `,"epoch":"E"`.
+fn write_epoch(p: &mut Vec<u8>, epoch: u64) {
+    let _ = write!(p, r#","epoch":"{epoch:016x}""#);
+}
+
+/// Appends `,"event":NAME,"id":ID,"data":DATA}`: the part after the position.
+fn write_event_tail(p: &mut Vec<u8>, parts: &EventParts<'_>) {
+    p.extend_from_slice(br#","event":"#);
     p.extend_from_slice(parts.event);
     p.extend_from_slice(br#","id":"#);
     match parts.id {
@@ -118,39 +135,88 @@ fn write_event_json(p: &mut Vec<u8>, parts: &EventParts<'_>) {
     p.push(b'}');
 }
 
-/// `{"type":"event","session":S,"event":NAME,"id":ID,"data":DATA}` as one frame.
+/// `{"type":"event","session":S,"seq":N,"epoch":E,"event":NAME,"id":ID,"data":DATA}`
+/// as one frame.
 pub fn encode_event(parts: &EventParts<'_>, accepted_at: Instant) -> EncodedFrame {
     let mut b = FrameBuilder::with_capacity(event_json_len(parts));
-    write_event_json(b.payload(), parts);
-    b.finish(accepted_at)
+    let p = b.payload();
+    write_event_head(p, parts.session);
+    let _ = write!(p, "{}", parts.pos.seq);
+    write_epoch(p, parts.pos.epoch);
+    write_event_tail(p, parts);
+    let mut f = b.finish(accepted_at);
+    f.seq = parts.pos.seq;
+    f
 }
 
-/// An event as it travels through Redis: the accepting node's clock (UNIX
-/// nanoseconds, 8 bytes big-endian, for the latency histogram) and the frame's
-/// JSON payload, so receiving nodes only add the WebSocket header.
-pub fn remote_payload(parts: &EventParts<'_>, accepted_unix_ns: u64) -> Vec<u8> {
-    let mut p = Vec::with_capacity(8 + event_json_len(parts));
-    p.extend_from_slice(&accepted_unix_ns.to_be_bytes());
-    write_event_json(&mut p, parts);
+/// An event on its way through Redis, before Redis gives it a position: `head` is
+/// the accepting node's clock (UNIX nanoseconds, 8 bytes big-endian, for the latency
+/// histogram) and the JSON up to the sequence number; `tail` the JSON after the
+/// epoch. The publish script joins `head`, the number, the epoch and `tail`, so every
+/// node receives the same bytes and only adds the WebSocket header.
+pub fn remote_parts(parts: &EventParts<'_>, accepted_unix_ns: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut head = Vec::with_capacity(48 + parts.session.len());
+    head.extend_from_slice(&accepted_unix_ns.to_be_bytes());
+    write_event_head(&mut head, parts.session);
+    let mut tail = Vec::with_capacity(event_json_len(parts) - parts.session.len());
+    write_event_tail(&mut tail, parts);
+    (head, tail)
+}
+
+/// What [`remote_parts`] become after the publish script: the same joining, for
+/// tests and for events replayed from a Redis Stream.
+pub fn join_remote(head: &[u8], pos: StreamPos, tail: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(head.len() + tail.len() + 40);
+    p.extend_from_slice(head);
+    let _ = write!(p, "{}", pos.seq);
+    write_epoch(&mut p, pos.epoch);
+    p.extend_from_slice(tail);
     p
 }
 
-/// The frame for a payload made by [`remote_payload`]; `None` if it is too short.
-/// `now_unix_ns` and `now` are one reading of the two clocks.
-pub fn frame_from_remote(payload: &[u8], now_unix_ns: u64, now: Instant) -> Option<EncodedFrame> {
+/// The position written in a remote payload's JSON, read back.
+fn remote_position(json: &[u8]) -> Option<StreamPos> {
+    let rest = json.strip_prefix(br#"{"type":"event","session":""#)?;
+    let quote = rest.iter().position(|&b| b == b'"')?;
+    let rest = rest[quote..].strip_prefix(br#"","seq":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(br#","epoch":""#)?;
+    let hex = rest.get(..16)?;
+    let epoch = u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    rest[16..].starts_with(b"\"").then_some(StreamPos { epoch, seq })
+}
+
+/// The frame for a payload as Redis delivers it, and its position; `None` if the
+/// payload is malformed. `now_unix_ns` and `now` are one reading of the two clocks.
+pub fn frame_from_remote(
+    payload: &[u8],
+    now_unix_ns: u64,
+    now: Instant,
+) -> Option<(EncodedFrame, StreamPos)> {
     let (stamp, json) = payload.split_at_checked(8)?;
+    let pos = remote_position(json)?;
     let accepted_ns = u64::from_be_bytes(stamp.try_into().ok()?);
     // Another node's clock may run ahead: never date an event in the future.
     let age = std::time::Duration::from_nanos(now_unix_ns.saturating_sub(accepted_ns));
     let accepted_at = now.checked_sub(age).unwrap_or(now);
     let mut b = FrameBuilder::with_capacity(json.len());
     b.payload().extend_from_slice(json);
-    Some(b.finish(accepted_at))
+    let mut f = b.finish(accepted_at);
+    f.seq = pos.seq;
+    Some((f, pos))
 }
 
-/// `{"type":"resync","session":S}`: the session may have missed events.
-pub fn resync_frame(session: &str) -> Vec<u8> {
-    text_frame(format!(r#"{{"type":"resync","session":"{session}"}}"#).as_bytes())
+/// `{"type":"resync","session":S,"epoch":E,"seq":N}`: events before this point may
+/// have been missed; reload state, and continue from `pos`.
+pub fn resync_frame(session: &str, pos: StreamPos) -> Vec<u8> {
+    text_frame(
+        format!(
+            r#"{{"type":"resync","session":"{session}","epoch":"{:016x}","seq":{}}}"#,
+            pos.epoch, pos.seq
+        )
+        .as_bytes(),
+    )
 }
 
 /// A text frame carrying `payload`, for one-off frames such as the welcome.
@@ -180,12 +246,14 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     out
 }
 
-/// `{"type":"welcome","session":S,"conn":ID}`.
-pub fn welcome_frame(session: &str, conn: &str) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(48 + session.len() + conn.len());
+/// `{"type":"welcome","session":S,"conn":ID,"epoch":E,"seq":N}`: `N` is the
+/// session's last event when the socket joined.
+pub fn welcome_frame(session: &str, conn: &str, pos: StreamPos) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(96 + session.len() + conn.len());
     let _ = write!(
         payload,
-        r#"{{"type":"welcome","session":"{session}","conn":"{conn}"}}"#
+        r#"{{"type":"welcome","session":"{session}","conn":"{conn}","epoch":"{:016x}","seq":{}}}"#,
+        pos.epoch, pos.seq
     );
     text_frame(&payload)
 }
@@ -208,6 +276,7 @@ mod tests {
         let f = encode_event(
             &EventParts {
                 session: "s1",
+                pos: StreamPos { epoch: 0xab, seq: 7 },
                 event: br#""issue.updated""#,
                 id: None,
                 generated_id: "g-1",
@@ -220,7 +289,7 @@ mod tests {
         assert_eq!(h.opcode, OpCode::Data(Data::Text));
         assert_eq!(
             String::from_utf8(payload).unwrap(),
-            r#"{"type":"event","session":"s1","event":"issue.updated","id":"g-1","data":{"a": 1}}"#
+            r#"{"type":"event","session":"s1","seq":7,"epoch":"00000000000000ab","event":"issue.updated","id":"g-1","data":{"a": 1}}"#
         );
     }
 
@@ -231,6 +300,7 @@ mod tests {
             let f = encode_event(
                 &EventParts {
                     session: "s",
+                    pos: StreamPos { epoch: 1, seq: 1 },
                     event: b"\"e\"",
                     id: Some(b"\"i\""),
                     generated_id: "",
@@ -241,15 +311,20 @@ mod tests {
             let (_, payload) = decode(f.bytes());
             assert_eq!(
                 payload.len(),
-                n + br#"{"type":"event","session":"s","event":"e","id":"i","data":}"#.len()
+                n + br#"{"type":"event","session":"s","seq":1,"epoch":"0000000000000001","event":"e","id":"i","data":}"#.len()
             );
         }
     }
 
     #[test]
     fn remote_payload_round_trips_to_the_same_frame() {
+        let pos = StreamPos {
+            epoch: u64::MAX - 3,
+            seq: 12345,
+        };
         let parts = EventParts {
             session: "s1",
+            pos,
             event: b"\"e\"",
             id: Some(b"\"i\""),
             generated_id: "",
@@ -257,9 +332,14 @@ mod tests {
         };
         let now = Instant::now();
         let local = encode_event(&parts, now);
-        let remote = frame_from_remote(&remote_payload(&parts, 1_000), 2_000, now).unwrap();
+        let (head, tail) = remote_parts(&parts, 1_000);
+        let (remote, got) = frame_from_remote(&join_remote(&head, pos, &tail), 2_000, now).unwrap();
         assert_eq!(local.bytes(), remote.bytes());
+        assert_eq!((got, remote.seq), (pos, pos.seq));
         assert!(frame_from_remote(b"short", 0, now).is_none());
+        let mut bad = join_remote(&head, pos, &tail);
+        bad.truncate(40);
+        assert!(frame_from_remote(&bad, 0, now).is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! carries is checked here, in the order cheapest first.
 
 use crate::auth::{Claims, JwtVerifier, OriginPolicy};
+use crate::shard::history::{parse_since, StreamPos};
 use crate::http::head::RequestHead;
 use crate::http::response::Refusal;
 
@@ -12,6 +13,9 @@ use crate::http::response::Refusal;
 pub const SUBPROTOCOL: &str = "relay.v1";
 /// Prefix of a `Sec-WebSocket-Protocol` entry that carries the token.
 const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
+/// Prefix of a `Sec-WebSocket-Protocol` entry that asks to resume: `since.EPOCH.SEQ`
+/// (a subprotocol is a token, so `:` is spelled `.`).
+const SINCE_PROTOCOL_PREFIX: &str = "since.";
 
 /// An upgrade the relay will complete.
 #[derive(Debug, Clone)]
@@ -23,6 +27,8 @@ pub struct AcceptedUpgrade {
     pub protocol: Option<&'static str>,
     /// The tenant whose socket slot this upgrade holds (see `limiter`), if any.
     pub tenant: Option<String>,
+    /// Resume after this point of the session's stream (`since=EPOCH:SEQ`).
+    pub since: Option<StreamPos>,
 }
 
 impl AcceptedUpgrade {
@@ -69,6 +75,24 @@ fn find_token<'b>(head: &RequestHead<'_, 'b>) -> Option<&'b str> {
         .find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
 }
 
+/// The resume point a request asks for: `None` for none, `Err` for a malformed one.
+fn find_since(head: &RequestHead<'_, '_>) -> Result<Option<StreamPos>, Refusal> {
+    let value = head.query_param("since").or_else(|| {
+        head.all("sec-websocket-protocol")
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix(SINCE_PROTOCOL_PREFIX))
+    });
+    match value {
+        None => Ok(None),
+        Some(v) => parse_since(v).map(Some).ok_or_else(|| {
+            Refusal::bad_request(
+                "since must be EPOCH:SEQ (the epoch's 16 hex digits and a sequence number)",
+            )
+        }),
+    }
+}
+
 /// Decides an upgrade request for `/ws`. `now` is UNIX seconds.
 pub fn decide(
     head: &RequestHead<'_, '_>,
@@ -100,6 +124,7 @@ pub fn decide(
         Ok(Some(origin)) if origins.allows(origin.trim()) => {}
         _ => return Err(Refusal::forbidden_origin()),
     }
+    let since = find_since(head)?;
     let token = find_token(head).unwrap_or("");
     let claims = verifier
         .verify(token, now)
@@ -114,6 +139,7 @@ pub fn decide(
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         protocol,
         tenant: None,
+        since,
     })
 }
 

@@ -1,0 +1,705 @@
+//! Each session's stream on its owning shard: the epoch, the last sequence number,
+//! a bounded ring of recent event frames for resume, and the ids seen lately for
+//! dedupe.
+//!
+//! Bounds: per session in events and bytes, per frame in age, and per shard in
+//! total bytes (the node's cap divided among its shards). Frames in the ring are
+//! the same `Rc`s the sockets were sent, so history costs no copy of an event.
+//! A stream outlives its sockets for the history's age, so a client that drops and
+//! comes back within it can resume.
+//!
+//! Pure bookkeeping on shard-local data: no I/O, no sockets, no Redis.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::config::HistoryConfig;
+use crate::ws::frame::EncodedFrame;
+
+/// What a stream costs besides its frames (maps, counters, the session name).
+const STREAM_OVERHEAD: usize = 192;
+/// What each retained frame costs besides its bytes (ring and age-order slots).
+const FRAME_OVERHEAD: usize = 48;
+/// What each remembered id costs.
+const ID_OVERHEAD: usize = 40;
+/// Ids one session remembers for dedupe, at most.
+pub const MAX_IDS_PER_SESSION: usize = 4096;
+
+/// A point in a session's stream: after the event `seq` of epoch `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPos {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// Why a client was told to resync instead of getting a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncReason {
+    /// The client's epoch is not the stream's (a restart, or Redis lost state).
+    Epoch,
+    /// The history no longer reaches back to the client's position.
+    History,
+    /// This node missed events (a gap in the sequence, or Redis was away).
+    Gap,
+}
+
+impl ResyncReason {
+    pub const ALL: [ResyncReason; 3] =
+        [ResyncReason::Epoch, ResyncReason::History, ResyncReason::Gap];
+
+    pub fn metric_reason(self) -> &'static str {
+        match self {
+            ResyncReason::Epoch => "epoch",
+            ResyncReason::History => "history",
+            ResyncReason::Gap => "gap",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The answer to a resume request.
+#[derive(Debug)]
+pub enum Resume {
+    /// Nothing was missed.
+    UpToDate,
+    /// These frames, in order, bring the client to the stream's position.
+    Replay(Vec<Rc<EncodedFrame>>),
+    /// The client must reload its state.
+    Resync(ResyncReason),
+}
+
+/// What an event arriving with its own position (from Redis) means here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// The next event: deliver it.
+    Next,
+    /// Already seen (or older than the stream's base): drop it.
+    Old,
+    /// Events between the stream's position and this one were missed; the stream was
+    /// rebased just before it. Tell the sockets to resync, then deliver it.
+    Gap(ResyncReason),
+}
+
+pub struct SessionStream {
+    pub epoch: u64,
+    /// The last event's sequence number (0: none yet).
+    pub seq: u64,
+    ring: VecDeque<Rc<EncodedFrame>>,
+    ring_bytes: usize,
+    ids: HashMap<u64, u64>,
+    id_order: VecDeque<(u64, Instant)>,
+    /// Last event or socket departure, for forgetting idle streams.
+    touched: Instant,
+    /// With Redis: the subscription is live and the position is known.
+    pub live: bool,
+    /// Sockets of the session on this shard; a stream with none lingers for the
+    /// history's age, then is forgotten.
+    pub sockets: u32,
+}
+
+impl SessionStream {
+    pub fn position(&self) -> StreamPos {
+        StreamPos {
+            epoch: self.epoch,
+            seq: self.seq,
+        }
+    }
+
+    /// The sequence number just before the ring's first frame: a resume from at
+    /// least here can be replayed.
+    fn reach(&self) -> u64 {
+        self.ring
+            .front()
+            .map_or(self.seq, |f| f.seq.saturating_sub(1))
+    }
+}
+
+/// Counters the metrics read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HistoryFigures {
+    pub bytes: usize,
+    pub sessions: usize,
+    pub frames: usize,
+}
+
+/// All streams of one shard.
+pub struct History {
+    config: HistoryConfig,
+    /// This shard's share of the node's memory cap.
+    budget: usize,
+    streams: HashMap<Rc<str>, SessionStream>,
+    /// Every retained frame in the order it was added, for the age bound and the
+    /// memory cap: the oldest frames of the shard go first, whatever their session.
+    /// Entries whose frame a session already dropped are skipped when reached.
+    order: VecDeque<(Rc<str>, u64)>,
+    frames: usize,
+    bytes: usize,
+    epoch_salt: u64,
+    /// Streams forgotten since the owner last asked (see [`History::take_forgotten`]).
+    forgotten: Vec<Rc<str>>,
+}
+
+impl History {
+    pub fn new(config: HistoryConfig, shards: usize, salt: u64) -> History {
+        History {
+            budget: config.memory / shards.max(1),
+            config,
+            streams: HashMap::new(),
+            order: VecDeque::new(),
+            frames: 0,
+            bytes: 0,
+            epoch_salt: salt,
+            forgotten: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &HistoryConfig {
+        &self.config
+    }
+
+    pub fn figures(&self) -> HistoryFigures {
+        HistoryFigures {
+            bytes: self.bytes,
+            sessions: self.streams.len(),
+            frames: self.frames,
+        }
+    }
+
+    /// A fresh epoch: unique per node run, shard and stream with overwhelming odds.
+    pub fn new_epoch(&mut self) -> u64 {
+        self.epoch_salt = self.epoch_salt.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let e = xxhash_rust::xxh3::xxh3_64(&self.epoch_salt.to_le_bytes());
+        e.max(1)
+    }
+
+    /// The stream's own `Rc` of the name when it has one: no allocation per event.
+    pub fn key(&self, session: &str) -> Rc<str> {
+        match self.streams.get_key_value(session) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(session),
+        }
+    }
+
+    /// Moves a stream forward to `pos` learned from Redis (a subscription's or a
+    /// reconnect's position). Nothing changes when the stream is already there
+    /// or past it in the same epoch; otherwise it is rebased, and the reason is
+    /// returned when sockets had been told an older position.
+    pub fn settle(&mut self, session: &Rc<str>, pos: StreamPos) -> Option<ResyncReason> {
+        match self.streams.get(&**session) {
+            Some(s) if s.live && s.epoch == pos.epoch && pos.seq <= s.seq => None,
+            _ => self.rebase(session, pos),
+        }
+    }
+
+    pub fn get(&self, session: &str) -> Option<&SessionStream> {
+        self.streams.get(session)
+    }
+
+    pub fn position(&self, session: &str) -> Option<StreamPos> {
+        self.streams.get(session).map(SessionStream::position)
+    }
+
+    /// The stream of `session`, made (live, at seq 0, with a new epoch) if absent.
+    pub fn stream(&mut self, session: &Rc<str>, now: Instant) -> &mut SessionStream {
+        if !self.streams.contains_key(&**session) {
+            let epoch = self.new_epoch();
+            self.insert(session, epoch, 0, true, now);
+        }
+        self.streams.get_mut(&**session).expect("inserted above")
+    }
+
+    /// Makes a stream that is not live yet (Redis: waiting for its subscription).
+    pub fn start_pending(&mut self, session: &Rc<str>, now: Instant) {
+        if !self.streams.contains_key(&**session) {
+            self.insert(session, 0, 0, false, now);
+        }
+    }
+
+    fn insert(&mut self, session: &Rc<str>, epoch: u64, seq: u64, live: bool, now: Instant) {
+        self.bytes += STREAM_OVERHEAD + session.len();
+        self.streams.insert(
+            session.clone(),
+            SessionStream {
+                epoch,
+                seq,
+                ring: VecDeque::new(),
+                ring_bytes: 0,
+                ids: HashMap::new(),
+                id_order: VecDeque::new(),
+                touched: now,
+                live,
+                sockets: 0,
+            },
+        );
+    }
+
+    /// The sequence number an id was given within the dedupe window, if any.
+    pub fn duplicate_of(&self, session: &str, id_hash: u64) -> Option<u64> {
+        self.streams.get(session)?.ids.get(&id_hash).copied()
+    }
+
+    /// Takes the next sequence number of `session` (creating its stream).
+    pub fn next_seq(&mut self, session: &Rc<str>, now: Instant) -> StreamPos {
+        let s = self.stream(session, now);
+        s.seq += 1;
+        s.touched = now;
+        s.position()
+    }
+
+    /// Remembers that `id_hash` was given `seq`.
+    pub fn remember_id(&mut self, session: &str, id_hash: u64, seq: u64, now: Instant) {
+        let window = self.config.dedupe_window;
+        let Some(s) = self.streams.get_mut(session) else {
+            return;
+        };
+        let mut freed = 0;
+        while let Some(&(h, at)) = s.id_order.front() {
+            if s.id_order.len() < MAX_IDS_PER_SESSION && now.duration_since(at) < window {
+                break;
+            }
+            s.id_order.pop_front();
+            if s.ids.remove(&h).is_some() {
+                freed += 1;
+            }
+        }
+        if s.ids.insert(id_hash, seq).is_none() {
+            s.id_order.push_back((id_hash, now));
+            self.bytes += ID_OVERHEAD;
+        }
+        self.bytes -= freed * ID_OVERHEAD;
+    }
+
+    /// Keeps `frame` (whose `seq` is the stream's latest) for resume, within bounds.
+    pub fn retain(&mut self, session: &Rc<str>, frame: &Rc<EncodedFrame>) {
+        if self.config.events == 0 {
+            return;
+        }
+        let cost = frame.len() + FRAME_OVERHEAD;
+        let Some(s) = self.streams.get_mut(&**session) else {
+            return;
+        };
+        if cost > self.config.bytes {
+            // Too big to keep at all: the ring can no longer bridge this point.
+            let dropped = s.ring.len();
+            let dropped_bytes = s.ring_bytes;
+            s.ring.clear();
+            s.ring_bytes = 0;
+            self.frames -= dropped;
+            self.bytes -= dropped_bytes;
+            return;
+        }
+        s.ring.push_back(frame.clone());
+        s.ring_bytes += cost;
+        self.frames += 1;
+        self.bytes += cost;
+        while s.ring.len() > self.config.events || s.ring_bytes > self.config.bytes {
+            if let Some(old) = s.ring.pop_front() {
+                let c = old.len() + FRAME_OVERHEAD;
+                s.ring_bytes -= c;
+                self.frames -= 1;
+                self.bytes -= c;
+            }
+        }
+        self.order.push_back((session.clone(), frame.seq));
+        self.enforce_budget();
+        self.compact_order();
+    }
+
+    /// Drops the shard's oldest frames until history fits its share of the cap;
+    /// if frames alone cannot make it fit, forgets streams that have no socket here
+    /// (down to seven eighths of the cap, so the scan is not repeated per event).
+    fn enforce_budget(&mut self) {
+        while self.bytes > self.budget {
+            let Some((session, seq)) = self.order.pop_front() else {
+                break;
+            };
+            self.drop_front_if(&session, seq);
+        }
+        if self.bytes > self.budget {
+            let target = self.budget / 8 * 7;
+            let idle: Vec<Rc<str>> = self
+                .streams
+                .iter()
+                .filter(|(_, s)| s.sockets == 0)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in idle {
+                if self.bytes <= target {
+                    break;
+                }
+                self.forget(&k);
+            }
+        }
+    }
+
+    /// Streams forgotten since the last call (with Redis, their subscriptions go).
+    pub fn take_forgotten(&mut self) -> Vec<Rc<str>> {
+        std::mem::take(&mut self.forgotten)
+    }
+
+    /// A socket of `session` joined on this shard (its stream must exist).
+    pub fn socket_joined(&mut self, session: &str) {
+        if let Some(s) = self.streams.get_mut(session) {
+            s.sockets += 1;
+        }
+    }
+
+    /// A socket of `session` left; the stream lingers from now.
+    pub fn socket_left(&mut self, session: &str, now: Instant) {
+        if let Some(s) = self.streams.get_mut(session) {
+            s.sockets = s.sockets.saturating_sub(1);
+            s.touched = now;
+        }
+    }
+
+    /// Drops `session`'s oldest frame if it is `seq`.
+    fn drop_front_if(&mut self, session: &str, seq: u64) {
+        if let Some(s) = self.streams.get_mut(session) {
+            if s.ring.front().is_some_and(|f| f.seq == seq) {
+                if let Some(old) = s.ring.pop_front() {
+                    let c = old.len() + FRAME_OVERHEAD;
+                    s.ring_bytes -= c;
+                    self.frames -= 1;
+                    self.bytes -= c;
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the age order when most of it points at frames already gone, so it
+    /// stays within twice the frames retained.
+    fn compact_order(&mut self) {
+        if self.order.len() <= 2 * self.frames + 1024 {
+            return;
+        }
+        let streams = &self.streams;
+        self.order.retain(|(session, seq)| {
+            streams
+                .get(&**session)
+                .and_then(|s| s.ring.front().map(|f| (f.seq, s.seq)))
+                .is_some_and(|(first, last)| *seq >= first && *seq <= last)
+        });
+    }
+
+    /// What a client at `since` needs to catch up with `session`, which exists.
+    /// Replays never exceed `max_bytes` (the socket's queue cap): past it, resync.
+    pub fn resume(&self, session: &str, since: StreamPos, max_bytes: usize) -> Resume {
+        let Some(s) = self.streams.get(session) else {
+            return Resume::Resync(ResyncReason::Epoch);
+        };
+        if since.epoch != s.epoch || since.seq > s.seq {
+            return Resume::Resync(ResyncReason::Epoch);
+        }
+        if since.seq == s.seq {
+            return Resume::UpToDate;
+        }
+        if since.seq < s.reach() {
+            return Resume::Resync(ResyncReason::History);
+        }
+        let frames: Vec<Rc<EncodedFrame>> = s
+            .ring
+            .iter()
+            .filter(|f| f.seq > since.seq)
+            .cloned()
+            .collect();
+        let bytes: usize = frames.iter().map(|f| f.len()).sum();
+        if bytes > max_bytes {
+            return Resume::Resync(ResyncReason::History);
+        }
+        Resume::Replay(frames)
+    }
+
+    /// An event from Redis at `pos` for `session`: where it stands against the
+    /// stream. Rebases the stream on a gap or a new epoch.
+    pub fn arrival(&mut self, session: &Rc<str>, pos: StreamPos, now: Instant) -> Arrival {
+        let s = self.stream(session, now);
+        s.touched = now;
+        if !s.live {
+            // The first event seen before the subscription's position arrived.
+            s.epoch = pos.epoch;
+            s.seq = pos.seq;
+            s.live = true;
+            return Arrival::Next;
+        }
+        if s.epoch == pos.epoch {
+            if pos.seq <= s.seq {
+                return Arrival::Old;
+            }
+            if pos.seq == s.seq + 1 {
+                s.seq = pos.seq;
+                return Arrival::Next;
+            }
+        }
+        let reason = if s.epoch == pos.epoch {
+            ResyncReason::Gap
+        } else {
+            ResyncReason::Epoch
+        };
+        self.rebase(
+            session,
+            StreamPos {
+                epoch: pos.epoch,
+                seq: pos.seq.saturating_sub(1),
+            },
+        );
+        if let Some(s) = self.streams.get_mut(&**session) {
+            s.seq = pos.seq;
+        }
+        Arrival::Gap(reason)
+    }
+
+    /// Moves `session` to `pos`, forgetting frames that cannot bridge to it; marks
+    /// it live. Returns what changed: `None` when the stream was already there.
+    pub fn rebase(&mut self, session: &Rc<str>, pos: StreamPos) -> Option<ResyncReason> {
+        let now = Instant::now();
+        if !self.streams.contains_key(&**session) {
+            self.insert(session, pos.epoch, pos.seq, true, now);
+            return None;
+        }
+        let s = self.stream(session, now);
+        let was_live = s.live;
+        s.live = true;
+        if was_live && s.epoch == pos.epoch && s.seq == pos.seq {
+            return None;
+        }
+        let reason = if s.epoch != pos.epoch {
+            ResyncReason::Epoch
+        } else {
+            ResyncReason::Gap
+        };
+        let dropped = s.ring.len();
+        let dropped_bytes = s.ring_bytes;
+        s.ring.clear();
+        s.ring_bytes = 0;
+        s.epoch = pos.epoch;
+        s.seq = pos.seq;
+        self.frames -= dropped;
+        self.bytes -= dropped_bytes;
+        // A stream nobody was told about yet has nobody to resync.
+        was_live.then_some(reason)
+    }
+
+    /// Forgets frames older than the history's age, and streams without sockets
+    /// idle that long (see [`History::take_forgotten`]).
+    pub fn sweep(&mut self, now: Instant) {
+        let max_age = self.config.max_age;
+        while let Some((session, seq)) = self.order.front().cloned() {
+            let expired = self
+                .streams
+                .get(&*session)
+                .and_then(|s| s.ring.front())
+                .is_none_or(|f| f.seq != seq || now.duration_since(f.accepted_at) >= max_age);
+            if !expired {
+                break;
+            }
+            self.order.pop_front();
+            if let Some(s) = self.streams.get(&*session) {
+                if s.ring
+                    .front()
+                    .is_some_and(|f| f.seq == seq && now.duration_since(f.accepted_at) >= max_age)
+                {
+                    self.drop_front_if(&session, seq);
+                }
+            }
+        }
+        let idle: Vec<Rc<str>> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.sockets == 0 && now.duration_since(s.touched) >= max_age.max(MIN_LINGER))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &idle {
+            self.forget(k);
+        }
+    }
+
+    fn forget(&mut self, session: &str) {
+        if let Some((k, s)) = self.streams.remove_entry(session) {
+            self.frames -= s.ring.len();
+            self.bytes -= s.ring_bytes + s.ids.len() * ID_OVERHEAD + STREAM_OVERHEAD + k.len();
+            self.forgotten.push(k);
+        }
+    }
+}
+
+/// A stream without sockets is kept at least this long, even with history off,
+/// so its position (and a Redis subscription) survives a quick reconnect.
+const MIN_LINGER: Duration = Duration::from_secs(5);
+
+/// `since=EPOCH:SEQ`, with the epoch as 16 hex digits.
+pub fn parse_since(value: &str) -> Option<StreamPos> {
+    // URLSearchParams spells the colon %3A.
+    let (epoch, seq) = value
+        .split_once("%3A")
+        .or_else(|| value.split_once("%3a"))
+        .or_else(|| value.split_once([':', '.']))?;
+    if epoch.is_empty() || epoch.len() > 16 || seq.is_empty() || seq.len() > 20 {
+        return None;
+    }
+    Some(StreamPos {
+        epoch: u64::from_str_radix(epoch, 16).ok()?,
+        seq: seq.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::FrameBuilder;
+
+    fn config(events: usize, bytes: usize, memory: usize) -> HistoryConfig {
+        HistoryConfig {
+            events,
+            bytes,
+            memory,
+            ..HistoryConfig::default()
+        }
+    }
+
+    fn frame(seq: u64, size: usize, at: Instant) -> Rc<EncodedFrame> {
+        let mut b = FrameBuilder::with_capacity(size);
+        b.payload().resize(size, b'x');
+        let mut f = b.finish(at);
+        f.seq = seq;
+        Rc::new(f)
+    }
+
+    fn publish(h: &mut History, s: &Rc<str>, size: usize, now: Instant) -> u64 {
+        let pos = h.next_seq(s, now);
+        h.retain(s, &frame(pos.seq, size, now));
+        pos.seq
+    }
+
+    #[test]
+    fn replays_exactly_what_was_missed() {
+        let now = Instant::now();
+        let mut h = History::new(config(100, 1 << 20, 1 << 30), 1, 7);
+        let s: Rc<str> = Rc::from("s");
+        for _ in 0..10 {
+            publish(&mut h, &s, 10, now);
+        }
+        let epoch = h.position("s").unwrap().epoch;
+        match h.resume("s", StreamPos { epoch, seq: 4 }, usize::MAX) {
+            Resume::Replay(f) => {
+                assert_eq!(f.iter().map(|f| f.seq).collect::<Vec<_>>(), (5..=10).collect::<Vec<_>>())
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            h.resume("s", StreamPos { epoch, seq: 10 }, usize::MAX),
+            Resume::UpToDate
+        ));
+        assert!(matches!(
+            h.resume("s", StreamPos { epoch: epoch ^ 1, seq: 4 }, usize::MAX),
+            Resume::Resync(ResyncReason::Epoch)
+        ));
+        assert!(matches!(
+            h.resume("s", StreamPos { epoch, seq: 11 }, usize::MAX),
+            Resume::Resync(ResyncReason::Epoch)
+        ));
+    }
+
+    #[test]
+    fn a_resume_from_before_the_ring_resyncs() {
+        let now = Instant::now();
+        let mut h = History::new(config(5, 1 << 20, 1 << 30), 1, 7);
+        let s: Rc<str> = Rc::from("s");
+        for _ in 0..10 {
+            publish(&mut h, &s, 10, now);
+        }
+        let epoch = h.position("s").unwrap().epoch;
+        assert!(matches!(
+            h.resume("s", StreamPos { epoch, seq: 4 }, usize::MAX),
+            Resume::Resync(ResyncReason::History)
+        ));
+        assert!(matches!(
+            h.resume("s", StreamPos { epoch, seq: 5 }, usize::MAX),
+            Resume::Replay(f) if f.len() == 5
+        ));
+    }
+
+    #[test]
+    fn memory_stays_under_the_cap_with_many_sessions() {
+        let now = Instant::now();
+        let cap = 4 << 20;
+        let mut h = History::new(config(1000, 1 << 20, cap), 1, 7);
+        for i in 0..10_000 {
+            let s: Rc<str> = Rc::from(format!("session-{i}"));
+            for _ in 0..20 {
+                publish(&mut h, &s, 200, now);
+            }
+            assert!(h.figures().bytes <= cap + STREAM_OVERHEAD + 32, "{}", h.figures().bytes);
+        }
+        assert!(h.order.len() <= 2 * h.frames + 1024);
+    }
+
+    #[test]
+    fn old_frames_and_idle_streams_are_forgotten() {
+        let start = Instant::now();
+        let mut c = config(100, 1 << 20, 1 << 30);
+        c.max_age = Duration::from_secs(10);
+        let mut h = History::new(c, 1, 7);
+        let s: Rc<str> = Rc::from("s");
+        publish(&mut h, &s, 10, start);
+        publish(&mut h, &s, 10, start + Duration::from_secs(5));
+        h.socket_joined("s");
+        h.sweep(start + Duration::from_secs(11));
+        assert!(h.take_forgotten().is_empty());
+        assert_eq!(h.figures().frames, 1);
+        h.socket_left("s", start + Duration::from_secs(12));
+        h.sweep(start + Duration::from_secs(20));
+        assert!(h.take_forgotten().is_empty(), "lingers after its last socket");
+        h.sweep(start + Duration::from_secs(30));
+        assert_eq!(h.take_forgotten().len(), 1);
+        assert_eq!(h.figures().bytes, 0);
+    }
+
+    #[test]
+    fn ids_are_remembered_within_the_window() {
+        let now = Instant::now();
+        let mut h = History::new(config(100, 1 << 20, 1 << 30), 1, 7);
+        let s: Rc<str> = Rc::from("s");
+        let seq = publish(&mut h, &s, 10, now);
+        h.remember_id("s", 42, seq, now);
+        assert_eq!(h.duplicate_of("s", 42), Some(seq));
+        assert_eq!(h.duplicate_of("s", 43), None);
+        let later = now + h.config().dedupe_window + Duration::from_secs(1);
+        h.remember_id("s", 43, 2, later);
+        assert_eq!(h.duplicate_of("s", 42), None);
+    }
+
+    #[test]
+    fn arrivals_detect_old_next_and_gaps() {
+        let now = Instant::now();
+        let mut h = History::new(config(100, 1 << 20, 1 << 30), 1, 7);
+        let s: Rc<str> = Rc::from("s");
+        assert_eq!(h.rebase(&s, StreamPos { epoch: 9, seq: 3 }), None);
+        assert_eq!(h.arrival(&s, StreamPos { epoch: 9, seq: 3 }, now), Arrival::Old);
+        assert_eq!(h.arrival(&s, StreamPos { epoch: 9, seq: 4 }, now), Arrival::Next);
+        assert_eq!(
+            h.arrival(&s, StreamPos { epoch: 9, seq: 7 }, now),
+            Arrival::Gap(ResyncReason::Gap)
+        );
+        assert_eq!(h.position("s"), Some(StreamPos { epoch: 9, seq: 7 }));
+        assert_eq!(
+            h.arrival(&s, StreamPos { epoch: 5, seq: 1 }, now),
+            Arrival::Gap(ResyncReason::Epoch)
+        );
+    }
+
+    #[test]
+    fn since_parses_both_spellings() {
+        assert_eq!(
+            parse_since("00ff:12"),
+            Some(StreamPos { epoch: 255, seq: 12 })
+        );
+        assert_eq!(parse_since("ff.0"), Some(StreamPos { epoch: 255, seq: 0 }));
+        for bad in ["", ":", "ff:", ":1", "zz:1", "ff:-1", "11111111111111111:1", "ff:1:2"] {
+            assert_eq!(parse_since(bad), None, "{bad}");
+        }
+    }
+}
