@@ -223,7 +223,7 @@ fn api_key_in_x_api_key_header_is_accepted() {
         &event("x1", "e", "1"),
     );
     assert_eq!(resp.status, 202, "{}", resp.body_str());
-    assert_eq!(resp.json(), json!({"accepted": 1}));
+    assert_eq!(resp.json()["accepted"], 1);
     assert_eq!(ws.next_event(PROMPT)["data"], 1);
 }
 

@@ -84,7 +84,7 @@ impl Redis {
 
     /// Subscribers of a session's channel, from `PUBSUB NUMSUB`.
     fn subscribers(&self, session: &str) -> Option<u64> {
-        let reply = self.try_cmd(&["PUBSUB", "NUMSUB", &format!("relay:v1:s:{session}")])?;
+        let reply = self.try_cmd(&["PUBSUB", "NUMSUB", &format!("relay:v1:s:{{{session}}}")])?;
         reply.lines().last()?.trim_start_matches(':').parse().ok()
     }
 }
@@ -167,6 +167,12 @@ fn killed_pubsub_connection_is_resubscribed_and_delivery_resumes() {
     let mut ws = node.ws_welcomed("kill");
     assert!(wait_until(PROMPT, || redis.subscribers("kill") == Some(1)));
 
+    let welcome_seq = ws.welcome["seq"].as_u64().expect("welcome seq");
+    // An event the node will miss: the session's position moves in Redis (as a
+    // publish from another node would move it) while the pub/sub link is cut.
+    redis
+        .try_cmd(&["HINCRBY", "relay:v1:{kill}", "n", "1"])
+        .expect("redis");
     let killed = redis
         .try_cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
         .expect("redis");
@@ -175,6 +181,8 @@ fn killed_pubsub_connection_is_resubscribed_and_delivery_resumes() {
     let v = ws.next_json(PROMPT);
     assert_eq!(v["type"], "resync", "expected a resync, got {v}");
     assert_eq!(v["session"], "kill");
+    assert_eq!(v["seq"].as_u64(), Some(welcome_seq + 1), "{v}");
+    assert_eq!(v["epoch"], ws.welcome["epoch"], "{v}");
     assert!(
         wait_until(Duration::from_secs(6), || redis.subscribers("kill")
             == Some(1)),
@@ -184,8 +192,9 @@ fn killed_pubsub_connection_is_resubscribed_and_delivery_resumes() {
     node.publish_ok(&event("kill", "after", "1"), 1);
     let v = ws.next_event(PROMPT);
     assert_eq!(v["event"], "after");
+    assert_eq!(v["seq"].as_u64(), Some(welcome_seq + 2), "{v}");
     assert!(node.metric("relay_redis_reconnects_total", &[]) >= 1.0);
-    assert!(node.metric("relay_resync_total", &[]) >= 1.0);
+    assert!(node.metric("relay_resync_total", &[("reason", "gap")]) >= 1.0);
 }
 
 #[test]
@@ -268,15 +277,32 @@ fn redis_outage_flips_readiness_answers_503_resyncs_and_loses_no_accepted_event(
     for (name, ws) in [("a", &mut wa), ("b", &mut wb)] {
         let mut seen = HashSet::new();
         let mut last_resync: Option<Instant> = None;
+        // No silent gap: each event is the one after the last event or resync.
+        let mut at = (ws.welcome["epoch"].clone(), ws.welcome["seq"].as_u64());
         loop {
             let v = ws.next_json(PROMPT);
             match v["type"].as_str() {
-                Some("resync") => last_resync = Some(Instant::now()),
-                Some("event") if v["event"] == "last" => break,
+                Some("resync") => {
+                    last_resync = Some(Instant::now());
+                    at = (v["epoch"].clone(), v["seq"].as_u64());
+                    continue;
+                }
                 Some("event") => {
-                    seen.insert(v["id"].as_str().unwrap_or_default().to_string());
+                    assert_eq!(v["epoch"], at.0, "node {name}: epoch moved without a resync");
+                    assert_eq!(
+                        v["seq"].as_u64(),
+                        at.1.map(|s| s + 1),
+                        "node {name}: a gap without a resync"
+                    );
+                    at.1 = v["seq"].as_u64();
                 }
                 _ => {}
+            }
+            if v["event"] == "last" {
+                break;
+            }
+            if v["type"] == "event" {
+                seen.insert(v["id"].as_str().unwrap_or_default().to_string());
             }
         }
         let resynced_at =

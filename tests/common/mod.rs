@@ -313,6 +313,21 @@ impl Node {
         let w = ws.next_json(PROMPT);
         assert_eq!(w["type"], "welcome", "first frame {w}");
         assert_eq!(w["session"], session, "first frame {w}");
+        ws.welcome = w;
+        ws
+    }
+
+    /// Opens a WebSocket for `session` that resumes after `since` (`EPOCH:SEQ`),
+    /// and reads its welcome frame.
+    pub fn ws_resuming(&self, session: &str, since: &str) -> Ws {
+        let token = token(session);
+        let mut ws = match ws_connect(self.addr, &format!("/ws?token={token}&since={since}"), &[]) {
+            Ok((ws, _)) => ws,
+            Err(e) => panic!("resuming socket for {session} refused: {e:?}"),
+        };
+        let w = ws.next_json(PROMPT);
+        assert_eq!(w["type"], "welcome", "first frame {w}");
+        ws.welcome = w;
         ws
     }
 }
@@ -751,6 +766,8 @@ pub fn batch(events: &[String]) -> String {
 /// A well-behaved client: tungstenite over a blocking TcpStream with read timeouts.
 pub struct Ws {
     pub ws: WebSocket<TcpStream>,
+    /// The welcome frame, once read by [`Node::ws_welcomed`] (else `null`).
+    pub welcome: serde_json::Value,
 }
 
 /// Why `Ws::recv` returned without a message.
@@ -789,7 +806,10 @@ pub fn ws_connect(
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                 .collect();
             Ok((
-                Ws { ws },
+                Ws {
+                    ws,
+                    welcome: serde_json::Value::Null,
+                },
                 HttpResponse {
                     status: resp.status().as_u16(),
                     headers,
