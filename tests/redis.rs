@@ -288,7 +288,10 @@ fn redis_outage_flips_readiness_answers_503_resyncs_and_loses_no_accepted_event(
                     continue;
                 }
                 Some("event") => {
-                    assert_eq!(v["epoch"], at.0, "node {name}: epoch moved without a resync");
+                    assert_eq!(
+                        v["epoch"], at.0,
+                        "node {name}: epoch moved without a resync"
+                    );
                     assert_eq!(
                         v["seq"].as_u64(),
                         at.1.map(|s| s + 1),

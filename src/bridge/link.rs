@@ -298,7 +298,10 @@ impl Link {
         if replies.len() != events.len() {
             return Err(bad_reply());
         }
-        replies.iter().map(|v| placed(v).ok_or_else(bad_reply)).collect()
+        replies
+            .iter()
+            .map(|v| placed(v).ok_or_else(bad_reply))
+            .collect()
     }
 
     /// The current position of each session (starting streams Redis has none for).

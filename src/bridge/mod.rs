@@ -339,7 +339,10 @@ impl Bridge {
             .send_retrying(shard, msg, 100, SEND_PAUSE)
             .is_err()
         {
-            tracing::error!(shard, "history could not be delivered; the socket stays pending");
+            tracing::error!(
+                shard,
+                "history could not be delivered; the socket stays pending"
+            );
         }
     }
 

@@ -45,8 +45,11 @@ pub enum ResyncReason {
 }
 
 impl ResyncReason {
-    pub const ALL: [ResyncReason; 3] =
-        [ResyncReason::Epoch, ResyncReason::History, ResyncReason::Gap];
+    pub const ALL: [ResyncReason; 3] = [
+        ResyncReason::Epoch,
+        ResyncReason::History,
+        ResyncReason::Gap,
+    ];
 
     pub fn metric_reason(self) -> &'static str {
         match self {
@@ -509,7 +512,9 @@ impl History {
         let idle: Vec<Rc<str>> = self
             .streams
             .iter()
-            .filter(|(_, s)| s.sockets == 0 && now.duration_since(s.touched) >= max_age.max(MIN_LINGER))
+            .filter(|(_, s)| {
+                s.sockets == 0 && now.duration_since(s.touched) >= max_age.max(MIN_LINGER)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in &idle {
@@ -585,7 +590,10 @@ mod tests {
         let epoch = h.position("s").unwrap().epoch;
         match h.resume("s", StreamPos { epoch, seq: 4 }, usize::MAX) {
             Resume::Replay(f) => {
-                assert_eq!(f.iter().map(|f| f.seq).collect::<Vec<_>>(), (5..=10).collect::<Vec<_>>())
+                assert_eq!(
+                    f.iter().map(|f| f.seq).collect::<Vec<_>>(),
+                    (5..=10).collect::<Vec<_>>()
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -594,7 +602,14 @@ mod tests {
             Resume::UpToDate
         ));
         assert!(matches!(
-            h.resume("s", StreamPos { epoch: epoch ^ 1, seq: 4 }, usize::MAX),
+            h.resume(
+                "s",
+                StreamPos {
+                    epoch: epoch ^ 1,
+                    seq: 4
+                },
+                usize::MAX
+            ),
             Resume::Resync(ResyncReason::Epoch)
         ));
         assert!(matches!(
@@ -632,7 +647,11 @@ mod tests {
             for _ in 0..20 {
                 publish(&mut h, &s, 200, now);
             }
-            assert!(h.figures().bytes <= cap + STREAM_OVERHEAD + 32, "{}", h.figures().bytes);
+            assert!(
+                h.figures().bytes <= cap + STREAM_OVERHEAD + 32,
+                "{}",
+                h.figures().bytes
+            );
         }
         assert!(h.order.len() <= 2 * h.frames + 1024);
     }
@@ -652,7 +671,10 @@ mod tests {
         assert_eq!(h.figures().frames, 1);
         h.socket_left("s", start + Duration::from_secs(12));
         h.sweep(start + Duration::from_secs(20));
-        assert!(h.take_forgotten().is_empty(), "lingers after its last socket");
+        assert!(
+            h.take_forgotten().is_empty(),
+            "lingers after its last socket"
+        );
         h.sweep(start + Duration::from_secs(30));
         assert_eq!(h.take_forgotten().len(), 1);
         assert_eq!(h.figures().bytes, 0);
@@ -678,8 +700,14 @@ mod tests {
         let mut h = History::new(config(100, 1 << 20, 1 << 30), 1, 7);
         let s: Rc<str> = Rc::from("s");
         assert_eq!(h.rebase(&s, StreamPos { epoch: 9, seq: 3 }), None);
-        assert_eq!(h.arrival(&s, StreamPos { epoch: 9, seq: 3 }, now), Arrival::Old);
-        assert_eq!(h.arrival(&s, StreamPos { epoch: 9, seq: 4 }, now), Arrival::Next);
+        assert_eq!(
+            h.arrival(&s, StreamPos { epoch: 9, seq: 3 }, now),
+            Arrival::Old
+        );
+        assert_eq!(
+            h.arrival(&s, StreamPos { epoch: 9, seq: 4 }, now),
+            Arrival::Next
+        );
         assert_eq!(
             h.arrival(&s, StreamPos { epoch: 9, seq: 7 }, now),
             Arrival::Gap(ResyncReason::Gap)
@@ -695,10 +723,22 @@ mod tests {
     fn since_parses_both_spellings() {
         assert_eq!(
             parse_since("00ff:12"),
-            Some(StreamPos { epoch: 255, seq: 12 })
+            Some(StreamPos {
+                epoch: 255,
+                seq: 12
+            })
         );
         assert_eq!(parse_since("ff.0"), Some(StreamPos { epoch: 255, seq: 0 }));
-        for bad in ["", ":", "ff:", ":1", "zz:1", "ff:-1", "11111111111111111:1", "ff:1:2"] {
+        for bad in [
+            "",
+            ":",
+            "ff:",
+            ":1",
+            "zz:1",
+            "ff:-1",
+            "11111111111111111:1",
+            "ff:1:2",
+        ] {
             assert_eq!(parse_since(bad), None, "{bad}");
         }
     }

@@ -24,10 +24,10 @@ use glommio::net::{TcpListener, TcpStream};
 use crate::auth::JwtVerifier;
 use crate::bridge::{BridgeHandle, BridgeMsg, OutgoingEvent};
 use crate::config::Config;
+use crate::config::HistoryStore;
 use crate::http::publish::{EventSpans, PublishBatch, PublishParser};
 use crate::http::response::Refusal;
 use crate::metrics::{RedisFigures, ShardStats, StatsSnapshot};
-use crate::config::HistoryStore;
 use crate::router::{
     shard_for, AdoptMsg, DeliverMsg, FetchPurpose, Inbox, Receipt, Router, ShardMsg,
 };
@@ -37,7 +37,7 @@ use crate::ws::frame::{
     EventParts, PING_FRAME,
 };
 use crate::ws::upgrade::AcceptedUpgrade;
-use history::{Arrival, History, ResyncReason, Resume, StreamPos};
+use history::{Arrival, History, Resume, ResyncReason, StreamPos};
 use registry::{mono_ms, Outgoing, PendingHello, Registry, SocketState};
 
 /// How often housekeeping looks at every socket: the granularity of pings, token
@@ -309,7 +309,8 @@ impl Shard {
                 };
                 let mut receipts = Vec::with_capacity(d.events.len());
                 for &i in &d.events {
-                    if let Some(r) = self.deliver(&d.batch, i, d.accepted_at, ids, d.wait_delivered) {
+                    if let Some(r) = self.deliver(&d.batch, i, d.accepted_at, ids, d.wait_delivered)
+                    {
                         receipts.push(r);
                     }
                 }
@@ -323,7 +324,10 @@ impl Shard {
                         Duration::from_micros(200),
                     );
                     if sent.is_err() {
-                        tracing::error!(shard = self.id, "receipts not sent; the publish times out");
+                        tracing::error!(
+                            shard = self.id,
+                            "receipts not sent; the publish times out"
+                        );
                     }
                 }
             }
@@ -605,7 +609,12 @@ impl Shard {
             None => {
                 let batch = Arc::new(batch);
                 let r = self.publish_local(&batch, ids, wait_delivered).await?;
-                return Ok(self.receipts_body(&batch, ids, r, wait_delivered.then(|| started.elapsed())));
+                return Ok(self.receipts_body(
+                    &batch,
+                    ids,
+                    r,
+                    wait_delivered.then(|| started.elapsed()),
+                ));
             }
         };
         Ok(self.receipts_body(&batch, ids, receipts, None))
@@ -884,10 +893,7 @@ impl Shard {
         // Sockets per session: all of a session's sockets are here, so this count
         // is the node's.
         let max = self.node.limiters.config.max_sockets_per_session;
-        let in_session = self
-            .registry
-            .borrow()
-            .session_size(&upgrade.claims.session);
+        let in_session = self.registry.borrow().session_size(&upgrade.claims.session);
         if in_session >= max {
             self.stats.rate_limited("session");
             self.stats.upgrade_refused(429);
@@ -1173,7 +1179,10 @@ impl Shard {
                     session: session.to_string(),
                 };
                 if bridge.send(msg).is_err() {
-                    tracing::warn!(shard = self.id, "unsubscribe not queued; the bridge is behind");
+                    tracing::warn!(
+                        shard = self.id,
+                        "unsubscribe not queued; the bridge is behind"
+                    );
                 }
             }
         }

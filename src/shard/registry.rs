@@ -338,11 +338,9 @@ impl Registry {
 
     /// Every socket, welcomed or not.
     pub fn all(&self) -> impl Iterator<Item = &Rc<SocketState>> {
-        self.sessions.values().flat_map(|e| {
-            e.sockets
-                .iter()
-                .chain(e.pending.iter().map(|p| &p.socket))
-        })
+        self.sessions
+            .values()
+            .flat_map(|e| e.sockets.iter().chain(e.pending.iter().map(|p| &p.socket)))
     }
 
     pub fn socket_count(&self) -> usize {

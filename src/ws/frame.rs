@@ -184,7 +184,9 @@ fn remote_position(json: &[u8]) -> Option<StreamPos> {
     let rest = rest[digits..].strip_prefix(br#","epoch":""#)?;
     let hex = rest.get(..16)?;
     let epoch = u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-    rest[16..].starts_with(b"\"").then_some(StreamPos { epoch, seq })
+    rest[16..]
+        .starts_with(b"\"")
+        .then_some(StreamPos { epoch, seq })
 }
 
 /// The frame for a payload as Redis delivers it, and its position; `None` if the
@@ -276,7 +278,10 @@ mod tests {
         let f = encode_event(
             &EventParts {
                 session: "s1",
-                pos: StreamPos { epoch: 0xab, seq: 7 },
+                pos: StreamPos {
+                    epoch: 0xab,
+                    seq: 7,
+                },
                 event: br#""issue.updated""#,
                 id: None,
                 generated_id: "g-1",

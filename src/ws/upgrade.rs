@@ -5,9 +5,9 @@
 //! carries is checked here, in the order cheapest first.
 
 use crate::auth::{Claims, JwtVerifier, OriginPolicy};
-use crate::shard::history::{parse_since, StreamPos};
 use crate::http::head::RequestHead;
 use crate::http::response::Refusal;
+use crate::shard::history::{parse_since, StreamPos};
 
 /// The subprotocol the relay speaks.
 pub const SUBPROTOCOL: &str = "relay.v1";
