@@ -103,16 +103,39 @@ fn wait_ready(node: &Node, timeout: Duration) -> bool {
     wait_until(timeout, || node.get("/readyz").status == 200)
 }
 
-/// Reads events until `n` have arrived (skipping resyncs); returns their ids.
+/// Reads events until `n` have arrived (skipping resyncs); returns each one's id,
+/// epoch and seq.
 fn collect_ids(ws: &mut Ws, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     while ids.len() < n {
         let v = ws.next_json(PROMPT);
         if v["type"] == "event" {
-            ids.push(v["id"].as_str().unwrap_or_default().to_string());
+            ids.push(format!(
+                "{} {}:{}",
+                v["id"].as_str().unwrap_or_default(),
+                v["epoch"].as_str().unwrap_or_default(),
+                v["seq"]
+            ));
         }
     }
     ids
+}
+
+fn node_with_history(redis: &Redis, store: &str) -> Node {
+    Node::builder()
+        .env("REDIS_URL", &redis.url())
+        .flag("--history", store)
+        .start()
+}
+
+/// Drops a socket after reading `k` events; returns the position of the last one.
+fn read_then_drop(mut ws: Ws, k: usize) -> String {
+    let mut last = String::new();
+    for _ in 0..k {
+        let v = ws.next_event(PROMPT);
+        last = format!("{}:{}", v["epoch"].as_str().unwrap_or_default(), v["seq"]);
+    }
+    last
 }
 
 #[test]
@@ -147,6 +170,16 @@ fn three_nodes_deliver_every_event_to_every_socket_in_one_order() {
     let first = collect_ids(&mut sockets[0], expected);
     let unique: HashSet<&String> = first.iter().collect();
     assert_eq!(unique.len(), expected, "duplicates on the first socket");
+    // Redis placed every event: consecutive seqs from the welcome's, one epoch.
+    let welcome_seq = sockets[0].welcome["seq"].as_u64().expect("seq");
+    for (k, line) in first.iter().enumerate() {
+        let seq: u64 = line
+            .rsplit(':')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("seq");
+        assert_eq!(seq, welcome_seq + 1 + k as u64, "{line}");
+    }
     for (k, ws) in sockets.iter_mut().enumerate().skip(1) {
         assert_eq!(
             collect_ids(ws, expected),
@@ -324,6 +357,107 @@ fn redis_outage_flips_readiness_answers_503_resyncs_and_loses_no_accepted_event(
         );
     }
     assert!(back.elapsed() < Duration::from_secs(20));
+    // Redis came back empty: the streams start a new epoch, and sockets were told.
+    assert!(
+        a.metric("relay_resync_total", &[("reason", "epoch")]) >= 1.0,
+        "{}",
+        a.metrics()
+    );
+}
+
+#[test]
+fn resume_on_another_node_replays_with_redis_history_and_resyncs_without() {
+    let redis = Redis::start();
+    let a = node_with_history(&redis, "redis");
+    let b = node_with_history(&redis, "redis");
+    assert!(wait_ready(&a, PROMPT) && wait_ready(&b, PROMPT));
+    let ws = a.ws_welcomed("hop");
+    a.publish_ok(&event("hop", "e", "1"), 1);
+    let since = read_then_drop(ws, 1);
+    // Published while the client is between nodes, through both nodes.
+    for i in 0..20 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        node.publish_ok(
+            &format!(r#"{{"session":"hop","event":"e","id":"away-{i}","data":{i}}}"#),
+            1,
+        );
+    }
+    // b never held a socket of "hop": its ring is empty, the Redis Stream is not.
+    let mut back = b.ws_resuming("hop", &since);
+    assert_eq!(back.welcome["seq"], 21, "{}", back.welcome);
+    for i in 0..20u64 {
+        let v = back.next_json(PROMPT);
+        assert_eq!(v["type"], "event", "expected a replay, got {v}");
+        assert_eq!(
+            (v["seq"].as_u64(), v["id"].as_str()),
+            (Some(2 + i), Some(format!("away-{i}").as_str()))
+        );
+    }
+    a.publish_ok(&event("hop", "live", "1"), 1);
+    let v = back.next_json(PROMPT);
+    assert_eq!(
+        (v["event"].as_str(), v["seq"].as_u64()),
+        (Some("live"), Some(22)),
+        "{v}"
+    );
+    assert_eq!(b.metric("relay_replays_total", &[]), 1.0);
+
+    // Without Redis-kept history the other node cannot replay: resync first.
+    let c = node_on(&redis);
+    assert!(wait_ready(&c, PROMPT));
+    let mut elsewhere = c.ws_resuming("hop", &since);
+    let v = elsewhere.next_json(PROMPT);
+    assert_eq!(v["type"], "resync", "{v}");
+    assert_eq!(v["seq"], 22);
+    assert_eq!(v["epoch"], elsewhere.welcome["epoch"]);
+}
+
+#[test]
+fn resume_on_the_same_node_replays_from_its_ring_over_plain_pubsub() {
+    let redis = Redis::start();
+    let a = node_on(&redis);
+    let b = node_on(&redis);
+    assert!(wait_ready(&a, PROMPT) && wait_ready(&b, PROMPT));
+    let ws = a.ws_welcomed("stay");
+    b.publish_ok(&event("stay", "e", "1"), 1);
+    let since = read_then_drop(ws, 1);
+    for i in 0..10 {
+        b.publish_ok(&event("stay", "away", &i.to_string()), 1);
+    }
+    // The stream outlived its socket on a, so its subscription did too.
+    let mut back = a.ws_resuming("stay", &since);
+    let seqs: Vec<u64> = (0..10)
+        .map(|_| back.next_event(PROMPT)["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (2..=11).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_retried_id_through_different_nodes_is_delivered_once() {
+    let redis = Redis::start();
+    let nodes: Vec<Node> = (0..3).map(|_| node_on(&redis)).collect();
+    for n in &nodes {
+        assert!(wait_ready(n, PROMPT));
+    }
+    let mut sockets: Vec<Ws> = nodes.iter().map(|n| n.ws_welcomed("retry")).collect();
+    let body = r#"{"session":"retry","event":"e","id":"pay-1","data":1}"#;
+    let mut seqs = HashSet::new();
+    for attempt in 0..5 {
+        let resp = nodes[attempt % 3].publish(body);
+        assert_eq!(resp.status, 202, "{}", resp.body_str());
+        let r = &resp.json()["events"][0];
+        assert_eq!(
+            r["duplicate"].as_bool().unwrap_or(false),
+            attempt > 0,
+            "{r}"
+        );
+        seqs.insert(r["seq"].as_u64().expect("seq"));
+    }
+    assert_eq!(seqs.len(), 1, "every retry names the first seq");
+    for ws in &mut sockets {
+        assert_eq!(ws.next_event(PROMPT)["id"], "pay-1");
+        ws.assert_no_text(Duration::from_millis(300));
+    }
 }
 
 /// A three-master Redis Cluster of our own, killed on drop.
@@ -461,6 +595,7 @@ fn redis_cluster_carries_sharded_pubsub_across_nodes() {
             Node::builder()
                 .env("REDIS_URL", &cluster.seeds())
                 .env("REDIS_CLUSTER", "true")
+                .flag("--history", "redis")
                 .start()
         })
         .collect();
@@ -503,6 +638,21 @@ fn redis_cluster_carries_sharded_pubsub_across_nodes() {
             }
         }
     }
+    // Positions and history streams live on the slot's master too: a client of
+    // session 0 resumes on a node that never held it, from its Redis Stream.
+    let (_, first) = &sockets[0];
+    let since = format!("{}:5", first.welcome["epoch"].as_str().expect("epoch"));
+    let fresh = Node::builder()
+        .env("REDIS_URL", &cluster.seeds())
+        .env("REDIS_CLUSTER", "true")
+        .flag("--history", "redis")
+        .start();
+    assert!(wait_ready(&fresh, PROMPT));
+    let mut back = fresh.ws_resuming(&sessions[0], &since);
+    let seqs: Vec<u64> = (0..5)
+        .map(|_| back.next_event(PROMPT)["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, vec![6, 7, 8, 9, 10]);
 }
 
 /// Runs openssl with `args` in `dir`; panics with its output on failure.
