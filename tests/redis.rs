@@ -878,3 +878,60 @@ fn black_holed_redis_is_detected_by_timeouts_and_never_hangs_a_publisher() {
     );
     assert!(node.metric("relay_publish_errors_total", &[("reason", "redis")]) >= 1.0);
 }
+
+#[test]
+fn a_socket_waiting_for_an_absent_redis_is_welcomed_when_it_returns_or_closed_1013() {
+    let mut redis = Redis::start();
+    let node = node_on(&redis);
+    assert!(wait_ready(&node, PROMPT));
+    redis.kill();
+    assert!(wait_until(PROMPT, || node.get("/readyz").status == 503));
+
+    // Redis returns within the wait: the 101 and welcome come then, and events.
+    let addr = node.addr;
+    let client = std::thread::spawn(move || {
+        let token = token("patient");
+        let started = Instant::now();
+        let (mut ws, _) = ws_connect(addr, &format!("/ws?token={token}"), &[]).expect("upgrade");
+        let w = ws.next_json(PROMPT);
+        (ws, w, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    redis.spawn();
+    let (mut patient, w, waited) = client.join().expect("client");
+    assert_eq!(w["type"], "welcome", "{w}");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "welcomed before Redis was back"
+    );
+    assert!(wait_ready(&node, Duration::from_secs(8)));
+    node.publish_ok(&event("patient", "e", "1"), 1);
+    assert_eq!(patient.next_event(PROMPT)["data"], 1);
+
+    // Redis stays away: the socket is closed with 1013 (try again later), after a
+    // proper handshake, within the 10 s limit (plus a housekeeping tick).
+    redis.kill();
+    assert!(wait_until(PROMPT, || node.get("/readyz").status == 503));
+    let started = Instant::now();
+    let mut conn = HttpConn::connect(node.addr);
+    conn.set_timeout(Duration::from_secs(15));
+    let req = upgrade_request(&format!("/ws?token={}", token("stranded")), &[]);
+    conn.send(req.as_bytes()).expect("send upgrade");
+    let mut bytes = Vec::new();
+    let _ = conn.stream.read_to_end(&mut bytes);
+    let head_end = find(&bytes, b"\r\n\r\n").expect("a response head") + 4;
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    // Nothing but a close frame with 1013 follows the 101.
+    let close = &bytes[head_end..];
+    assert_eq!(close.first(), Some(&0x88), "{close:?}");
+    assert_eq!(&close[2..4], &1013u16.to_be_bytes());
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -45,6 +45,9 @@ use registry::{mono_ms, Outgoing, PendingHello, Registry, SocketState};
 pub const HOUSEKEEPING_TICK: Duration = Duration::from_millis(250);
 /// Housekeeping ticks between sweeps of idle rate-limiter keys (10 s).
 const LIMITER_SWEEP_TICKS: u64 = 40;
+/// How long a socket may wait for its session's stream before it is closed with
+/// 1013 (try again later).
+const PENDING_LIMIT: Duration = Duration::from_secs(10);
 /// Housekeeping ticks between sweeps of old history and idle streams (1 s).
 const HISTORY_SWEEP_TICKS: u64 = 4;
 /// How long a closing socket waits for the peer's close frame before dropping it.
@@ -255,6 +258,10 @@ impl Shard {
         self.draining.set(true);
         for t in accept_tasks {
             t.cancel().await;
+        }
+        let pending = self.registry.borrow_mut().take_pending_since(u64::MAX);
+        for hello in pending {
+            self.abandon(hello, Disconnect::Draining);
         }
         let sockets: Vec<Rc<SocketState>> = self.registry.borrow().all().cloned().collect();
         tracing::info!(shard = self.id, sockets = sockets.len(), "draining");
@@ -1067,6 +1074,14 @@ impl Shard {
         self.registry.borrow_mut().welcome(hello.socket);
     }
 
+    /// Closes a socket that was never welcomed: its 101 goes first, so the client
+    /// sees a proper close with `reason`, not bytes before a handshake.
+    fn abandon(&self, hello: PendingHello, reason: Disconnect) {
+        hello.socket.push_control(Outgoing::Owned(hello.response));
+        hello.socket.request_close(reason);
+        self.registry.borrow_mut().welcome(hello.socket);
+    }
+
     /// Events read back from Redis for a resuming socket: with the ring's newer
     /// frames they must cover everything after its position, else it resyncs.
     fn fetched(
@@ -1142,8 +1157,16 @@ impl Shard {
             let unix = unix_now();
             let ping_interval = limits.ping_interval.as_millis() as u64;
             let ping_timeout = limits.ping_timeout.as_millis() as u64;
+            // A socket still waiting for its stream (Redis away) is not kept forever.
+            let stale = self
+                .registry
+                .borrow_mut()
+                .take_pending_since(now.saturating_sub(PENDING_LIMIT.as_millis() as u64));
+            for hello in stale {
+                self.abandon(hello, Disconnect::Overloaded);
+            }
             let registry = self.registry.borrow();
-            for s in registry.all() {
+            for s in registry.welcomed() {
                 if s.is_closing() {
                     let deadline = s.close_deadline.get();
                     if deadline != 0 && deadline <= now {

@@ -336,6 +336,29 @@ impl Registry {
             .filter(|s| !s.is_empty())
     }
 
+    /// Every welcomed socket.
+    pub fn welcomed(&self) -> impl Iterator<Item = &Rc<SocketState>> {
+        self.sessions.values().flat_map(|e| e.sockets.iter())
+    }
+
+    /// Takes every pending socket that joined at or before `joined_by` (a
+    /// [`mono_ms`] time; a pending socket has not spoken, so `last_heard` is when
+    /// it joined).
+    pub fn take_pending_since(&mut self, joined_by: u64) -> Vec<PendingHello> {
+        let mut out = Vec::new();
+        for entry in self.sessions.values_mut() {
+            let mut i = 0;
+            while i < entry.pending.len() {
+                if entry.pending[i].socket.last_heard.get() <= joined_by {
+                    out.push(entry.pending.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
     /// Every socket, welcomed or not.
     pub fn all(&self) -> impl Iterator<Item = &Rc<SocketState>> {
         self.sessions
