@@ -157,6 +157,10 @@ pub struct ServeArgs {
     /// Open sockets per tenant on this node; 0: no cap (429).
     #[arg(long, env = "RELAY_MAX_SOCKETS_PER_TENANT", default_value_t = 0)]
     pub max_sockets_per_tenant: usize,
+    /// Published events per second per tenant named by a publish's X-Relay-Tenant
+    /// header (burst: one second's worth); 0: no cap (429).
+    #[arg(long, env = "RELAY_TENANT_PUBLISH_RATE", default_value_t = 0)]
+    pub tenant_publish_rate: u32,
     /// CSV of proxy networks (CIDR) whose X-Forwarded-For names the client.
     #[arg(long, env = "RELAY_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,

@@ -376,6 +376,7 @@ impl Config {
             max_sockets_per_session: args.max_sockets_per_session,
             tenant_claim: args.tenant_claim.clone().filter(|c| !c.is_empty()),
             max_sockets_per_tenant: args.max_sockets_per_tenant,
+            tenant_events_per_sec: std::num::NonZeroU32::new(args.tenant_publish_rate),
             trusted_proxies,
         };
         if args.history == HistoryStore::Redis && redis_url.is_none() {

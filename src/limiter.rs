@@ -6,6 +6,9 @@
 //! - open sockets per tenant, a tenant being the value of a configurable JWT claim
 //!   (for a Forge app, the installation or cloud id). Tenants are never registered
 //!   up front: a tenant exists while it has sockets.
+//! - published events per tenant. Publishes carry an API key, not a JWT, so the
+//!   backend names the tenant in `X-Relay-Tenant` (the value its sockets' tokens
+//!   carry in the tenant claim); a publish that names none is not tenant-limited.
 //!
 //! (Sockets per session need no shared state: a session's sockets all live on its
 //! owning shard, which counts them.)
@@ -35,6 +38,8 @@ pub struct LimiterConfig {
     pub tenant_claim: Option<String>,
     /// Open sockets per tenant.
     pub max_sockets_per_tenant: usize,
+    /// Published events per second per tenant named by `X-Relay-Tenant`.
+    pub tenant_events_per_sec: Option<NonZeroU32>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
 }
@@ -44,6 +49,7 @@ pub struct Limiters {
     pub config: LimiterConfig,
     connects: Option<DefaultKeyedRateLimiter<IpAddr>>,
     events: Option<DefaultKeyedRateLimiter<usize>>,
+    tenant_events: Option<DefaultKeyedRateLimiter<String>>,
     /// Open sockets per tenant. Touched once per socket opened or closed.
     tenants: Mutex<HashMap<String, usize>>,
 }
@@ -65,6 +71,9 @@ impl Limiters {
             }),
             events: config
                 .events_per_sec
+                .map(|r| RateLimiter::keyed(Quota::per_second(r).allow_burst(r))),
+            tenant_events: config
+                .tenant_events_per_sec
                 .map(|r| RateLimiter::keyed(Quota::per_second(r).allow_burst(r))),
             tenants: Mutex::new(HashMap::new()),
             config,
@@ -101,6 +110,15 @@ impl Limiters {
         };
         let n = NonZeroU32::new(events.min(u32::MAX as usize) as u32).unwrap_or(NonZeroU32::MIN);
         matches!(l.check_key_n(&key, n), Ok(Ok(_)))
+    }
+
+    /// Charges `events` published events to `tenant`.
+    pub fn allow_tenant_events(&self, tenant: &str, events: usize) -> bool {
+        let Some(l) = &self.tenant_events else {
+            return true;
+        };
+        let n = NonZeroU32::new(events.min(u32::MAX as usize) as u32).unwrap_or(NonZeroU32::MIN);
+        matches!(l.check_key_n(&tenant.to_string(), n), Ok(Ok(_)))
     }
 
     /// Takes a socket slot for `tenant`; false when the tenant is at its cap.
@@ -143,6 +161,10 @@ impl Limiters {
         }
         for l in self.events.iter() {
             l.retain_recent();
+        }
+        for l in self.tenant_events.iter() {
+            l.retain_recent();
+            l.shrink_to_fit();
         }
     }
 }
@@ -196,6 +218,20 @@ mod tests {
         assert!(
             !l.allow_events(2, 101),
             "a batch over the burst never passes"
+        );
+    }
+
+    #[test]
+    fn tenant_publishes_are_charged_per_tenant() {
+        let l = limiters(LimiterConfig {
+            tenant_events_per_sec: NonZeroU32::new(10),
+            ..LimiterConfig::default()
+        });
+        assert!(l.allow_tenant_events("t1", 10));
+        assert!(!l.allow_tenant_events("t1", 1));
+        assert!(
+            l.allow_tenant_events("t2", 10),
+            "another tenant has its own budget"
         );
     }
 

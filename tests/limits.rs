@@ -109,6 +109,37 @@ fn publishes_over_the_per_key_rate_get_429_and_other_keys_are_unaffected() {
 }
 
 #[test]
+fn publishes_over_the_per_tenant_rate_get_429_and_other_tenants_are_unaffected() {
+    let node = Node::builder().flag("--tenant-publish-rate", "5").start();
+    let as_tenant = |tenant: &str, body: &str| {
+        let req = post_events_request(body, Some(API_KEY)).replacen(
+            "\r\n\r\n",
+            &format!("\r\nX-Relay-Tenant: {tenant}\r\n\r\n"),
+            1,
+        );
+        http_request(node.addr, &req)
+    };
+    let evs: Vec<String> = (0..5).map(|i| event("tp", "e", &i.to_string())).collect();
+    let first = as_tenant("cloud-1", &batch(&evs));
+    assert_eq!(first.status, 202, "{}", first.body_str());
+    assert_429(&as_tenant("cloud-1", &event("tp", "e", "6")));
+    let other = as_tenant("cloud-2", &event("tp", "e", "7"));
+    assert_eq!(other.status, 202, "another tenant has its own budget");
+    // Without the header, only the per-key rate applies.
+    node.publish_ok(&event("tp", "e", "8"), 1);
+    assert_eq!(
+        node.metric(
+            "relay_rate_limiter_blocked_total",
+            &[("limiter", "tenant_publish")]
+        ),
+        1.0
+    );
+    // A tenant value is checked like a session name; no label carries it.
+    as_tenant("bad tenant!", &event("tp", "e", "9")).assert_error(400, "bad_request");
+    assert!(!node.metrics().contains("cloud-1"));
+}
+
+#[test]
 fn sockets_over_the_per_session_cap_get_429() {
     let node = Node::builder()
         .flag("--max-sockets-per-session", "2")

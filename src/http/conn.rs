@@ -44,6 +44,8 @@ enum Action {
         expect_continue: bool,
         /// `?wait=delivered`: answer after the fan-out, with its counts.
         wait_delivered: bool,
+        /// The tenant named by `X-Relay-Tenant`, charged for the events.
+        tenant: Option<String>,
     },
     Metrics {
         keep_alive: bool,
@@ -185,6 +187,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 keep_alive,
                 expect_continue,
                 wait_delivered,
+                tenant,
             } => {
                 buf.drain(..head_len);
                 let body = match read_body(
@@ -208,11 +211,14 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 };
                 let reply = publish(
                     &shard,
-                    key,
+                    PublishRequest {
+                        key,
+                        tenant: tenant.as_deref(),
+                        max_batch: limits.max_batch_events,
+                        keep_alive,
+                        wait_delivered,
+                    },
                     body,
-                    limits.max_batch_events,
-                    keep_alive,
-                    wait_delivered,
                 )
                 .await;
                 if stream.write_all(&reply).await.is_err() || !keep_alive {
@@ -285,19 +291,36 @@ async fn read_body(
     Ok(body)
 }
 
-async fn publish(
-    shard: &Rc<Shard>,
+/// What the head of a `POST /events` decided, for its body.
+struct PublishRequest<'a> {
+    /// Which API key authorized it (the publish rate is per key).
     key: usize,
-    body: Vec<u8>,
+    tenant: Option<&'a str>,
     max_batch: usize,
     keep_alive: bool,
     wait_delivered: bool,
-) -> Vec<u8> {
+}
+
+async fn publish(shard: &Rc<Shard>, req: PublishRequest<'_>, body: Vec<u8>) -> Vec<u8> {
+    let PublishRequest {
+        key,
+        tenant,
+        max_batch,
+        keep_alive,
+        wait_delivered,
+    } = req;
     let parsed = shard.parser.borrow_mut().parse(body, max_batch);
+    let limiters = &shard.node.limiters;
     let result = match parsed {
-        Ok(batch) if !shard.node.limiters.allow_events(key, batch.events.len()) => {
+        Ok(batch) if !limiters.allow_events(key, batch.events.len()) => {
             shard.stats.rate_limited("publish");
             Err(Refusal::rate_limited("publish rate limit for this API key"))
+        }
+        Ok(batch)
+            if tenant.is_some_and(|t| !limiters.allow_tenant_events(t, batch.events.len())) =>
+        {
+            shard.stats.rate_limited("tenant_publish");
+            Err(Refusal::rate_limited("publish rate limit for this tenant"))
         }
         Ok(batch) => shard.publish(batch, wait_delivered).await,
         Err(e) => Err(Refusal::new(e.status, e.message)),
@@ -508,6 +531,19 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
             false,
         );
     }
+    let tenant = match head.one("x-relay-tenant") {
+        Ok(None) => None,
+        Ok(Some(t)) if crate::auth::is_valid_session(t.trim()) => Some(t.trim().to_string()),
+        _ => {
+            return refuse(
+                Refusal::new(
+                    400,
+                    "X-Relay-Tenant must be one header of 1 to 128 of A-Z a-z 0-9 . _ : -",
+                ),
+                false,
+            )
+        }
+    };
     let wait_delivered = match head.query_param("wait") {
         None => false,
         Some("delivered") => true,
@@ -524,5 +560,6 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
         keep_alive,
         expect_continue: head.has_token("expect", "100-continue"),
         wait_delivered,
+        tenant,
     }
 }

@@ -59,8 +59,15 @@ pub const PUBLISH_ERROR_REASONS: [(u16, &str); 11] = [
 
 /// The `limiter` label of `relay_rate_limiter_blocked_total`: connects per client
 /// address, published events per API key, sockets per session, sockets per tenant,
-/// and client message floods (closed with 1008).
-pub const RATE_LIMITERS: [&str; 5] = ["connect", "publish", "session", "tenant", "client_messages"];
+/// client message floods (closed with 1008), and published events per tenant.
+pub const RATE_LIMITERS: [&str; 6] = [
+    "connect",
+    "publish",
+    "session",
+    "tenant",
+    "client_messages",
+    "tenant_publish",
+];
 
 /// Refused upgrades, by status.
 pub const UPGRADE_REFUSAL_STATUSES: [u16; 8] = [400, 401, 403, 408, 426, 429, 431, 503];
