@@ -417,6 +417,21 @@ fn upgrade_head_trickled_one_byte_per_100_ms_gets_408_at_its_absolute_deadline()
 }
 
 #[test]
+fn events_body_trickled_one_byte_per_100_ms_gets_408_at_its_absolute_deadline() {
+    let node = Node::builder().flag("--body-timeout", "1s").start();
+    // A whole head declaring 100 bytes, then a body that never completes.
+    let first = format!(
+        "POST /events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    let (resp, took, mut conn) = trickle_head(&node, first);
+    assert_408_at_the_deadline(&resp, took, &mut conn);
+    assert_eq!(
+        node.metric("relay_publish_errors_total", &[("reason", "timeout")]),
+        1.0
+    );
+}
+
+#[test]
 fn events_head_trickled_one_byte_per_100_ms_gets_408_at_its_absolute_deadline() {
     let node = Node::builder().flag("--handshake-timeout", "1s").start();
     let first = format!(

@@ -25,19 +25,30 @@ fn connect_from(src: u8, to: SocketAddr) -> Option<TcpStream> {
 }
 
 #[test]
-fn ten_thousand_trickling_heads_cost_bounded_memory_and_time_out_while_real_clients_connect() {
+fn ten_thousand_trickling_heads_and_bodies_cost_bounded_memory_and_time_out_while_real_clients_connect(
+) {
     let node = Node::builder()
         .flag("--handshake-timeout", "4s")
+        .flag("--body-timeout", "4s")
         .flag("--connect-rate", "0")
         .start();
+    // Half trickle an upgrade head; half send a whole POST head declaring the
+    // largest body allowed, then trickle the body.
+    let slow_body = format!(
+        "POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{{"
+    );
     let rss_before = node.rss_kib();
     let started = Instant::now();
     let mut slow = Vec::with_capacity(SLOW);
     for i in 0..SLOW {
         let src = 2 + (i % 8) as u8;
         if let Some(mut s) = connect_from(src, node.addr) {
-            // The first bytes of a head that will never be finished.
-            let _ = s.write_all(b"GET /ws?token=");
+            // The first bytes of a head, or of a body, that will never be finished.
+            if i % 2 == 0 {
+                let _ = s.write_all(b"GET /ws?token=");
+            } else {
+                let _ = s.write_all(slow_body.as_bytes());
+            }
             slow.push(s);
         }
     }

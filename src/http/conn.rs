@@ -272,7 +272,9 @@ async fn read_body(
 ) -> Result<Vec<u8>, ReadError> {
     let deadline = Instant::now() + timeout;
     let have = buf.len().min(len);
-    let mut body = Vec::with_capacity(len);
+    // Grown as bytes arrive: a declared length costs nothing until it is sent, so
+    // trickled bodies cannot reserve a megabyte each.
+    let mut body = Vec::with_capacity(len.min(BODY_CHUNK));
     body.extend_from_slice(&buf[..have]);
     buf.drain(..have);
     if body.len() < len
@@ -300,6 +302,9 @@ struct PublishRequest<'a> {
     keep_alive: bool,
     wait_delivered: bool,
 }
+
+/// Most of a body reserved before its bytes arrive.
+const BODY_CHUNK: usize = 64 * 1024;
 
 async fn publish(shard: &Rc<Shard>, req: PublishRequest<'_>, body: Vec<u8>) -> Vec<u8> {
     let PublishRequest {
