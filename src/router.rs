@@ -92,8 +92,9 @@ pub struct RemoteEvent {
 pub enum FetchPurpose {
     /// A resuming socket waits for them.
     Resume { socket: u64 },
-    /// This node missed them while Redis was away.
-    CatchUp,
+    /// This node missed them (Redis was away, or a gap in arrivals); the stream
+    /// must reach `target`.
+    CatchUp { target: u64 },
 }
 
 /// Everything that crosses cores (and the bridge thread).

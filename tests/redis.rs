@@ -18,6 +18,9 @@ use common::*;
 struct Redis {
     port: u16,
     child: Option<Child>,
+    /// With a directory, Redis keeps an append-only file there, fsynced before
+    /// every reply, and reloads it when respawned.
+    aof_dir: Option<PathBuf>,
 }
 
 impl Redis {
@@ -26,23 +29,40 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
-        let mut r = Redis { port, child: None };
+        let mut r = Redis {
+            port,
+            child: None,
+            aof_dir: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// A Redis that survives `kill` + `spawn` with its data (AOF, fsync always).
+    fn start_persistent() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut r = Redis {
+            port,
+            child: None,
+            aof_dir: Some(fresh_dir("redis-aof")),
+        };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        let dir = self.aof_dir.as_ref().map(|d| d.display().to_string());
+        match &dir {
+            Some(d) => args.extend(["--appendonly", "yes", "--appendfsync", "always", "--dir", d]),
+            None => args.extend(["--appendonly", "no"]),
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -366,6 +386,93 @@ fn redis_outage_flips_readiness_answers_503_resyncs_and_loses_no_accepted_event(
 }
 
 #[test]
+fn with_redis_kept_history_a_redis_crash_loses_no_accepted_event() {
+    let mut redis = Redis::start_persistent();
+    let a = node_with_history(&redis, "redis");
+    let b = node_with_history(&redis, "redis");
+    assert!(wait_ready(&a, PROMPT) && wait_ready(&b, PROMPT));
+    let mut sockets = vec![
+        ("a", a.ws_welcomed("durable")),
+        ("b", b.ws_welcomed("durable")),
+    ];
+    assert!(wait_until(PROMPT, || redis.subscribers("durable") == Some(2)));
+
+    // Publishers on both nodes, every 10 ms, recording what was answered 202.
+    let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = [a.addr, b.addr]
+        .into_iter()
+        .enumerate()
+        .map(|(n, addr)| {
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("n{n}-{i}");
+                    let body =
+                        format!(r#"{{"session":"durable","event":"tick","id":"{id}","data":{i}}}"#);
+                    let resp = http_request(addr, &post_events_request(&body, Some(API_KEY)));
+                    if resp.status == 202 {
+                        accepted.lock().expect("lock").push(id);
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(400));
+    redis.kill(); // SIGKILL: whatever Redis had not written to subscribers is lost there
+    assert!(wait_until(Duration::from_secs(5), || a
+        .get("/readyz")
+        .status
+        == 503));
+    std::thread::sleep(Duration::from_millis(300));
+    redis.spawn(); // reloads the append-only file
+    assert!(wait_ready(&a, Duration::from_secs(8)) && wait_ready(&b, Duration::from_secs(8)));
+    let n_before = accepted.lock().expect("lock").len();
+    assert!(wait_until(Duration::from_secs(5), || accepted
+        .lock()
+        .expect("lock")
+        .len()
+        > n_before + 10));
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        p.join().expect("publisher");
+    }
+    a.publish_ok(&event("durable", "last", "0"), 1);
+
+    // Every accepted event reaches every socket, in one order, with no resync.
+    let accepted = accepted.lock().expect("lock").clone();
+    for (name, ws) in &mut sockets {
+        let mut seen = HashSet::new();
+        let mut at = ws.welcome["seq"].as_u64().expect("seq");
+        loop {
+            let v = ws.next_json(PROMPT);
+            assert_eq!(
+                v["type"], "event",
+                "node {name}: expected only events, got {v}"
+            );
+            assert_eq!(v["seq"].as_u64(), Some(at + 1), "node {name}: {v}");
+            at += 1;
+            if v["event"] == "last" {
+                break;
+            }
+            seen.insert(v["id"].as_str().unwrap_or_default().to_string());
+        }
+        let lost: Vec<&String> = accepted.iter().filter(|id| !seen.contains(*id)).collect();
+        assert!(lost.is_empty(), "node {name} lost accepted events {lost:?}");
+    }
+    eprintln!(
+        "{} events accepted; caught up from Redis: a {}, b {}",
+        accepted.len(),
+        a.metric("relay_caught_up_events_total", &[]),
+        b.metric("relay_caught_up_events_total", &[])
+    );
+}
+
+#[test]
 fn resume_on_another_node_replays_with_redis_history_and_resyncs_without() {
     let redis = Redis::start();
     let a = node_with_history(&redis, "redis");
@@ -519,6 +626,7 @@ impl RedisCluster {
             let r = Redis {
                 port: p,
                 child: None,
+                aof_dir: None,
             };
             assert!(wait_until(Duration::from_secs(5), || r
                 .try_cmd(&["PING"])
@@ -542,6 +650,7 @@ impl RedisCluster {
             let r = Redis {
                 port: p,
                 child: None,
+                aof_dir: None,
             };
             assert!(
                 wait_until(Duration::from_secs(10), || r
@@ -569,6 +678,7 @@ impl RedisCluster {
                 let r = Redis {
                     port: p,
                     child: None,
+                    aof_dir: None,
                 };
                 r.try_cmd(&["PUBSUB", "SHARDCHANNELS"])
                     .map(|x| x.matches("relay:v1:s:").count())

@@ -32,6 +32,7 @@ pub const RESYNC_TOTAL: &str = "relay_resync_total";
 pub const REPLAYS_TOTAL: &str = "relay_replays_total";
 pub const REPLAYED_EVENTS_TOTAL: &str = "relay_replayed_events_total";
 pub const DEDUPE_HITS_TOTAL: &str = "relay_dedupe_hits_total";
+pub const CAUGHT_UP_EVENTS_TOTAL: &str = "relay_caught_up_events_total";
 pub const HISTORY_BYTES: &str = "relay_history_bytes";
 pub const HISTORY_SESSIONS: &str = "relay_history_sessions";
 
@@ -96,6 +97,7 @@ pub struct ShardStats {
     replayed_events: Cell<u64>,
     resyncs: [Cell<u64>; ResyncReason::ALL.len()],
     dedupe_hits: Cell<u64>,
+    caught_up: Cell<u64>,
     /// Set by the shard from its history before each snapshot.
     pub history_bytes: Cell<u64>,
     pub history_sessions: Cell<u64>,
@@ -150,6 +152,10 @@ impl ShardStats {
     pub fn dedupe_hit(&self) {
         bump(&self.dedupe_hits, 1);
     }
+    /// `events` this node missed were read back from Redis and delivered.
+    pub fn caught_up(&self, events: u64) {
+        bump(&self.caught_up, events);
+    }
 
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
@@ -168,6 +174,7 @@ impl ShardStats {
             replayed_events: self.replayed_events.get(),
             resyncs: self.resyncs.each_ref().map(Cell::get),
             dedupe_hits: self.dedupe_hits.get(),
+            caught_up: self.caught_up.get(),
             history_bytes: self.history_bytes.get(),
             history_sessions: self.history_sessions.get(),
         }
@@ -193,6 +200,7 @@ pub struct StatsSnapshot {
     pub replayed_events: u64,
     pub resyncs: [u64; ResyncReason::ALL.len()],
     pub dedupe_hits: u64,
+    pub caught_up: u64,
     pub history_bytes: u64,
     pub history_sessions: u64,
 }
@@ -260,6 +268,7 @@ impl StatsSnapshot {
         self.replayed_events += other.replayed_events;
         add_arrays(&mut self.resyncs, &other.resyncs);
         self.dedupe_hits += other.dedupe_hits;
+        self.caught_up += other.caught_up;
         self.history_bytes += other.history_bytes;
         self.history_sessions += other.history_sessions;
     }
@@ -412,6 +421,12 @@ impl StatsSnapshot {
                 "Published events not delivered again because their id was seen within the dedupe window.",
                 MetricType::COUNTER,
                 vec![counter(self.dedupe_hits, vec![])],
+            ),
+            family(
+                CAUGHT_UP_EVENTS_TOTAL,
+                "Events this node missed (Redis away, or a gap) read back from Redis history and delivered.",
+                MetricType::COUNTER,
+                vec![counter(self.caught_up, vec![])],
             ),
             family(
                 HISTORY_BYTES,

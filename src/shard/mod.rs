@@ -45,6 +45,9 @@ use registry::{mono_ms, Outgoing, PendingHello, Registry, SocketState};
 pub const HOUSEKEEPING_TICK: Duration = Duration::from_millis(250);
 /// Housekeeping ticks between sweeps of idle rate-limiter keys (10 s).
 const LIMITER_SWEEP_TICKS: u64 = 40;
+/// Events held for one session while its missed events are read back from Redis;
+/// past this the catch-up is abandoned for a resync.
+const CATCH_UP_HOLD: usize = 10_000;
 /// How long a socket may wait for its session's stream before it is closed with
 /// 1013 (try again later).
 const PENDING_LIMIT: Duration = Duration::from_secs(10);
@@ -155,6 +158,9 @@ pub struct Shard {
     pub node: Arc<NodeShared>,
     pub stats: ShardStats,
     pub registry: RefCell<Registry>,
+    /// Sessions whose missed events are being read back from Redis, with the events
+    /// that arrived meanwhile (held, in order, until the read-back is delivered).
+    catching_up: RefCell<HashMap<Rc<str>, Vec<(EncodedFrame, StreamPos)>>>,
     /// Each session's stream: position, resume history, dedupe ids.
     pub history: RefCell<History>,
     settings: RefCell<Rc<Settings>>,
@@ -217,6 +223,7 @@ impl Shard {
             node,
             stats: ShardStats::default(),
             registry: RefCell::new(Registry::default()),
+            catching_up: RefCell::new(HashMap::new()),
             history: RefCell::new(history),
             settings: RefCell::new(settings),
             parser: RefCell::new(PublishParser::default()),
@@ -376,23 +383,14 @@ impl Shard {
             }
             ShardMsg::Subscribed { sessions } => {
                 for (session, pos) in sessions {
-                    let key = self.history.borrow().key(&session);
-                    let changed = self.history.borrow_mut().settle(&key, pos);
-                    if let Some(reason) = changed {
-                        self.send_resync(&session, reason);
-                    }
+                    self.settle_or_catch_up(&session, pos);
                     self.greet_pending(&session);
                 }
             }
             ShardMsg::Resync { sessions } => {
                 for (session, pos) in sessions {
-                    if self.history.borrow().get(&session).is_none() {
-                        continue;
-                    }
-                    let key = self.history.borrow().key(&session);
-                    let changed = self.history.borrow_mut().settle(&key, pos);
-                    if let Some(reason) = changed {
-                        self.send_resync(&session, reason);
+                    if self.history.borrow().get(&session).is_some() {
+                        self.settle_or_catch_up(&session, pos);
                     }
                 }
             }
@@ -506,6 +504,23 @@ impl Shard {
     /// An event from Redis: delivered when it is the session's next one, dropped
     /// when already seen; a gap before it resyncs the session's sockets first.
     fn deliver_remote(&self, session: &str, frame: EncodedFrame, pos: StreamPos, now: Instant) {
+        if let Some(held) = self.catching_up.borrow_mut().get_mut(session) {
+            // Behind this event are events being read back from Redis: it waits.
+            if held.len() < CATCH_UP_HOLD {
+                held.push((frame, pos));
+                return;
+            }
+        }
+        if self.catching_up.borrow().contains_key(session) {
+            // Too much arrived meanwhile: give up the catch-up; the gap resyncs.
+            self.catching_up.borrow_mut().remove(session);
+        } else if pos.seq > 1 && self.can_catch_up(session, pos.epoch, pos.seq - 1) {
+            self.start_catch_up(session, pos.seq - 1);
+            if let Some(held) = self.catching_up.borrow_mut().get_mut(session) {
+                held.push((frame, pos));
+                return;
+            }
+        }
         let mut history = self.history.borrow_mut();
         let key = history.key(session);
         match history.arrival(&key, pos, now) {
@@ -524,6 +539,96 @@ impl Shard {
         drop(history);
         if let Some(sockets) = self.registry.borrow().sockets_of(session) {
             self.fan_out(sockets, &frame, false);
+        }
+    }
+
+    /// Moves a session's stream to `pos` learned from Redis. With Redis-kept
+    /// history, events this node missed in the same epoch are read back and
+    /// delivered instead of a resync; otherwise the sockets are told to resync.
+    fn settle_or_catch_up(&self, session: &str, pos: StreamPos) {
+        if self.catching_up.borrow().contains_key(session) {
+            return;
+        }
+        if self.can_catch_up(session, pos.epoch, pos.seq) {
+            self.start_catch_up(session, pos.seq);
+            return;
+        }
+        let key = self.history.borrow().key(session);
+        let changed = self.history.borrow_mut().settle(&key, pos);
+        if let Some(reason) = changed {
+            self.send_resync(session, reason);
+        }
+    }
+
+    /// True when `session`'s live stream is behind `seq` in `epoch` and the Redis
+    /// Stream may hold what lies between.
+    fn can_catch_up(&self, session: &str, epoch: u64, seq: u64) -> bool {
+        self.node.config.history.store == HistoryStore::Redis
+            && self.node.bridge.is_some()
+            && self
+                .history
+                .borrow()
+                .get(session)
+                .is_some_and(|s| s.live && s.epoch == epoch && s.seq < seq)
+    }
+
+    /// Asks the bridge for the events after the stream's position; arrivals wait
+    /// until they are delivered. `target` is where the stream must get to.
+    fn start_catch_up(&self, session: &str, target: u64) {
+        let (Some(bridge), Some(after)) =
+            (&self.node.bridge, self.history.borrow().position(session))
+        else {
+            return;
+        };
+        let msg = BridgeMsg::Fetch {
+            from: self.id,
+            session: session.to_string(),
+            after,
+            purpose: FetchPurpose::CatchUp { target },
+        };
+        if bridge.send(msg).is_ok() {
+            self.catching_up
+                .borrow_mut()
+                .insert(Rc::from(session), Vec::new());
+        }
+    }
+
+    /// Events read back for a catch-up: delivered through the normal arrival path
+    /// (a hole the Redis Stream cannot fill resyncs there), then what was held.
+    fn caught_up(&self, session: &str, target: u64, payloads: Option<Vec<Vec<u8>>>) {
+        let held = self
+            .catching_up
+            .borrow_mut()
+            .remove(session)
+            .unwrap_or_default();
+        let now = Instant::now();
+        let now_ns = unix_now_ns();
+        let mut read_back = 0u64;
+        for p in payloads.unwrap_or_default() {
+            if let Some((frame, pos)) = frame_from_remote(&p, now_ns, now) {
+                if pos.seq > target {
+                    break;
+                }
+                read_back += 1;
+                self.deliver_remote(session, frame, pos, now);
+            }
+        }
+        self.stats.caught_up(read_back);
+        let Some(at) = self.history.borrow().position(session) else {
+            return;
+        };
+        if at.seq < target {
+            let key = self.history.borrow().key(session);
+            let pos = StreamPos {
+                epoch: at.epoch,
+                seq: target,
+            };
+            if let Some(reason) = self.history.borrow_mut().settle(&key, pos) {
+                self.send_resync(session, reason);
+            }
+        }
+        for (frame, pos) in held {
+            self.deliver_remote(session, frame, pos, now);
         }
     }
 
@@ -1091,8 +1196,9 @@ impl Shard {
         purpose: FetchPurpose,
         payloads: Option<Vec<Vec<u8>>>,
     ) {
-        let FetchPurpose::Resume { socket } = purpose else {
-            return;
+        let socket = match purpose {
+            FetchPurpose::Resume { socket } => socket,
+            FetchPurpose::CatchUp { target } => return self.caught_up(session, target, payloads),
         };
         let Some(hello) = self
             .registry
