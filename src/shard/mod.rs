@@ -45,6 +45,9 @@ use registry::{mono_ms, Outgoing, PendingHello, Registry, SocketState};
 pub const HOUSEKEEPING_TICK: Duration = Duration::from_millis(250);
 /// Housekeeping ticks between sweeps of idle rate-limiter keys (10 s).
 const LIMITER_SWEEP_TICKS: u64 = 40;
+/// An event from Redis that arrived while earlier ones were being read back.
+type HeldEvent = (EncodedFrame, StreamPos);
+
 /// Events held for one session while its missed events are read back from Redis;
 /// past this the catch-up is abandoned for a resync.
 const CATCH_UP_HOLD: usize = 10_000;
@@ -160,7 +163,7 @@ pub struct Shard {
     pub registry: RefCell<Registry>,
     /// Sessions whose missed events are being read back from Redis, with the events
     /// that arrived meanwhile (held, in order, until the read-back is delivered).
-    catching_up: RefCell<HashMap<Rc<str>, Vec<(EncodedFrame, StreamPos)>>>,
+    catching_up: RefCell<HashMap<Rc<str>, Vec<HeldEvent>>>,
     /// Each session's stream: position, resume history, dedupe ids.
     pub history: RefCell<History>,
     settings: RefCell<Rc<Settings>>,
