@@ -1235,7 +1235,9 @@ impl Shard {
             Resume::Replay(more) => frames.extend(more),
             Resume::Resync(_) => frames.clear(),
         }
+        let bytes: usize = frames.iter().map(|f| f.len()).sum();
         let complete = after.seq <= pos.seq
+            && bytes <= max
             && frames.len() as u64 == pos.seq - after.seq
             && frames
                 .iter()
