@@ -1045,3 +1045,57 @@ fn a_socket_waiting_for_an_absent_redis_is_welcomed_when_it_returns_or_closed_10
         started.elapsed()
     );
 }
+
+#[test]
+fn a_gap_in_arrivals_and_a_position_that_moved_back_are_both_told() {
+    let redis = Redis::start();
+    let node = node_on(&redis);
+    assert!(wait_ready(&node, PROMPT));
+    let mut ws = node.ws_welcomed("told");
+    node.publish_ok(&event("told", "e", "1"), 1);
+    assert_eq!(ws.next_event(PROMPT)["seq"], 1);
+
+    // Event 2 is placed but never published (as if this node missed it): event 3
+    // arrives after a gap. The resync names 2, the point before it; then 3 comes.
+    redis
+        .try_cmd(&["HINCRBY", "relay:v1:{told}", "n", "1"])
+        .expect("redis");
+    node.publish_ok(&event("told", "e", "3"), 1);
+    let v = ws.next_json(PROMPT);
+    assert_eq!(
+        (v["type"].as_str(), v["seq"].as_u64()),
+        (Some("resync"), Some(2)),
+        "{v}"
+    );
+    let v = ws.next_event(PROMPT);
+    assert_eq!(v["seq"], 3, "{v}");
+    assert_eq!(node.metric("relay_resync_total", &[("reason", "gap")]), 1.0);
+
+    // Redis loses writes (a failover to a lagging replica): its position is
+    // behind the node's. The sockets are told, and the reused numbers are delivered,
+    // not dropped as already seen.
+    redis
+        .try_cmd(&["HSET", "relay:v1:{told}", "n", "1"])
+        .expect("redis");
+    redis
+        .try_cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .expect("redis");
+    let v = ws.next_json(Duration::from_secs(8));
+    assert_eq!(
+        (v["type"].as_str(), v["seq"].as_u64()),
+        (Some("resync"), Some(1)),
+        "{v}"
+    );
+    assert!(wait_ready(&node, Duration::from_secs(6)));
+    node.publish_ok(&event("told", "after", "2"), 1);
+    let v = ws.next_event(PROMPT);
+    assert_eq!(
+        (v["event"].as_str(), v["seq"].as_u64()),
+        (Some("after"), Some(2)),
+        "{v}"
+    );
+    assert_eq!(
+        node.metric("relay_resync_total", &[("reason", "epoch")]),
+        1.0
+    );
+}

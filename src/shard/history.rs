@@ -93,9 +93,12 @@ pub struct SessionStream {
     pub seq: u64,
     ring: VecDeque<Rc<EncodedFrame>>,
     ring_bytes: usize,
-    ids: HashMap<u64, u64>,
+    /// Publisher id hash → (seq it was given, when).
+    ids: HashMap<u64, (u64, Instant)>,
     id_order: VecDeque<(u64, Instant)>,
-    /// Last event or socket departure, for forgetting idle streams.
+    /// When the stream was made or its last socket left: a stream without sockets
+    /// is forgotten some time after this, however busy (with Redis, that ends its
+    /// subscription on a node nobody listens on).
     touched: Instant,
     /// With Redis: the subscription is live and the position is known.
     pub live: bool,
@@ -187,13 +190,16 @@ impl History {
         }
     }
 
-    /// Moves a stream forward to `pos` learned from Redis (a subscription's or a
-    /// reconnect's position). Nothing changes when the stream is already there
-    /// or past it in the same epoch; otherwise it is rebased, and the reason is
-    /// returned when sockets had been told an older position.
+    /// Moves a stream to `pos` learned from Redis (a subscription's or a
+    /// reconnect's position). Nothing changes when the stream is already there;
+    /// otherwise it is rebased, and the reason is returned when sockets had been
+    /// told another position. A position behind the stream's in the same epoch
+    /// means Redis lost writes (a failover to a lagging replica): the numbers
+    /// after it would be reused, so that counts as a new epoch for the sockets.
     pub fn settle(&mut self, session: &Rc<str>, pos: StreamPos) -> Option<ResyncReason> {
         match self.streams.get(&**session) {
-            Some(s) if s.live && s.epoch == pos.epoch && pos.seq <= s.seq => None,
+            // Events this node already has arrived after the position was read.
+            Some(s) if s.live && s.epoch == pos.epoch && pos.seq == s.seq => None,
             _ => self.rebase(session, pos),
         }
     }
@@ -241,15 +247,15 @@ impl History {
     }
 
     /// The sequence number an id was given within the dedupe window, if any.
-    pub fn duplicate_of(&self, session: &str, id_hash: u64) -> Option<u64> {
-        self.streams.get(session)?.ids.get(&id_hash).copied()
+    pub fn duplicate_of(&self, session: &str, id_hash: u64, now: Instant) -> Option<u64> {
+        let &(seq, at) = self.streams.get(session)?.ids.get(&id_hash)?;
+        (now.duration_since(at) < self.config.dedupe_window).then_some(seq)
     }
 
     /// Takes the next sequence number of `session` (creating its stream).
     pub fn next_seq(&mut self, session: &Rc<str>, now: Instant) -> StreamPos {
         let s = self.stream(session, now);
         s.seq += 1;
-        s.touched = now;
         s.position()
     }
 
@@ -269,11 +275,25 @@ impl History {
                 freed += 1;
             }
         }
-        if s.ids.insert(id_hash, seq).is_none() {
+        if s.ids.insert(id_hash, (seq, now)).is_none() {
             s.id_order.push_back((id_hash, now));
             self.bytes += ID_OVERHEAD;
         }
         self.bytes -= freed * ID_OVERHEAD;
+        if self.bytes > self.budget {
+            self.enforce_budget();
+        }
+        // Still over with frames and idle streams gone: this session remembers
+        // fewer ids (dedupe narrows under memory pressure; the cap holds).
+        if let Some(s) = self.streams.get_mut(session) {
+            while self.bytes > self.budget && s.id_order.len() > 1 {
+                if let Some((h, _)) = s.id_order.pop_front() {
+                    if s.ids.remove(&h).is_some() {
+                        self.bytes -= ID_OVERHEAD;
+                    }
+                }
+            }
+        }
     }
 
     /// Keeps `frame` (whose `seq` is the stream's latest) for resume, within bounds.
@@ -420,7 +440,6 @@ impl History {
     /// stream. Rebases the stream on a gap or a new epoch.
     pub fn arrival(&mut self, session: &Rc<str>, pos: StreamPos, now: Instant) -> Arrival {
         let s = self.stream(session, now);
-        s.touched = now;
         if !s.live {
             // The first event seen before the subscription's position arrived.
             s.epoch = pos.epoch;
@@ -449,10 +468,14 @@ impl History {
                 seq: pos.seq.saturating_sub(1),
             },
         );
-        if let Some(s) = self.streams.get_mut(&**session) {
-            s.seq = pos.seq;
-        }
         Arrival::Gap(reason)
+    }
+
+    /// Takes the event at `seq` as the stream's latest, after a gap was told.
+    pub fn advance(&mut self, session: &str, seq: u64) {
+        if let Some(s) = self.streams.get_mut(session) {
+            s.seq = s.seq.max(seq);
+        }
     }
 
     /// Moves `session` to `pos`, forgetting frames that cannot bridge to it; marks
@@ -469,7 +492,7 @@ impl History {
         if was_live && s.epoch == pos.epoch && s.seq == pos.seq {
             return None;
         }
-        let reason = if s.epoch != pos.epoch {
+        let reason = if s.epoch != pos.epoch || pos.seq < s.seq {
             ResyncReason::Epoch
         } else {
             ResyncReason::Gap
@@ -687,11 +710,12 @@ mod tests {
         let s: Rc<str> = Rc::from("s");
         let seq = publish(&mut h, &s, 10, now);
         h.remember_id("s", 42, seq, now);
-        assert_eq!(h.duplicate_of("s", 42), Some(seq));
-        assert_eq!(h.duplicate_of("s", 43), None);
+        assert_eq!(h.duplicate_of("s", 42, now), Some(seq));
+        assert_eq!(h.duplicate_of("s", 43, now), None);
         let later = now + h.config().dedupe_window + Duration::from_secs(1);
+        assert_eq!(h.duplicate_of("s", 42, later), None, "outside the window");
         h.remember_id("s", 43, 2, later);
-        assert_eq!(h.duplicate_of("s", 42), None);
+        assert_eq!(h.duplicate_of("s", 42, later), None);
     }
 
     #[test]
@@ -712,7 +736,16 @@ mod tests {
             h.arrival(&s, StreamPos { epoch: 9, seq: 7 }, now),
             Arrival::Gap(ResyncReason::Gap)
         );
+        // The resync names the point before the arriving event; then it is taken.
+        assert_eq!(h.position("s"), Some(StreamPos { epoch: 9, seq: 6 }));
+        h.advance("s", 7);
         assert_eq!(h.position("s"), Some(StreamPos { epoch: 9, seq: 7 }));
+        // Redis behind the stream in the same epoch (lost writes): a new start.
+        assert_eq!(
+            h.settle(&s, StreamPos { epoch: 9, seq: 3 }),
+            Some(ResyncReason::Epoch)
+        );
+        assert_eq!(h.settle(&s, StreamPos { epoch: 9, seq: 3 }), None);
         assert_eq!(
             h.arrival(&s, StreamPos { epoch: 5, seq: 1 }, now),
             Arrival::Gap(ResyncReason::Epoch)

@@ -466,7 +466,7 @@ impl Shard {
             dropped: 0,
         };
         if let Some(h) = id_hash {
-            if let Some(seq) = history.duplicate_of(session, h) {
+            if let Some(seq) = history.duplicate_of(session, h, at) {
                 self.stats.dedupe_hit();
                 receipt.duplicate = true;
                 receipt.pos = StreamPos {
@@ -533,6 +533,7 @@ impl Shard {
                 drop(history);
                 self.send_resync(session, reason);
                 history = self.history.borrow_mut();
+                history.advance(session, pos.seq);
             }
         }
         let frame = Rc::new(frame);
@@ -870,6 +871,9 @@ impl Shard {
         match self.answers(id).await {
             Some(receipts) => {
                 self.stats.add_events(n as u64);
+                for _ in receipts.iter().filter(|r| r.duplicate) {
+                    self.stats.dedupe_hit();
+                }
                 Ok(receipts)
             }
             None => Err(Refusal::redis_unavailable()),
