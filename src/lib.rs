@@ -27,10 +27,12 @@
 //!                                                             │ registry: session → sockets
 //!   backend ──POST /events──▶ any shard: parse + validate whole body
 //!                                 │ router: shard_for(session)
-//!                                 ├─ owner is here ─▶ fan-out now
-//!                                 └─ crossbeam channel + doorbell ─▶ owning shard ─▶ fan-out
-//!   with Redis: any shard ─▶ bridge thread ─PUBLISH─▶ Redis ─▶ every node's bridge
-//!               ─▶ owning shard (one channel per session, subscribed while it has sockets)
+//!                                 ├─ owner is here ─▶ sequence + fan-out now
+//!                                 └─ crossbeam channel + doorbell ─▶ owning shard
+//!                                    ─▶ seq, history ring, fan-out ─▶ receipt back ─▶ 202
+//!   with Redis: any shard ─▶ bridge thread ─publish script (seq, dedupe, PUBLISH)─▶
+//!               Redis ─▶ every node's bridge ─▶ owning shard (one channel per session,
+//!               subscribed while its stream lives) ─▶ seq check, history ring, fan-out
 //!   fan-out: encode the frame once ─▶ push the same Rc'd bytes onto each socket's
 //!            bounded queue ─▶ each socket task writes its whole queue in one sendmsg
 //! ```

@@ -5,20 +5,28 @@
 //! ([`BridgeHandle::send`]); it talks to shards through the [`Router`], like any
 //! other cross-core message.
 //!
-//! - **Publishing.** A shard hands over a validated request's events, already
-//!   encoded; the bridge sends every pending request's events in one pipeline of
-//!   `PUBLISH`es, in arrival order, and answers each request only after Redis
-//!   acknowledged it. The publishing node delivers its own events from its
-//!   subscription, like every other node, so all nodes see one order.
-//! - **Subscriptions follow local sockets.** A shard asks for a session's channel
-//!   when the session's first local socket arrives and gives it up when the last one
-//!   leaves; the bridge batches the changes. Channel names are a fixed prefix plus a
-//!   validated session name; nothing user-supplied reaches a pattern subscription.
+//! - **Publishing.** A shard hands over a validated request's events, encoded
+//!   around their place in the stream; the bridge runs the publish script for every
+//!   pending request's events in one pipeline, in arrival order. The script gives
+//!   each event its session's next `seq` (and epoch), drops a retried id, keeps it
+//!   in the session's Redis Stream with `--history redis`, and publishes it, all at
+//!   once; each request is answered with its receipts only after Redis replied. The
+//!   publishing node delivers its own events from its subscription, like every
+//!   other node, so all nodes see one order and the same numbers.
+//! - **Subscriptions follow session streams.** A shard asks for a session's channel
+//!   when it makes the session's stream (its first local socket) and gives it up when
+//!   it forgets the stream (the history's age after the last socket left); the
+//!   bridge batches the changes and answers with each session's position. Channel
+//!   names are a fixed prefix plus a validated session name in a hash tag; nothing
+//!   user-supplied reaches a pattern subscription.
 //! - **Outages.** Losing Redis (an error, a closed connection, or a ping that does
 //!   not come back within its timeout) marks the node not ready, fails publishes
 //!   fast, and reconnects with exponential backoff and jitter capped at 5 s. Back
-//!   online, the bridge resubscribes the whole current set and tells every session
-//!   that was subscribed before the outage to resync (`{"type":"resync"}`).
+//!   online, the bridge resubscribes the whole current set and sends every session's
+//!   position; a shard whose stream fell behind catches up from the Redis Stream or
+//!   resyncs its sockets (`{"type":"resync",…}`).
+//! - **History.** `Fetch` reads a session's Redis Stream after a position, for a
+//!   resuming socket or a catch-up.
 //!
 //! Every queue is bounded: the shard→bridge channel, and what the bridge keeps per
 //! pending publish. Incoming events that a full shard inbox cannot take become a
