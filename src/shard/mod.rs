@@ -903,7 +903,13 @@ impl Shard {
         }
         let reserved_bytes = batch.body.len();
         let others = remote.iter().filter(|evs| !evs.is_empty()).count();
-        let id = self.await_answers(others);
+        // Only answers from other shards are awaited; a request this shard owns
+        // whole registers nothing.
+        let id = if others > 0 {
+            self.await_answers(others)
+        } else {
+            u64::MAX
+        };
         let groups: Vec<(usize, DeliverMsg)> = remote
             .into_iter()
             .enumerate()
@@ -942,7 +948,6 @@ impl Shard {
         }
         self.stats.add_events(n as u64);
         if others == 0 {
-            self.pending_publishes.borrow_mut().remove(&id);
             return Ok(receipts);
         }
         match self.answers(id).await {
