@@ -160,3 +160,27 @@ fn non_loopback_targets_are_refused_before_any_traffic() {
     let err = run(&scn, &opts()).expect_err("refused");
     assert!(err.to_string().contains("not a loopback address"), "{err}");
 }
+
+#[test]
+fn resume_drops_and_reconnects_sockets_without_silent_loss() {
+    let node = load_node();
+    let scn = scenario::from_str(
+        &format!(
+            "kind = \"resume\"\nurl = \"http://{}\"\nsessions = 20\nsockets_per_session = 5\nrate = 500\nduration = \"3s\"\ndrain = \"2s\"\ndrop_fraction = 0.1\naway = \"200ms\"\n",
+            node.addr
+        ),
+        &[],
+    )
+    .expect("scenario");
+    let r = run(&scn, &opts()).expect("run");
+    assert!(r.passed, "{:?} {:?}", r.failures, r.errors);
+    assert_eq!(r.sockets_connected, 100);
+    assert_eq!(r.events_accepted, 1500);
+    assert_eq!(r.silent_losses, 0, "{r:?}");
+    assert_eq!(r.duplicates, 0);
+    assert!(r.resumes > 0, "no socket resumed: {} drops", r.drops);
+    assert!(r.replayed > 0 || r.resyncs > 0, "resumes caught nothing up");
+    assert!(r.latency_ms.count > 0);
+    // The node replayed what the dropped sockets missed.
+    assert!(node.metric("relay_replays_total", &[]) > 0.0);
+}

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use crate::event::{self, Pos, ServerFrame};
 use crate::target::Target;
 use crate::ws::{self, FrameError, HandshakeError, Rng};
 
@@ -92,15 +93,20 @@ pub struct WsConn {
     frag: Vec<u8>,
     out: Vec<u8>,
     rng: Rng,
+    /// The position the welcome frame announced (`None` from a relay that sends none).
+    welcome: Option<Pos>,
 }
 
 impl WsConn {
-    /// TCP connect from `src`, upgrade with `?token=`, wait for the welcome frame.
+    /// TCP connect from `src`, upgrade with `?token=` (and `&since=EPOCH:SEQ` to resume
+    /// after `since`), wait for the welcome frame. Frames after the welcome (a replay, a
+    /// resync) stay buffered for the first [`WsConn::read_some`].
     pub async fn open(
         target: &Target,
         src: Option<IpAddr>,
         rcvbuf: Option<u32>,
         token: &str,
+        since: Option<Pos>,
         seed: u64,
         deadline: Instant,
     ) -> Result<WsConn, ConnError> {
@@ -120,8 +126,13 @@ impl WsConn {
             frag: Vec::new(),
             out: Vec::new(),
             rng,
+            welcome: None,
         };
-        let req = ws::upgrade_request(&format!("/ws?token={token}"), &target.host, &key);
+        let path = match since {
+            Some(p) => format!("/ws?token={token}&since={}", p.since()),
+            None => format!("/ws?token={token}"),
+        };
+        let req = ws::upgrade_request(&path, &target.host, &key);
         match timeout_at(deadline, c.stream.write_all(&req)).await {
             Err(_) => return Err(ConnError::Timeout),
             Ok(r) => r?,
@@ -144,15 +155,16 @@ impl WsConn {
             }
             c.end += n;
         }
-        // The first text frame must be the welcome.
+        // The first text frame must be the welcome; reading stops right after it.
         let mut welcome = None;
         while welcome.is_none() {
             let mut first = None;
             match c
-                .read_some(deadline, |payload| {
-                    if first.is_none() {
-                        first = Some(memchr::memmem::find(payload, b"\"welcome\"").is_some());
-                    }
+                .read_limited(deadline, 1, |payload| {
+                    first = Some((
+                        memchr::memmem::find(payload, b"\"welcome\"").is_some(),
+                        event::classify(payload),
+                    ));
                 })
                 .await?
             {
@@ -162,10 +174,20 @@ impl WsConn {
                 ReadOutcome::Eof => return Err(ConnError::ClosedBeforeWelcome(None)),
             }
         }
-        if welcome == Some(false) {
-            return Err(ConnError::NoWelcome);
+        match welcome {
+            Some((true, frame)) => {
+                if let ServerFrame::Welcome(p) = frame {
+                    c.welcome = Some(p);
+                }
+                Ok(c)
+            }
+            _ => Err(ConnError::NoWelcome),
         }
-        Ok(c)
+    }
+
+    /// The position the welcome announced: the session's last seq when the socket joined.
+    pub fn welcome(&self) -> Option<Pos> {
+        self.welcome
     }
 
     /// Processes frames already buffered, then (if none were complete) reads once, waiting
@@ -174,9 +196,20 @@ impl WsConn {
     pub async fn read_some(
         &mut self,
         deadline: Instant,
+        on_text: impl FnMut(&[u8]),
+    ) -> Result<ReadOutcome, ConnError> {
+        self.read_limited(deadline, usize::MAX, on_text).await
+    }
+
+    /// [`WsConn::read_some`], handing over at most `limit` text messages; later frames
+    /// stay buffered.
+    async fn read_limited(
+        &mut self,
+        deadline: Instant,
+        limit: usize,
         mut on_text: impl FnMut(&[u8]),
     ) -> Result<ReadOutcome, ConnError> {
-        let (progressed, closed) = self.drain_frames(&mut on_text)?;
+        let (progressed, closed) = self.drain_frames(&mut on_text, limit)?;
         if let Some(code) = closed {
             return Ok(ReadOutcome::Closed(code));
         }
@@ -193,7 +226,7 @@ impl WsConn {
             return Ok(ReadOutcome::Eof);
         }
         self.end += n;
-        let (_, closed) = self.drain_frames(&mut on_text)?;
+        let (_, closed) = self.drain_frames(&mut on_text, limit)?;
         self.flush_out().await?;
         Ok(match closed {
             Some(code) => ReadOutcome::Closed(code),
@@ -223,21 +256,27 @@ impl WsConn {
         Ok(())
     }
 
-    /// Parses every complete frame in the buffer. Returns (any frame processed, close code if
-    /// a close frame came).
+    /// Parses every complete frame in the buffer, stopping after `limit` text messages.
+    /// Returns (any frame processed, close code if a close frame came).
     #[allow(clippy::type_complexity)]
     fn drain_frames(
         &mut self,
         on_text: &mut impl FnMut(&[u8]),
+        limit: usize,
     ) -> Result<(bool, Option<Option<u16>>), ConnError> {
         let mut progressed = false;
-        while let Some(h) = ws::parse_frame(&self.buf[self.start..self.end], MAX_FRAME)? {
+        let mut texts = 0usize;
+        while texts < limit {
+            let Some(h) = ws::parse_frame(&self.buf[self.start..self.end], MAX_FRAME)? else {
+                break;
+            };
             progressed = true;
             let p0 = self.start + h.header_len;
             let p1 = p0 + h.payload_len;
             self.start += h.total_len();
             match h.opcode {
                 ws::OP_TEXT | ws::OP_BINARY if h.fin && self.frag.is_empty() => {
+                    texts += 1;
                     on_text(&self.buf[p0..p1]);
                 }
                 ws::OP_TEXT | ws::OP_BINARY => {
@@ -252,6 +291,7 @@ impl WsConn {
                     }
                     self.frag.extend_from_slice(&self.buf[p0..p1]);
                     if h.fin {
+                        texts += 1;
                         on_text(&self.frag);
                         self.frag.clear();
                     }
@@ -299,6 +339,13 @@ impl WsConn {
             let _ = self.stream.shutdown().await;
         })
         .await;
+    }
+
+    /// Drops the socket without a close frame: SO_LINGER 0 makes the kernel answer with
+    /// a reset, as when a client's network goes away.
+    pub fn abort(self) {
+        crate::net::reset_on_close(&self.stream);
+        drop(self.stream);
     }
 
     /// For a socket that never read: reads and discards the backlog until the server's close

@@ -29,9 +29,10 @@ use tokio::task::{spawn_local, JoinHandle, LocalSet};
 use tokio::time::{sleep_until, Instant};
 
 use crate::conn::{ConnError, DrainEnd, ReadOutcome, WsConn};
-use crate::event::{self, unix_ns, Stamp};
+use crate::event::{self, unix_ns, Pos, Stamp};
 use crate::net::{post_events_request, HttpConn};
 use crate::output::{Progress, ProgressLine};
+use crate::resume::{self, ResumeTally, Seen, Tracker};
 use crate::scenario::{Kind, Scenario};
 use crate::stats::{Part, SocketTally};
 use crate::target::{self, Target};
@@ -157,6 +158,12 @@ struct Shared {
     /// 202-accepted events per session, written by the publisher, read by receivers to stop
     /// early once they have everything.
     accepted: Vec<AtomicU64>,
+    /// resume: the last accepted seq per session (from the receipts) and its epoch, read by
+    /// receivers to stop once they stand there.
+    last_seq: Vec<AtomicU64>,
+    last_epoch: Vec<AtomicU64>,
+    /// Names the run; seeds the resume drop schedule (the same in every process).
+    run_id: u32,
     publish_done: AtomicBool,
     progress: Arc<Progress>,
 }
@@ -225,6 +232,9 @@ pub fn run_process(
     let mut cpu_from_ns = unix_ns();
     let shared = Arc::new(Shared {
         accepted: (0..scn.sessions).map(|_| AtomicU64::new(0)).collect(),
+        last_seq: (0..scn.sessions).map(|_| AtomicU64::new(0)).collect(),
+        last_epoch: (0..scn.sessions).map(|_| AtomicU64::new(0)).collect(),
+        run_id: cfg.run_id,
         publisher_here: cfg.slice.index == 0 && scn.kind.publishes(),
         scn,
         sessions,
@@ -401,9 +411,14 @@ async fn worker_main(
         .map(|(spec, token)| spawn_local(connect_one(ctx.clone(), sem.clone(), spec, token)))
         .collect();
     let mut conns = Vec::with_capacity(handles.len());
+    let mut resumable = Vec::new();
     for h in handles {
-        if let Ok(Some(c)) = h.await {
-            conns.push(c);
+        if let Ok(Some((spec, token, c))) = h.await {
+            if scn.kind == Kind::Resume {
+                resumable.push((spec, token, c));
+            } else {
+                conns.push((spec, c));
+            }
         }
     }
     let _ = ready.send(());
@@ -412,6 +427,7 @@ async fn worker_main(
     let start_ns = match rx.wait_for(|v| *v != 0).await {
         Ok(v) => *v,
         Err(_) => {
+            conns.extend(resumable.into_iter().map(|(s, _, c)| (s, c)));
             close_all(conns).await;
             return ctx.part.take();
         }
@@ -425,6 +441,17 @@ async fn worker_main(
         Kind::IdleHold => {
             for (spec, c) in conns {
                 tasks.push(spawn_local(hold(ctx.clone(), spec, c, start_ns)));
+            }
+        }
+        Kind::Resume => {
+            for (spec, token, c) in resumable {
+                tasks.push(spawn_local(resume_socket(
+                    ctx.clone(),
+                    spec,
+                    token,
+                    c,
+                    start_ns,
+                )));
             }
         }
         _ => {
@@ -463,7 +490,7 @@ async fn connect_one(
     sem: Rc<Semaphore>,
     spec: SocketSpec,
     token: String,
-) -> Option<(SocketSpec, WsConn)> {
+) -> Option<(SocketSpec, String, WsConn)> {
     let sh = &ctx.shared;
     let scn = &sh.scn;
     // Open loop when paced: the handshake "starts" at its scheduled time, even if a permit
@@ -490,7 +517,7 @@ async fn connect_one(
     let src = sh.src_for(spec.node, spec.g);
     let rcvbuf = (spec.slow && scn.slow_rcvbuf > 0).then_some(scn.slow_rcvbuf);
     let deadline = Instant::now() + scn.connect_timeout.0;
-    match WsConn::open(target, src, rcvbuf, &token, spec.g ^ began, deadline).await {
+    match WsConn::open(target, src, rcvbuf, &token, None, spec.g ^ began, deadline).await {
         Ok(c) => {
             let now = unix_ns();
             let mut p = ctx.part.borrow_mut();
@@ -498,7 +525,7 @@ async fn connect_one(
             p.sockets_connected += 1;
             p.connect_last_ns = p.connect_last_ns.max(now);
             Progress::add(&sh.progress.connected, 1);
-            Some((spec, c))
+            Some((spec, token, c))
         }
         Err(e) => {
             if let ConnError::ClosedBeforeWelcome(code) = &e {
@@ -688,6 +715,9 @@ async fn publish(ctx: Rc<Ctx>, start_ns: u64) {
     {
         let mut p = ctx.part.borrow_mut();
         p.accepted_per_session = vec![0; sh.sessions.len()];
+        if scn.kind == Kind::Resume {
+            p.accepted_last = vec![Pos::default(); sh.sessions.len()];
+        }
         p.events_scheduled = n * u64::from(scn.batch);
     }
     let queue: Rc<RefCell<VecDeque<(u64, u64)>>> = Rc::new(RefCell::new(VecDeque::new()));
@@ -866,6 +896,10 @@ async fn publisher_conn(
                     sh.accepted[s].fetch_add(1, Ordering::AcqRel);
                 }
                 Progress::add(&sh.progress.accepted, batch);
+                drop(p);
+                if scn.kind == Kind::Resume {
+                    take_receipts(&ctx, c.body(), first, batch);
+                }
             }
             Ok(Ok(status)) => ctx.error(format!("publish_http_{status}")),
             Ok(Err(e)) => {
@@ -881,6 +915,246 @@ async fn publisher_conn(
         }
         if conn.as_ref().is_some_and(|c| c.closed) {
             conn = None;
+        }
+    }
+}
+
+/// resume: records the position of each event of an accepted request (its `202`
+/// receipts, in request order: event `first + i` went to session `(first + i) mod
+/// sessions`) as the session's last accepted event, for the end check and for receivers
+/// waiting to catch up.
+fn take_receipts(ctx: &Ctx, body: &[u8], first: u64, batch: u64) {
+    let sh = &ctx.shared;
+    let sessions = sh.sessions.len() as u64;
+    let mut i = 0u64;
+    let mut mismatched = false;
+    let mut p = ctx.part.borrow_mut();
+    let n = event::parse_receipts(body, |name, pos| {
+        let s = ((first + i) % sessions) as usize;
+        i += 1;
+        if name != sh.sessions[s].as_bytes() {
+            mismatched = true;
+            return;
+        }
+        let last = resume::later(p.accepted_last[s], pos);
+        p.accepted_last[s] = last;
+        // Epoch first: a receiver matches both (a new epoch only comes with a restart).
+        sh.last_epoch[s].store(last.epoch, Ordering::Release);
+        sh.last_seq[s].store(last.seq, Ordering::Release);
+    });
+    drop(p);
+    if mismatched {
+        ctx.error("receipt_session_mismatch");
+    }
+    if n as u64 != batch {
+        ctx.error("receipt_count_mismatch");
+    }
+}
+
+/// resume: a socket that reads every frame like [`receive`], checks its stream's
+/// continuity ([`Tracker`]), and at the moments [`resume::drop_in_second`] picks drops
+/// (a reset or a close frame, without reading further), stays away for `away`, and
+/// reconnects with `since=` the last position it processed. Events the old connection
+/// had buffered but it never read must come back in the replay. After the scheduled end
+/// it stops once publishing is over and it stands at its session's last receipt (when
+/// the publisher is in this process), or after `drain` of silence.
+async fn resume_socket(ctx: Rc<Ctx>, spec: SocketSpec, token: String, c: WsConn, start_ns: u64) {
+    let sh = ctx.shared.clone();
+    let scn = &sh.scn;
+    let end_ns = start_ns.saturating_add(sh.duration_ns());
+    let publish_end = instant_at(end_ns);
+    let drain = scn.drain.0;
+    let hard_end = instant_at(
+        end_ns
+            .saturating_add(sh.drain_ns())
+            .saturating_add(DRAIN_CAP.as_nanos() as u64),
+    );
+    let session = spec.session as usize;
+    let seed = u64::from(sh.run_id).rotate_left(17);
+    let Some(welcome) = c.welcome() else {
+        ctx.error("welcome_without_position");
+        c.close(CLOSE_NORMAL, CLOSE_WAIT).await;
+        return;
+    };
+    let mut t = Tracker::new(welcome);
+    let mut conn = Some(c);
+    // The next drop at or after `from` (UNIX ns), before the scheduled end.
+    let next_drop = |from: u64| -> Option<(u64, resume::PlannedDrop)> {
+        let k0 = from.saturating_sub(start_ns) / 1_000_000_000;
+        (k0..)
+            .map(|k| (k, start_ns + k * 1_000_000_000))
+            .take_while(|(_, second)| *second < end_ns)
+            .filter_map(|(k, second)| {
+                resume::drop_in_second(seed, spec.g, k, scn.drop_fraction)
+                    .map(|d| (second + d.offset_ns, d))
+            })
+            .find(|(at, _)| *at >= from && *at < end_ns)
+    };
+    let mut planned = next_drop(start_ns);
+    let mut last_frame = publish_end;
+    let ending = loop {
+        let now = Instant::now();
+        if now >= hard_end {
+            break None;
+        }
+        if let Some((at, d)) = planned {
+            if unix_ns() >= at {
+                if let Some(old) = conn.take() {
+                    if d.reset {
+                        ctx.part.borrow_mut().resume.drops_reset += 1;
+                        old.abort();
+                    } else {
+                        ctx.part.borrow_mut().resume.drops_close += 1;
+                        old.close(CLOSE_NORMAL, CLOSE_WAIT).await;
+                    }
+                }
+                tokio::time::sleep(scn.away.0).await;
+                match reconnect(&ctx, &spec, &token, t.pos, hard_end).await {
+                    Some(c) => {
+                        match c.welcome() {
+                            Some(w) => t.resumed(w),
+                            None => ctx.error("welcome_without_position"),
+                        }
+                        conn = Some(c);
+                    }
+                    None => break Some(Err("resume_gave_up".to_owned())),
+                }
+                planned = next_drop(unix_ns());
+                continue;
+            }
+        }
+        let Some(c) = conn.as_mut() else {
+            break Some(Err("resume_no_connection".to_owned()));
+        };
+        let publisher_busy = sh.publisher_here && !sh.publish_done.load(Ordering::Acquire);
+        if now >= publish_end && !publisher_busy && now >= last_frame.max(publish_end) + drain {
+            break None;
+        }
+        let mut until = if now < publish_end {
+            publish_end
+        } else {
+            (now + DONE_POLL).min(hard_end)
+        };
+        if let Some((at, _)) = planned {
+            until = until.min(instant_at(at));
+        }
+        let mut n = 0u64;
+        let mut recv_ns = 0u64;
+        let r = c
+            .read_some(until, |payload| {
+                let Some(seen) = t.frame(event::classify(payload)) else {
+                    return;
+                };
+                if recv_ns == 0 {
+                    recv_ns = unix_ns();
+                }
+                n += 1;
+                // Replays waited out the drop: their age is not delivery latency.
+                if matches!(seen, Seen::Live | Seen::AfterGap) {
+                    if let Some(st) = event::find_stamp(payload) {
+                        ctx.part
+                            .borrow_mut()
+                            .latency
+                            .record_ns(recv_ns.saturating_sub(st.scheduled_ns));
+                    }
+                }
+            })
+            .await;
+        if n > 0 {
+            last_frame = Instant::now();
+            let mut p = ctx.part.borrow_mut();
+            p.deliveries += n;
+            p.delivery_last_ns = p.delivery_last_ns.max(recv_ns);
+            Progress::add(&sh.progress.deliveries, n);
+        }
+        match r {
+            Ok(ReadOutcome::Data) | Ok(ReadOutcome::Idle) => {
+                if planned.is_none()
+                    && sh.publish_done.load(Ordering::Acquire)
+                    && t.pos.epoch == sh.last_epoch[session].load(Ordering::Acquire)
+                    && t.pos.seq >= sh.last_seq[session].load(Ordering::Acquire)
+                {
+                    break None;
+                }
+            }
+            Ok(ReadOutcome::Closed(code)) => break Some(Ok(code)),
+            Ok(ReadOutcome::Eof) => break Some(Err("healthy_eof".to_owned())),
+            Err(e) => break Some(Err(e.kind())),
+        }
+    };
+    {
+        let mut p = ctx.part.borrow_mut();
+        p.resume.merge(&t.counts);
+        p.resume_sockets.push(ResumeTally {
+            session: spec.session,
+            pos: t.pos,
+        });
+    }
+    match ending {
+        None => {
+            if let Some(c) = conn {
+                c.close(CLOSE_NORMAL, CLOSE_WAIT).await;
+            }
+        }
+        Some(Ok(code)) => {
+            ctx.part.borrow_mut().close_code(code);
+            ctx.error(format!(
+                "healthy_closed_{}",
+                code.map_or_else(|| "none".to_owned(), |c| c.to_string())
+            ));
+            if let Some(c) = conn {
+                c.close(CLOSE_NORMAL, CLOSE_WAIT).await;
+            }
+        }
+        Some(Err(kind)) => ctx.error(kind),
+    }
+}
+
+/// Reopens a resume socket with `since=pos`, retrying every `away` after a failure (each
+/// counted) until `hard_end`.
+async fn reconnect(
+    ctx: &Ctx,
+    spec: &SocketSpec,
+    token: &str,
+    pos: Pos,
+    hard_end: Instant,
+) -> Option<WsConn> {
+    let sh = &ctx.shared;
+    let scn = &sh.scn;
+    let target = &sh.nodes[spec.node];
+    let src = sh.src_for(spec.node, spec.g);
+    loop {
+        let began = unix_ns();
+        let deadline = (Instant::now() + scn.connect_timeout.0).min(hard_end);
+        match WsConn::open(
+            target,
+            src,
+            None,
+            token,
+            Some(pos),
+            spec.g ^ began,
+            deadline,
+        )
+        .await
+        {
+            Ok(c) => {
+                ctx.part
+                    .borrow_mut()
+                    .resume_handshake
+                    .record_ns(unix_ns().saturating_sub(began));
+                return Some(c);
+            }
+            Err(e) => {
+                if let ConnError::ClosedBeforeWelcome(code) = &e {
+                    ctx.part.borrow_mut().close_code(*code);
+                }
+                ctx.part.borrow_mut().resume.resume_failed += 1;
+                ctx.error(format!("resume_{}", e.kind()));
+                if Instant::now() + scn.away.0 >= hard_end {
+                    return None;
+                }
+                tokio::time::sleep(scn.away.0).await;
+            }
         }
     }
 }
@@ -932,7 +1206,17 @@ async fn churn_one(ctx: Rc<Ctx>, c: u64, live: Rc<Cell<u64>>) {
     let began = unix_ns();
     let deadline = Instant::now() + scn.connect_timeout.0;
     let src = sh.src_for(node, c);
-    match WsConn::open(&sh.nodes[node], src, None, &token, c ^ began, deadline).await {
+    match WsConn::open(
+        &sh.nodes[node],
+        src,
+        None,
+        &token,
+        None,
+        c ^ began,
+        deadline,
+    )
+    .await
+    {
         Ok(mut conn) => {
             {
                 let mut p = ctx.part.borrow_mut();

@@ -107,6 +107,122 @@ pub fn find_stamp(frame: &[u8]) -> Option<Stamp> {
     Some(Stamp { scheduled_ns, seq })
 }
 
+/// A point in a session's stream: its epoch (16 hex digits on the wire) and the seq of
+/// the last event at that point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Pos {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl Pos {
+    /// `EPOCH:SEQ`, as the `since=` query parameter spells it.
+    pub fn since(self) -> String {
+        format!("{:016x}:{}", self.epoch, self.seq)
+    }
+}
+
+/// A server text frame, as far as the resume check cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerFrame {
+    /// `{"type":"event",…,"seq":N,"epoch":"E",…}`.
+    Event(Pos),
+    /// `{"type":"welcome",…,"epoch":"E","seq":N}`: the session's position when the socket joined.
+    Welcome(Pos),
+    /// `{"type":"resync",…,"epoch":"E","seq":N}`: events were missed; continue from here.
+    Resync(Pos),
+    /// Anything else (or a frame without a readable position).
+    Other,
+}
+
+const EVENT_HEAD: &[u8] = br#"{"type":"event","session":""#;
+const WELCOME_HEAD: &[u8] = br#"{"type":"welcome""#;
+const RESYNC_HEAD: &[u8] = br#"{"type":"resync""#;
+
+static RECEIPT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"{\"session\":\""));
+
+/// Reads a server frame's type and position. Events take a fixed-layout fast path (the
+/// relay writes `session`, `seq`, `epoch` in that order, before `data`), with a field
+/// search as the fallback; welcome and resync frames, rare, always take the search.
+pub fn classify(frame: &[u8]) -> ServerFrame {
+    if let Some(rest) = frame.strip_prefix(EVENT_HEAD) {
+        return match after_session(rest).or_else(|| field_pos(frame)) {
+            Some((pos, _)) => ServerFrame::Event(pos),
+            None => ServerFrame::Other,
+        };
+    }
+    let make = if frame.starts_with(WELCOME_HEAD) {
+        ServerFrame::Welcome
+    } else if frame.starts_with(RESYNC_HEAD) {
+        ServerFrame::Resync
+    } else if frame.starts_with(br#"{"type":"event""#) {
+        ServerFrame::Event
+    } else {
+        return ServerFrame::Other;
+    };
+    field_pos(frame).map_or(ServerFrame::Other, |(p, _)| make(p))
+}
+
+/// `S","seq":N,"epoch":"E"` at the start of `rest` (just after `"session":"`): the
+/// position and the session name's length.
+fn after_session(rest: &[u8]) -> Option<(Pos, usize)> {
+    let name = memchr::memchr(b'"', rest)?;
+    let tail = rest[name..].strip_prefix(br#"","seq":"#)?;
+    let (seq, used) = parse_u64(tail)?;
+    let tail = tail[used..].strip_prefix(br#","epoch":""#)?;
+    let epoch = parse_epoch(tail)?;
+    Some((Pos { epoch, seq }, name))
+}
+
+/// The first `"epoch":"E"` and `"seq":N` anywhere in the frame. Fields before `data`
+/// come first, and session names cannot hold a quote, so the first match is the frame's own.
+fn field_pos(frame: &[u8]) -> Option<(Pos, usize)> {
+    const EPOCH: &[u8] = br#""epoch":""#;
+    const SEQ: &[u8] = br#""seq":"#;
+    let e = memchr::memmem::find(frame, EPOCH)? + EPOCH.len();
+    let s = memchr::memmem::find(frame, SEQ)? + SEQ.len();
+    let epoch = parse_epoch(&frame[e..])?;
+    let (seq, _) = parse_u64(&frame[s..])?;
+    Some((Pos { epoch, seq }, 0))
+}
+
+/// Exactly 16 hex digits followed by a quote.
+fn parse_epoch(b: &[u8]) -> Option<u64> {
+    let hex = b.get(..16)?;
+    if b.get(16) != Some(&b'"') {
+        return None;
+    }
+    let mut v = 0u64;
+    for &c in hex {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u64::from(d);
+    }
+    Some(v)
+}
+
+/// Calls `each(session, position)` for every receipt of a `202` body
+/// (`{"accepted":N,"events":[{"session":S,"seq":N,"epoch":E,"id":…},…]}`), in request
+/// order; returns how many were read.
+pub fn parse_receipts(body: &[u8], mut each: impl FnMut(&[u8], Pos)) -> usize {
+    let mut n = 0;
+    let mut at = 0;
+    while let Some(i) = RECEIPT.find(&body[at..]) {
+        let start = at + i + RECEIPT.needle().len();
+        let Some((pos, name)) = after_session(&body[start..]) else {
+            break;
+        };
+        each(&body[start..start + name], pos);
+        n += 1;
+        at = start + name;
+    }
+    n
+}
+
 fn parse_u64(b: &[u8]) -> Option<(u64, usize)> {
     let mut v: u64 = 0;
     let mut n = 0;
@@ -186,5 +302,54 @@ mod tests {
         assert!(s
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(&c)));
+    }
+    #[test]
+    fn positions_are_read_from_every_frame_type() {
+        let ev = br#"{"type":"event","session":"lt.1.0","seq":42,"epoch":"00000000000000ab","event":"lt","id":"x","data":{"seq":1}}"#;
+        let p = Pos {
+            epoch: 0xab,
+            seq: 42,
+        };
+        assert_eq!(classify(ev), ServerFrame::Event(p));
+        let w = br#"{"type":"welcome","session":"s","conn":"a-1-2","epoch":"00000000000000ab","seq":42}"#;
+        assert_eq!(classify(w), ServerFrame::Welcome(p));
+        let r = br#"{"type":"resync","session":"s","epoch":"00000000000000ab","seq":42}"#;
+        assert_eq!(classify(r), ServerFrame::Resync(p));
+        // Another field order still reads, through the search.
+        let odd = br#"{"type":"event","epoch":"00000000000000ab","seq":42,"session":"s"}"#;
+        assert_eq!(classify(odd), ServerFrame::Event(p));
+        assert_eq!(
+            classify(br#"{"type":"welcome","session":"s","conn":"1"}"#),
+            ServerFrame::Other
+        );
+        assert_eq!(
+            classify(br#"{"type":"event","session":"s","seq":1,"epoch":"ab"}"#),
+            ServerFrame::Other
+        );
+        assert_eq!(classify(b"hello"), ServerFrame::Other);
+        assert_eq!(p.since(), "00000000000000ab:42");
+    }
+
+    #[test]
+    fn receipts_are_read_in_request_order() {
+        let body = br#"{"accepted":2,"events":[{"session":"a","seq":7,"epoch":"0000000000000001","id":"x-1"},{"session":"bb","seq":3,"epoch":"ffffffffffffffff","id":"x-2"}]}"#;
+        let mut got = Vec::new();
+        let n = parse_receipts(body, |s, p| got.push((s.to_vec(), p)));
+        assert_eq!(n, 2);
+        assert_eq!(got[0], (b"a".to_vec(), Pos { epoch: 1, seq: 7 }));
+        assert_eq!(
+            got[1],
+            (
+                b"bb".to_vec(),
+                Pos {
+                    epoch: u64::MAX,
+                    seq: 3
+                }
+            )
+        );
+        assert_eq!(
+            parse_receipts(br#"{"accepted":0,"events":[]}"#, |_, _| {}),
+            0
+        );
     }
 }

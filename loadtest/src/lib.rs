@@ -12,6 +12,7 @@
 //! - `net`       TCP connect with source address; the keep-alive HTTP publisher client
 //! - `conn`      one WebSocket on tokio: open, read batches, ping/pong, close
 //! - `engine`    worker threads (a current-thread runtime each), phases, publisher, churn
+//! - `resume`    the resume kind's check: drop schedule, stream continuity, end positions (pure)
 //! - `run`       one process or `--procs N` children; start signal; RSS; the report
 //! - `stats`     histograms, per-worker parts, merge, loss and rate math (pure)
 //! - `output`    table, JSON, hgrm, progress line
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod event;
 pub mod net;
 pub mod output;
+pub mod resume;
 pub mod run;
 pub mod scenario;
 pub mod stats;

@@ -56,6 +56,26 @@ fn set_bind_address_no_port(socket: &TcpSocket) {
     }
 }
 
+/// Makes closing `stream` send a reset instead of a FIN (SO_LINGER on, zero seconds):
+/// the abrupt end a client sees when its network goes away. Best effort.
+pub fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid fd owned by `stream`, a pointer to a linger that lives across the
+    // call, and its exact size. With a zero timeout close() does not block.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 /// A publish round trip that did not produce a status.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -180,6 +200,8 @@ pub fn get_blocking(
 pub struct HttpConn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Where the last response's body starts in `buf`.
+    body_at: usize,
     /// The server asked to close; the caller must reconnect.
     pub closed: bool,
 }
@@ -189,14 +211,21 @@ impl HttpConn {
         Ok(HttpConn {
             stream: connect(addr, src, None).await?,
             buf: Vec::with_capacity(1024),
+            body_at: 0,
             closed: false,
         })
+    }
+
+    /// The body of the last response [`HttpConn::round_trip`] read.
+    pub fn body(&self) -> &[u8] {
+        self.buf.get(self.body_at..).unwrap_or(&[])
     }
 
     /// Sends `request` and reads one response; returns its status.
     pub async fn round_trip(&mut self, request: &[u8]) -> Result<u16, HttpError> {
         self.stream.write_all(request).await?;
         self.buf.clear();
+        self.body_at = usize::MAX;
         let mut chunk = [0u8; 4096];
         loop {
             if let Some(head) = parse_response(&self.buf)? {
@@ -209,6 +238,8 @@ impl HttpConn {
                     self.buf.extend_from_slice(&chunk[..n]);
                 }
                 self.closed = head.close;
+                self.body_at = head.head_len;
+                self.buf.truncate(need);
                 return Ok(head.status);
             }
             let n = self.stream.read(&mut chunk).await?;

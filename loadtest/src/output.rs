@@ -141,20 +141,53 @@ pub fn table(r: &Report) -> String {
         row(&mut o, "publish ms", lat(&r.publish_latency_ms));
         row(&mut o, "dispatch lag", lat(&r.dispatch_lag_ms));
         row(&mut o, "send lag ms", lat(&r.send_lag_ms));
+        let check = if r.kind == crate::scenario::Kind::Resume {
+            // Resumed sockets get replays and resyncs: the loss check is the resume rows'.
+            "live and replayed".to_owned()
+        } else {
+            format!(
+                "expected {}, lost {}, excess {}",
+                r.expected_deliveries, r.lost, r.excess
+            )
+        };
         row(
             &mut o,
             "deliveries",
             format!(
-                "{} ({:.0}/s over {:.2}s), expected {}, lost {}, excess {}",
-                r.deliveries,
-                r.deliveries_per_sec,
-                r.window_s,
-                r.expected_deliveries,
-                r.lost,
-                r.excess
+                "{} ({:.0}/s over {:.2}s), {check}",
+                r.deliveries, r.deliveries_per_sec, r.window_s,
             ),
         );
         row(&mut o, "latency ms", lat(&r.latency_ms));
+        if r.kind == crate::scenario::Kind::Resume {
+            row(
+                &mut o,
+                "resume",
+                format!(
+                    "{} drops ({} away), {} resumes ({} failed), {} replayed, {} resyncs",
+                    r.drops,
+                    crate::scenario::format_duration(s.away.0),
+                    r.resumes,
+                    r.resume_failed,
+                    r.replayed,
+                    r.resyncs
+                ),
+            );
+            row(
+                &mut o,
+                "silent losses",
+                format!(
+                    "{} ({} events in {} gaps, {} past the last position, {} sockets on another epoch); duplicates {}",
+                    r.silent_losses,
+                    r.gap_events,
+                    r.gaps,
+                    r.tail_missing,
+                    r.epoch_mismatch,
+                    r.duplicates
+                ),
+            );
+            row(&mut o, "resume ms", lat(&r.resume_ms));
+        }
         if let Some(n) = &r.node_latency_ms {
             let f = |k: &str| n.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
             row(
@@ -268,7 +301,7 @@ pub fn summary_table(rows: &[(String, Report)]) -> String {
                     format!("{:.3} / {:.3}", f("p99"), f("p99.9"))
                 })
                 .unwrap_or_else(|| "-".into()),
-            r.lost,
+            r.lost + r.silent_losses,
             if r.errors.is_empty() { "0".to_owned() } else { map(&r.errors) },
             if r.close_codes.is_empty() { "-".to_owned() } else { map(&r.close_codes) },
             r.server_rss

@@ -39,6 +39,9 @@ pub enum Kind {
     Churn,
     /// Publish to one node, receive on the nodes listed in `nodes`.
     CrossNode,
+    /// Fan-out while a share of the sockets drops every second and resumes with `since=`;
+    /// every event must be received or covered by a resync.
+    Resume,
 }
 
 impl Kind {
@@ -58,6 +61,7 @@ impl fmt::Display for Kind {
             Kind::SlowConsumers => "slow-consumers",
             Kind::Churn => "churn",
             Kind::CrossNode => "cross-node",
+            Kind::Resume => "resume",
         };
         f.write_str(s)
     }
@@ -191,6 +195,12 @@ pub struct Scenario {
     /// How long each churn socket stays connected.
     #[serde(default = "defaults::churn_life")]
     pub churn_life: Dur,
+    /// Share of the sockets dropped each second and resumed with `since=` (resume), 0..=1.
+    #[serde(default = "defaults::drop_fraction")]
+    pub drop_fraction: f64,
+    /// How long a dropped socket stays away before it reconnects (resume).
+    #[serde(default = "defaults::away")]
+    pub away: Dur,
     /// Source addresses 127.0.0.2 … 127.0.0.(N+1) to bind before connect; 0 binds none.
     #[serde(default = "defaults::source_addrs")]
     pub source_addrs: u32,
@@ -242,6 +252,12 @@ mod defaults {
     }
     pub fn churn_life() -> Dur {
         Dur::secs(1)
+    }
+    pub fn drop_fraction() -> f64 {
+        0.1
+    }
+    pub fn away() -> Dur {
+        Dur::millis(200)
     }
     pub fn source_addrs() -> u32 {
         4
@@ -389,6 +405,7 @@ impl Scenario {
             ("connect_timeout", self.connect_timeout),
             ("request_timeout", self.request_timeout),
             ("churn_life", self.churn_life),
+            ("away", self.away),
         ] {
             if d.0 > Duration::from_secs(600) {
                 return Err(invalid(field, "must be at most 10 minutes"));
@@ -468,6 +485,9 @@ impl Scenario {
                 "churn_rate",
                 "churn needs churn_rate and churn_life above 0",
             ));
+        }
+        if !(self.drop_fraction.is_finite() && (0.0..=1.0).contains(&self.drop_fraction)) {
+            return Err(invalid("drop_fraction", "must be between 0 and 1"));
         }
         if self.source_addrs > 250 {
             return Err(invalid(
@@ -622,6 +642,22 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(churn.churn_live_max(), 50 * 13 + 1);
+    }
+
+    #[test]
+    fn resume_defaults_and_ranges() {
+        let s = from_str("kind = \"resume\"\n", &[]).expect("valid");
+        assert_eq!(s.kind, Kind::Resume);
+        assert!(s.kind.publishes());
+        assert!((s.drop_fraction - 0.1).abs() < 1e-12);
+        assert_eq!(s.away, Dur::millis(200));
+        for bad in ["drop_fraction=1.5", "drop_fraction=-0.1"] {
+            match from_str("kind = \"resume\"\n", &[bad.into()]) {
+                Err(ScenarioError::Invalid { field, .. }) => assert_eq!(field, "drop_fraction"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(from_str("kind = \"resume\"\naway = \"11m\"\n", &[]).is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::event::Pos;
+use crate::resume::{self, ResumeCounts, ResumeTally};
 use crate::scenario::{Kind, Scenario};
 
 /// Latencies are recorded in microseconds, from 1 µs to one hour, 3 significant digits.
@@ -160,6 +162,15 @@ pub struct Part {
     pub slow_closed_4008: u64,
     pub churn_opened: u64,
     pub churn_failed: u64,
+    /// resume: the continuity check's counters.
+    pub resume: ResumeCounts,
+    /// resume: where each socket ended.
+    pub resume_sockets: Vec<ResumeTally>,
+    /// resume: the last accepted event per session index, from the `202` receipts
+    /// (publishing process only; seq 0: none).
+    pub accepted_last: Vec<Pos>,
+    /// resume: reconnect start → welcome.
+    pub resume_handshake: Hist,
     /// CPU the load process(es) used from the start signal to the end, ns (summed).
     pub load_cpu_ns: u64,
     /// UNIX ns when the process finished (latest over processes).
@@ -231,6 +242,10 @@ impl Part {
         self.slow_closed_4008 += other.slow_closed_4008;
         self.churn_opened += other.churn_opened;
         self.churn_failed += other.churn_failed;
+        self.resume.merge(&other.resume);
+        self.resume_sockets.extend(other.resume_sockets);
+        resume::merge_last(&mut self.accepted_last, &other.accepted_last);
+        self.resume_handshake.merge(&other.resume_handshake);
         self.load_cpu_ns += other.load_cpu_ns;
         self.end_ns = self.end_ns.max(other.end_ns);
         self.cpu_from_ns = min_nonzero(self.cpu_from_ns, other.cpu_from_ns);
@@ -348,6 +363,41 @@ pub struct Report {
     pub slow_closed_4008: u64,
     pub churn_opened: u64,
     pub churn_failed: u64,
+    /// resume: sockets dropped (reset or close frame) and reconnected with `since=`.
+    #[serde(default)]
+    pub drops: u64,
+    #[serde(default)]
+    pub resumes: u64,
+    /// resume: reconnects that failed (and were retried); also in `errors`.
+    #[serde(default)]
+    pub resume_failed: u64,
+    /// resume: events received after a resume with seq ≤ its welcome's seq.
+    #[serde(default)]
+    pub replayed: u64,
+    /// resume: resync frames received.
+    #[serde(default)]
+    pub resyncs: u64,
+    /// resume: events neither received nor covered by a resync: `gap_events` + `tail_missing`.
+    #[serde(default)]
+    pub silent_losses: u64,
+    /// resume: times a socket's stream skipped ahead (or changed epoch) without a resync.
+    #[serde(default)]
+    pub gaps: u64,
+    /// resume: events those gaps skipped.
+    #[serde(default)]
+    pub gap_events: u64,
+    /// resume: accepted events (receipts) past a socket's final position.
+    #[serde(default)]
+    pub tail_missing: u64,
+    /// resume: sockets that ended on another epoch than their session's receipts.
+    #[serde(default)]
+    pub epoch_mismatch: u64,
+    /// resume: events received at or below the socket's position.
+    #[serde(default)]
+    pub duplicates: u64,
+    /// resume: reconnect start → welcome.
+    #[serde(default)]
+    pub resume_ms: LatencyMs,
     pub server_rss: Option<Rss>,
     /// The node's own `GET /latency` at the end (accepted → written to the socket, since
     /// the node started), when it answers: separates the node's share of the latency from
@@ -404,7 +454,15 @@ impl Report {
             *errors.entry("unexpected_events".into()).or_insert(0) += l.excess;
         }
         let errors_total: u64 = errors.values().sum();
-        let operations = part.sockets_planned + part.requests_sent + part.churn_opened;
+        let rc = part.resume;
+        let (tail_missing, epoch_mismatch) =
+            resume::tail_check(&part.accepted_last, &part.resume_sockets);
+        let silent_losses = rc.gap_events + tail_missing;
+        let operations = part.sockets_planned
+            + part.requests_sent
+            + part.churn_opened
+            + rc.resumes
+            + rc.resume_failed;
         let error_budget = scn.error_budget(operations);
 
         let start = part.start_ns;
@@ -440,6 +498,16 @@ impl Report {
                 "lost {} of {} expected deliveries (published with 202, never received)",
                 l.lost, l.expected
             ));
+        }
+        if silent_losses > 0 {
+            failures.push(format!(
+                "{silent_losses} silent losses: {} events skipped in {} gaps without a resync, \
+                 {tail_missing} accepted events past sockets' last positions ({epoch_mismatch} sockets on another epoch)",
+                rc.gap_events, rc.gaps
+            ));
+        }
+        if rc.duplicates > 0 {
+            failures.push(format!("{} duplicate events", rc.duplicates));
         }
         if errors_total > error_budget {
             failures.push(format!(
@@ -489,6 +557,18 @@ impl Report {
             slow_closed_4008: part.slow_closed_4008,
             churn_opened: part.churn_opened,
             churn_failed: part.churn_failed,
+            drops: rc.drops_reset + rc.drops_close,
+            resumes: rc.resumes,
+            resume_failed: rc.resume_failed,
+            replayed: rc.replayed,
+            resyncs: rc.resyncs,
+            silent_losses,
+            gaps: rc.gaps,
+            gap_events: rc.gap_events,
+            tail_missing,
+            epoch_mismatch,
+            duplicates: rc.duplicates,
+            resume_ms: part.resume_handshake.summary(),
             server_rss: rss,
             node_latency_ms: None,
             load_cpu_percent: pct(part.load_cpu_ns),
@@ -684,6 +764,48 @@ mod tests {
         p.events_unknown = 1;
         let r = Report::build(&scn, &p, 1, None, None);
         assert!(r.passed);
+    }
+
+    #[test]
+    fn silent_losses_and_duplicates_fail_a_resume_run() {
+        let scn = crate::scenario::from_str("kind = \"resume\"\n", &[]).expect("valid");
+        let at = |seq| Pos { epoch: 5, seq };
+        let mut p = Part {
+            start_ns: 1,
+            requests_sent: 1,
+            requests_accepted: 1,
+            sockets_planned: 2,
+            sockets_connected: 2,
+            accepted_last: vec![at(10)],
+            ..Part::default()
+        };
+        p.resume.resumes = 3;
+        p.resume.replayed = 4;
+        p.resume_sockets = vec![
+            ResumeTally {
+                session: 0,
+                pos: at(10),
+            },
+            ResumeTally {
+                session: 0,
+                pos: at(10),
+            },
+        ];
+        let r = Report::build(&scn, &p, 1, None, None);
+        assert!(r.passed, "{:?}", r.failures);
+        assert_eq!((r.resumes, r.replayed, r.silent_losses), (3, 4, 0));
+        p.resume_sockets[1].pos = at(7);
+        p.resume.gap_events = 2;
+        p.resume.gaps = 1;
+        let r = Report::build(&scn, &p, 1, None, None);
+        assert!(!r.passed);
+        assert_eq!((r.silent_losses, r.tail_missing), (5, 3));
+        p.resume_sockets[1].pos = at(10);
+        p.resume.gap_events = 0;
+        p.resume.duplicates = 1;
+        let r = Report::build(&scn, &p, 1, None, None);
+        assert!(!r.passed);
+        assert!(r.failures[0].contains("duplicate"), "{:?}", r.failures);
     }
 
     #[test]
