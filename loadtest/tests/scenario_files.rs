@@ -20,7 +20,7 @@ fn shipped_scenarios_parse_and_have_a_header_comment() {
         assert_eq!(scn.kind.to_string(), stem, "file name is the kind");
         kinds.push(scn.kind);
     }
-    assert_eq!(kinds.len(), 7, "one file per kind");
+    assert_eq!(kinds.len(), 8, "one file per kind");
 }
 
 #[test]
