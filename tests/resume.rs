@@ -244,6 +244,8 @@ fn a_publisher_retrying_one_id_five_times_delivers_it_once() {
 #[test]
 fn receipts_list_session_seq_and_id_in_request_order() {
     let node = Node::start();
+    // Frames are kept for resume once a socket has joined the session.
+    drop(node.ws_welcomed("ra"));
     let body = batch(&[
         r#"{"session":"ra","event":"e","id":"x1","data":1}"#.into(),
         r#"{"session":"rb","event":"e","data":2}"#.into(),
@@ -307,8 +309,13 @@ fn history_memory_stays_under_its_cap_with_ten_thousand_busy_sessions() {
     let node = Node::builder()
         .flag("--history-memory", &cap.to_string())
         .flag("--publish-rate", "0")
+        .flag("--connect-rate", "0")
         .start();
-    // Sockets on some of the sessions, so fan-out and history run together.
+    // Every session had a socket (so its frames are kept for resume); 20 still do,
+    // so fan-out and history run together.
+    for i in 20..10_000 {
+        drop(node.ws_welcomed(&format!("busy-{i}")));
+    }
     let mut watchers: Vec<Ws> = (0..20)
         .map(|i| node.ws_welcomed(&format!("busy-{i}")))
         .collect();

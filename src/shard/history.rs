@@ -105,6 +105,9 @@ pub struct SessionStream {
     /// Sockets of the session on this shard; a stream with none lingers for the
     /// history's age, then is forgotten.
     pub sockets: u32,
+    /// A socket joined this stream once: only then can a client hold a position in
+    /// it to resume from, so only then are frames kept.
+    watched: bool,
 }
 
 impl SessionStream {
@@ -242,6 +245,7 @@ impl History {
                 touched: now,
                 live,
                 sockets: 0,
+                watched: false,
             },
         );
     }
@@ -296,6 +300,12 @@ impl History {
         }
     }
 
+    /// True when frames of `session` are kept: history is on and a socket has
+    /// joined the stream (nobody can resume a stream nobody was told about).
+    pub fn keeps(&self, session: &str) -> bool {
+        self.config.events > 0 && self.streams.get(session).is_some_and(|s| s.watched)
+    }
+
     /// Keeps `frame` (whose `seq` is the stream's latest) for resume, within bounds.
     pub fn retain(&mut self, session: &Rc<str>, frame: &Rc<EncodedFrame>) {
         if self.config.events == 0 {
@@ -305,6 +315,9 @@ impl History {
         let Some(s) = self.streams.get_mut(&**session) else {
             return;
         };
+        if !s.watched {
+            return;
+        }
         if cost > self.config.bytes {
             // Too big to keep at all: the ring can no longer bridge this point.
             let dropped = s.ring.len();
@@ -368,6 +381,7 @@ impl History {
     pub fn socket_joined(&mut self, session: &str) {
         if let Some(s) = self.streams.get_mut(session) {
             s.sockets += 1;
+            s.watched = true;
         }
     }
 
@@ -597,6 +611,11 @@ mod tests {
     }
 
     fn publish(h: &mut History, s: &Rc<str>, size: usize, now: Instant) -> u64 {
+        if h.get(s).is_none() {
+            h.stream(s, now);
+            h.socket_joined(s);
+            h.socket_left(s, now);
+        }
         let pos = h.next_seq(s, now);
         h.retain(s, &frame(pos.seq, size, now));
         pos.seq
@@ -701,6 +720,19 @@ mod tests {
         h.sweep(start + Duration::from_secs(30));
         assert_eq!(h.take_forgotten().len(), 1);
         assert_eq!(h.figures().bytes, 0);
+    }
+
+    #[test]
+    fn a_stream_no_socket_ever_joined_keeps_no_frames() {
+        let now = Instant::now();
+        let mut h = History::new(config(100, 1 << 20, 1 << 30), 1, 7);
+        let s: Rc<str> = Rc::from("s");
+        let pos = h.next_seq(&s, now);
+        assert!(!h.keeps("s"));
+        h.retain(&s, &frame(pos.seq, 10, now));
+        assert_eq!(h.figures().frames, 0);
+        h.socket_joined("s");
+        assert!(h.keeps("s"));
     }
 
     #[test]

@@ -482,7 +482,7 @@ impl Shard {
         }
         let registry = self.registry.borrow();
         let sockets = registry.sockets_of(session);
-        let keep = history.config().events > 0;
+        let keep = history.keeps(session);
         if sockets.is_none() && !keep {
             return Some(receipt);
         }
@@ -537,9 +537,7 @@ impl Shard {
             }
         }
         let frame = Rc::new(frame);
-        if history.config().events > 0 {
-            history.retain(&key, &frame);
-        }
+        history.retain(&key, &frame);
         drop(history);
         if let Some(sockets) = self.registry.borrow().sockets_of(session) {
             self.fan_out(sockets, &frame, false);
