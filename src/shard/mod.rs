@@ -691,12 +691,13 @@ impl Shard {
         if ev.id.is_some() {
             return String::new();
         }
-        format!(
-            "{}-{}-{}",
-            self.node.node_tag,
-            ids.shard,
-            ids.base + u64::from(index)
-        )
+        let mut id = String::with_capacity(self.node.node_tag.len() + 24);
+        id.push_str(&self.node.node_tag);
+        id.push('-');
+        id.push_str(itoa::Buffer::new().format(ids.shard));
+        id.push('-');
+        id.push_str(itoa::Buffer::new().format(ids.base + u64::from(index)));
+        id
     }
 
     /// Reserves ids for a batch's events published without one.
@@ -743,10 +744,12 @@ impl Shard {
         mut receipts: Vec<Receipt>,
         took: Option<Duration>,
     ) -> Vec<u8> {
-        use std::io::Write;
+        use crate::ws::frame::{push_decimal, push_hex16};
         receipts.sort_unstable_by_key(|r| r.index);
-        let mut out = Vec::with_capacity(32 + receipts.len() * 96);
-        let _ = write!(out, r#"{{"accepted":{},"events":["#, receipts.len());
+        let mut out = Vec::with_capacity(48 + receipts.len() * 112);
+        out.extend_from_slice(br#"{"accepted":"#);
+        push_decimal(&mut out, receipts.len() as u64);
+        out.extend_from_slice(br#","events":["#);
         for (n, r) in receipts.iter().enumerate() {
             let Some(ev) = batch.events.get(r.index as usize) else {
                 continue;
@@ -754,34 +757,42 @@ impl Shard {
             if n > 0 {
                 out.push(b',');
             }
-            let _ = write!(
-                out,
-                r#"{{"session":"{}","seq":{},"epoch":"{:016x}","id":"#,
-                batch.session(ev),
-                r.pos.seq,
-                r.pos.epoch
-            );
+            out.extend_from_slice(br#"{"session":""#);
+            out.extend_from_slice(batch.session(ev).as_bytes());
+            out.extend_from_slice(br#"","seq":"#);
+            push_decimal(&mut out, r.pos.seq);
+            out.extend_from_slice(br#","epoch":""#);
+            push_hex16(&mut out, r.pos.epoch);
+            out.extend_from_slice(br#"","id":"#);
             match &ev.id {
                 Some(id) => out.extend_from_slice(batch.bytes(id)),
                 None => {
-                    let _ = write!(out, r#""{}""#, self.generated_id(ev, ids, r.index));
+                    out.push(b'"');
+                    out.extend_from_slice(self.node.node_tag.as_bytes());
+                    out.push(b'-');
+                    push_decimal(&mut out, ids.shard as u64);
+                    out.push(b'-');
+                    push_decimal(&mut out, ids.base + u64::from(r.index));
+                    out.push(b'"');
                 }
             }
             if r.duplicate {
                 out.extend_from_slice(br#","duplicate":true"#);
             }
             if took.is_some() {
-                let _ = write!(
-                    out,
-                    r#","written":{},"queued":{},"dropped":{}"#,
-                    r.written, r.queued, r.dropped
-                );
+                out.extend_from_slice(br#","written":"#);
+                push_decimal(&mut out, u64::from(r.written));
+                out.extend_from_slice(br#","queued":"#);
+                push_decimal(&mut out, u64::from(r.queued));
+                out.extend_from_slice(br#","dropped":"#);
+                push_decimal(&mut out, u64::from(r.dropped));
             }
             out.push(b'}');
         }
         out.push(b']');
         if let Some(t) = took {
-            let _ = write!(out, r#","took_us":{}"#, t.as_micros());
+            out.extend_from_slice(br#","took_us":"#);
+            push_decimal(&mut out, t.as_micros() as u64);
         }
         out.push(b'}');
         out

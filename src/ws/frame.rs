@@ -114,7 +114,24 @@ fn write_event_head(p: &mut Vec<u8>, session: &str) {
 
 /// Appends `,"epoch":"E"`.
 fn write_epoch(p: &mut Vec<u8>, epoch: u64) {
-    let _ = write!(p, r#","epoch":"{epoch:016x}""#);
+    p.extend_from_slice(br#","epoch":""#);
+    push_hex16(p, epoch);
+    p.push(b'"');
+}
+
+/// Appends `n` as 16 lowercase hex digits: how epochs are spelled everywhere.
+pub fn push_hex16(p: &mut Vec<u8>, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    p.extend_from_slice(&out);
+}
+
+/// Appends `n` in decimal.
+pub fn push_decimal(p: &mut Vec<u8>, n: u64) {
+    p.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends `,"event":NAME,"id":ID,"data":DATA}`: the part after the position.
@@ -141,7 +158,7 @@ pub fn encode_event(parts: &EventParts<'_>, accepted_at: Instant) -> EncodedFram
     let mut b = FrameBuilder::with_capacity(event_json_len(parts));
     let p = b.payload();
     write_event_head(p, parts.session);
-    let _ = write!(p, "{}", parts.pos.seq);
+    push_decimal(p, parts.pos.seq);
     write_epoch(p, parts.pos.epoch);
     write_event_tail(p, parts);
     let mut f = b.finish(accepted_at);
@@ -168,7 +185,7 @@ pub fn remote_parts(parts: &EventParts<'_>, accepted_unix_ns: u64) -> (Vec<u8>, 
 pub fn join_remote(head: &[u8], pos: StreamPos, tail: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(head.len() + tail.len() + 40);
     p.extend_from_slice(head);
-    let _ = write!(p, "{}", pos.seq);
+    push_decimal(&mut p, pos.seq);
     write_epoch(&mut p, pos.epoch);
     p.extend_from_slice(tail);
     p
@@ -345,6 +362,15 @@ mod tests {
         let mut bad = join_remote(&head, pos, &tail);
         bad.truncate(40);
         assert!(frame_from_remote(&bad, 0, now).is_none());
+    }
+
+    #[test]
+    fn epochs_are_sixteen_hex_digits() {
+        for n in [0u64, 1, 0xab, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut p = Vec::new();
+            push_hex16(&mut p, n);
+            assert_eq!(String::from_utf8(p).unwrap(), format!("{n:016x}"));
+        }
     }
 
     #[test]
