@@ -1099,3 +1099,20 @@ fn a_gap_in_arrivals_and_a_position_that_moved_back_are_both_told() {
         1.0
     );
 }
+
+#[test]
+fn a_script_flush_costs_a_reconnect_not_the_node() {
+    let redis = Redis::start();
+    let node = node_on(&redis);
+    assert!(wait_ready(&node, PROMPT));
+    let mut ws = node.ws_welcomed("flush");
+    redis.try_cmd(&["SCRIPT", "FLUSH"]).expect("redis");
+    // The first publish finds its script gone: 503, the bridge reconnects (loading
+    // the scripts again), and publishing works again within the backoff.
+    let accepted = wait_until(Duration::from_secs(6), || {
+        node.publish(&event("flush", "e", "1")).status == 202
+    });
+    assert!(accepted, "publishes never recovered after SCRIPT FLUSH");
+    let v = ws.next_json(PROMPT);
+    assert_eq!(v["type"], "event", "{v}");
+}
