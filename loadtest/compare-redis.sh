@@ -7,7 +7,7 @@
 # Loopback only; every run is bounded (10 s each).
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-R=$ROOT/target/release/relay; L=$ROOT/target/release/loadtest; S=$ROOT/loadtest/scenarios
+R=${RELAY:-$ROOT/target/release/relay}; L=${LOADTEST:-$ROOT/target/release/loadtest}; S=$ROOT/loadtest/scenarios
 WORK=$(mktemp -d); cd "$WORK" || exit 1
 export JWT_SIGNING_SECRET=bench-secret-0123456789abcdef0123456789 RELAY_API_KEY=bench-key-0123456789
 rport=6391

@@ -20,44 +20,63 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::{channel_of, history_key, position_key, OutgoingEvent, PublishRules};
 use crate::shard::history::StreamPos;
 
-/// Gives an event its place in the session's stream and publishes it, atomically,
-/// so every node sees the same `seq` for the same event. A retried id within the
-/// dedupe window gets its first sequence number back and is not published again.
-/// Keys and channel share the session's hash tag, so in a Cluster they live on one
-/// shard.
+/// Gives events their places in their sessions' streams and publishes them,
+/// atomically, so every node sees the same `seq` for the same event. A retried id
+/// within the dedupe window gets its first sequence number back and is not
+/// published again. One run places a whole batch: against a standalone Redis the
+/// bridge sends every waiting event in a few runs (Redis's cost is then the
+/// commands, not a script call per event); a Cluster gets one run per event, whose
+/// keys and channel share the session's hash tag and so one slot.
 ///
-/// KEYS: 1 the session's position hash (`e` epoch, `n` last seq), 2 the dedupe key
-/// of this event's id, 3 the session's history stream.
-/// ARGV: 1 channel, 2 the epoch to start a stream with if it has none, 3 the payload
-/// before the seq, 4 the payload after the epoch, 5 `1` when the event has an id,
-/// 6 the dedupe window (s), 7 the position's time to live (s), 8 the history
-/// stream's length (`0`: no stream), 9 `PUBLISH` or `SPUBLISH`.
+/// KEYS, three per event: the session's position hash (`e` epoch, `n` last seq),
+/// the dedupe key of the event's id, the session's history stream.
+/// ARGV: 1 the epoch to start a stream with if it has none, 2 the dedupe window
+/// (s), 3 the position's time to live (s), 4 the history stream's length (`0`: no
+/// stream), 5 `PUBLISH` or `SPUBLISH`; then four per event: its channel, the payload
+/// before the seq, the payload after the epoch, `1` when it has an id.
+/// Returns `{epoch, seq, duplicate}` per event, flattened.
 const PUBLISH_SCRIPT: &str = r#"
-local e = redis.call('HGET', KEYS[1], 'e')
-if not e then
-  e = ARGV[2]
-  redis.call('HSET', KEYS[1], 'e', e, 'n', 0)
-  redis.call('DEL', KEYS[3])
-end
-if ARGV[5] == '1' then
-  local prev = redis.call('GET', KEYS[2])
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local pos, dedupe, hist = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+  local a = 5 + 4 * i
+  local e = redis.call('HGET', pos, 'e')
+  if not e then
+    e = ARGV[1]
+    redis.call('HSET', pos, 'e', e, 'n', 0)
+    redis.call('DEL', hist)
+  end
+  local prev = false
+  if ARGV[a + 4] == '1' then
+    prev = redis.call('GET', dedupe)
+  end
   if prev then
-    return {e, tonumber(prev), 1}
+    out[#out + 1] = e
+    out[#out + 1] = tonumber(prev)
+    out[#out + 1] = 1
+  else
+    local n = redis.call('HINCRBY', pos, 'n', 1)
+    redis.call('EXPIRE', pos, ARGV[3])
+    if ARGV[a + 4] == '1' then
+      redis.call('SET', dedupe, n, 'EX', ARGV[2])
+    end
+    local msg = ARGV[a + 2] .. n .. ',"epoch":"' .. e .. '"' .. ARGV[a + 3]
+    if ARGV[4] ~= '0' then
+      redis.call('XADD', hist, 'MAXLEN', '~', ARGV[4], n .. '-1', 'm', msg)
+      redis.call('EXPIRE', hist, ARGV[3])
+    end
+    redis.call(ARGV[5], ARGV[a + 1], msg)
+    out[#out + 1] = e
+    out[#out + 1] = n
+    out[#out + 1] = 0
   end
 end
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-if ARGV[5] == '1' then
-  redis.call('SET', KEYS[2], n, 'EX', ARGV[6])
-end
-local msg = ARGV[3] .. n .. ',"epoch":"' .. e .. '"' .. ARGV[4]
-if ARGV[8] ~= '0' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], n .. '-1', 'm', msg)
-  redis.call('EXPIRE', KEYS[3], ARGV[7])
-end
-redis.call(ARGV[9], ARGV[1], msg)
-return {e, n, 0}
+return out
 "#;
+
+/// Events placed by one run of the publish script at most: a script blocks Redis
+/// while it runs, so a big backlog goes in several runs (≈ 1–3 ms each).
+const EVENTS_PER_RUN: usize = 256;
 
 /// A session's current position, starting its stream (new epoch) if Redis has none
 /// (first use, expiry, or a Redis that lost its data).
@@ -93,8 +112,7 @@ fn int(v: &Value) -> Option<u64> {
 }
 
 /// `{epoch, seq[, duplicate]}` from a script's reply.
-fn placed(v: &Value) -> Option<Placed> {
-    let Value::Array(items) = v else { return None };
+fn placed(items: &[Value]) -> Option<Placed> {
     let epoch = u64::from_str_radix(std::str::from_utf8(&bytes(items.first()?)?).ok()?, 16).ok()?;
     let seq = int(items.get(1)?)?;
     let duplicate = items.get(2).and_then(int) == Some(1);
@@ -102,6 +120,18 @@ fn placed(v: &Value) -> Option<Placed> {
         pos: StreamPos { epoch, seq },
         duplicate,
     })
+}
+
+/// Every event's `{epoch, seq, duplicate}` from a publish run's flat reply.
+fn placed_all(v: &Value, out: &mut Vec<Placed>) -> Option<()> {
+    let Value::Array(items) = v else { return None };
+    if items.len() % 3 != 0 {
+        return None;
+    }
+    for triple in items.chunks(3) {
+        out.push(placed(triple)?);
+    }
+    Some(())
 }
 
 fn bad_reply() -> Lost {
@@ -271,43 +301,49 @@ impl Link {
             Link::Standalone { publish_sha, .. } => ("PUBLISH", "EVALSHA", publish_sha.clone()),
             Link::Cluster { .. } => ("SPUBLISH", "EVAL", PUBLISH_SCRIPT.to_string()),
         };
-        let script_cmd = |ev: &OutgoingEvent, epoch: u64| {
-            let id_key = match &ev.id {
-                Some(id) => super::dedupe_key(&ev.session, id),
-                None => position_key(&ev.session),
-            };
+        let run = |events: &[(&OutgoingEvent, u64)]| {
             let mut cmd = redis::cmd(eval);
-            cmd.arg(&script)
-                .arg(3)
-                .arg(position_key(&ev.session))
-                .arg(id_key)
-                .arg(history_key(&ev.session))
-                .arg(channel_of(&ev.session))
-                .arg(format!("{epoch:016x}"))
-                .arg(&ev.head)
-                .arg(&ev.tail)
-                .arg(if ev.id.is_some() { "1" } else { "0" })
+            cmd.arg(&script).arg(3 * events.len());
+            for (ev, _) in events {
+                let id_key = match &ev.id {
+                    Some(id) => super::dedupe_key(&ev.session, id),
+                    None => position_key(&ev.session),
+                };
+                cmd.arg(position_key(&ev.session))
+                    .arg(id_key)
+                    .arg(history_key(&ev.session));
+            }
+            // One epoch candidate per run: only sessions Redis has none for use it.
+            let epoch = events.first().map_or(1, |(_, e)| *e);
+            cmd.arg(format!("{epoch:016x}"))
                 .arg(rules.dedupe_secs.max(1))
                 .arg(POSITION_TTL_SECS)
                 .arg(rules.history_len)
                 .arg(command);
+            for (ev, _) in events {
+                cmd.arg(channel_of(&ev.session))
+                    .arg(&ev.head)
+                    .arg(&ev.tail)
+                    .arg(if ev.id.is_some() { "1" } else { "0" });
+            }
             cmd
         };
         let replies: Vec<Value> = match self {
             Link::Standalone { publisher, .. } => {
                 let mut pipe = redis::pipe();
-                for (ev, epoch) in events {
-                    pipe.add_command(script_cmd(ev, *epoch));
+                for chunk in events.chunks(EVENTS_PER_RUN) {
+                    pipe.add_command(run(chunk));
                 }
                 timed(pipe.query_async::<Vec<Value>>(publisher)).await?
             }
             Link::Cluster { conn, .. } => {
-                // One multiplexed connection per cluster node: commands for one
-                // session go down one connection in the order they are first polled,
-                // which join_all does in order.
-                let calls = events.iter().map(|(ev, epoch)| {
+                // One run per event (its keys share one slot). One multiplexed
+                // connection per cluster node: commands for one session go down one
+                // connection in the order they are first polled, which join_all does
+                // in order.
+                let calls = events.iter().map(|e| {
                     let mut conn = conn.clone();
-                    let cmd = script_cmd(ev, *epoch);
+                    let cmd = run(std::slice::from_ref(e));
                     async move { timed(cmd.query_async::<Value>(&mut conn)).await }
                 });
                 let mut out = Vec::with_capacity(events.len());
@@ -317,13 +353,14 @@ impl Link {
                 out
             }
         };
-        if replies.len() != events.len() {
+        let mut placed = Vec::with_capacity(events.len());
+        for v in &replies {
+            placed_all(v, &mut placed).ok_or_else(bad_reply)?;
+        }
+        if placed.len() != events.len() {
             return Err(bad_reply());
         }
-        replies
-            .iter()
-            .map(|v| placed(v).ok_or_else(bad_reply))
-            .collect()
+        Ok(placed)
     }
 
     /// The current position of each session (starting streams Redis has none for).
@@ -372,7 +409,10 @@ impl Link {
         }
         replies
             .iter()
-            .map(|v| placed(v).map(|p| p.pos).ok_or_else(bad_reply))
+            .map(|v| match v {
+                Value::Array(items) => placed(items).map(|p| p.pos).ok_or_else(bad_reply),
+                _ => Err(bad_reply()),
+            })
             .collect()
     }
 
