@@ -25,21 +25,15 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let mut r = Redis {
-            port,
-            child: None,
-            aof_dir: None,
-        };
-        r.spawn();
-        r
+        Redis::start_with(None)
     }
 
     /// A Redis that survives `kill` + `spawn` with its data (AOF, fsync always).
     fn start_persistent() -> Redis {
+        Redis::start_with(Some(fresh_dir("redis-aof")))
+    }
+
+    fn start_with(aof_dir: Option<PathBuf>) -> Redis {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -47,7 +41,7 @@ impl Redis {
         let mut r = Redis {
             port,
             child: None,
-            aof_dir: Some(fresh_dir("redis-aof")),
+            aof_dir,
         };
         r.spawn();
         r

@@ -342,31 +342,32 @@ impl Bridge {
             purpose,
             payloads,
         };
+        self.tell(
+            shard,
+            msg,
+            "history could not be delivered; the socket stays pending",
+        );
+    }
+
+    /// Sends a shard a message it waits for, retrying briefly while its inbox is
+    /// full (it drains continuously); logs `failure` if it never fits.
+    fn tell(&self, shard: usize, msg: ShardMsg, failure: &str) {
         if self
             .router
             .send_retrying(shard, msg, 100, SEND_PAUSE)
             .is_err()
         {
-            tracing::error!(
-                shard,
-                "history could not be delivered; the socket stays pending"
-            );
+            tracing::error!(shard, "{failure}");
         }
     }
 
     fn answer(&self, shard: usize, id: u64, receipts: Option<Vec<Receipt>>) {
-        // The shard is waiting on this answer; its inbox drains continuously.
         let msg = ShardMsg::PublishDone { id, receipts };
-        if self
-            .router
-            .send_retrying(shard, msg, 100, SEND_PAUSE)
-            .is_err()
-        {
-            tracing::error!(
-                shard,
-                "publish answer could not be delivered; the request times out"
-            );
-        }
+        self.tell(
+            shard,
+            msg,
+            "publish answer could not be delivered; the request times out",
+        );
     }
 
     /// Connects, resubscribes, and serves until Redis is lost.
@@ -537,13 +538,11 @@ impl Bridge {
         }
         for (shard, sessions) in by_shard {
             let msg = ShardMsg::Subscribed { sessions };
-            if self
-                .router
-                .send_retrying(shard, msg, 100, SEND_PAUSE)
-                .is_err()
-            {
-                tracing::error!(shard, "subscription confirmation could not be delivered");
-            }
+            self.tell(
+                shard,
+                msg,
+                "subscription confirmation could not be delivered",
+            );
         }
         Ok(())
     }
