@@ -27,7 +27,11 @@ SCENARIOS=(
   "fanout-100x10-100k|$S/fanout.toml --set rate=10000 --set publishers=32"
   "fanout-100x10-10k|$S/fanout.toml"
   "publish-100k|$S/publish-throughput.toml"
+  # Offered above the ceiling: these measure the most one shard delivers / accepts.
+  "fanout-1x1000-max|$S/fanout.toml --set sessions=1 --set sockets_per_session=1000 --set rate=4000 --set batch=10"
+  "publish-max|$S/publish-throughput.toml --set rate=400000 --set publishers=16"
 )
+ONLY=${ONLY:-}
 
 run_one() { # label relay name args...
   local label=$1 relay=$2 name=$3
@@ -49,6 +53,7 @@ run_one() { # label relay name args...
 for round in $(seq "$ROUNDS"); do
   for entry in "${SCENARIOS[@]}"; do
     name=${entry%%|*}
+    [ -z "$ONLY" ] || [[ " $ONLY " == *" $name "* ]] || continue
     read -r -a args <<<"${entry#*|}"
     run_one "before$round" "$BEFORE" "$name" "${args[@]}"
     run_one "after$round" "$AFTER" "$name" "${args[@]}"
@@ -58,19 +63,27 @@ done
 {
   echo "before: $BEFORE"
   echo "after:  $AFTER"
-  printf '%-22s %-8s %13s %13s %8s %8s %9s %11s %5s\n' scenario run deliveries/s events/s p50_ms p99_ms p99.9_ms 202_p99_ms lost
+  printf '%-22s %-8s %13s %11s %8s %8s %9s %11s %12s %9s %5s\n' scenario run deliveries/s events/s p50_ms p99_ms p99.9_ms 202_p99_ms node_p99_ms node_cpu lost
   for entry in "${SCENARIOS[@]}"; do
     name=${entry%%|*}
+    [ -e "$OUT/$name.before1.json" ] || continue
     for f in "$OUT/$name".*.json; do
       label=$(basename "$f" .json)
       label=${label#"$name".}
       python3 - "$f" "$name" "$label" <<'PY'
 import json, sys
+import re
 r = json.load(open(sys.argv[1]))
+txt = open(sys.argv[1][:-5] + ".txt").read()
+m = re.search(r"node /latency\s+p50 [\d.]+\s+p90 [\d.]+\s+p99 ([\d.]+)", txt)
+node_p99 = float(m.group(1)) if m else 0.0
+m = re.search(r"cpu .*node (\d+)%", txt)
+node_cpu = m.group(1) + "%" if m else "?"
 lat = r.get("latency_ms", {})
 pub = r.get("publish_latency_ms", {})
-print(f"{sys.argv[2]:<22} {sys.argv[3]:<8} {r.get('deliveries_per_sec', 0):>13,.0f} {r.get('events_per_sec', 0):>13,.0f}"
-      f" {lat.get('p50', 0):>8.3f} {lat.get('p99', 0):>8.3f} {lat.get('p99_9', 0):>9.3f} {pub.get('p99', 0):>11.3f} {r.get('lost', 0):>5}")
+print(f"{sys.argv[2]:<22} {sys.argv[3]:<8} {r.get('deliveries_per_sec', 0):>13,.0f} {r.get('events_per_sec', 0):>11,.0f}"
+      f" {lat.get('p50', 0):>8.3f} {lat.get('p99', 0):>8.3f} {lat.get('p99_9', 0):>9.3f} {pub.get('p99', 0):>11.3f}"
+      f" {node_p99:>12.3f} {node_cpu:>9} {r.get('lost', 0):>5}")
 PY
     done
   done

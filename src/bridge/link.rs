@@ -92,6 +92,23 @@ end
 return {e, tonumber(redis.call('HGET', KEYS[1], 'n'))}
 "#;
 
+/// Starts a new epoch for a session whose position went back (Redis lost writes:
+/// the numbers after it would be given again, so no client may resume across it),
+/// unless another node did already.
+/// KEYS: 1 position hash, 2 history stream. ARGV: 1 the epoch that went back, 2 the
+/// seq a node had reached in it, 3 the new epoch, 4 ttl (s). Returns `{epoch, seq}`.
+const NEW_EPOCH_SCRIPT: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+if e == ARGV[1] and n < tonumber(ARGV[2]) then
+  e = ARGV[3]
+  redis.call('HSET', KEYS[1], 'e', e)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('DEL', KEYS[2])
+end
+return {e, n}
+"#;
+
 /// How long Redis keeps a session's position after its last event.
 const POSITION_TTL_SECS: u64 = 24 * 3600;
 
@@ -414,6 +431,34 @@ impl Link {
                 _ => Err(bad_reply()),
             })
             .collect()
+    }
+
+    /// Moves `session` to `new_epoch` if its position is still `went_back` (behind
+    /// `reached` in that epoch); returns where it stands after.
+    pub async fn new_epoch(
+        &mut self,
+        session: &str,
+        went_back: StreamPos,
+        reached: u64,
+        new_epoch: u64,
+    ) -> Result<StreamPos, Lost> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(NEW_EPOCH_SCRIPT)
+            .arg(2)
+            .arg(position_key(session))
+            .arg(history_key(session))
+            .arg(format!("{:016x}", went_back.epoch))
+            .arg(reached)
+            .arg(format!("{new_epoch:016x}"))
+            .arg(POSITION_TTL_SECS);
+        let reply: Value = match self {
+            Link::Standalone { publisher, .. } => timed(cmd.query_async(publisher)).await?,
+            Link::Cluster { conn, .. } => timed(cmd.query_async(conn)).await?,
+        };
+        match &reply {
+            Value::Array(items) => placed(items).map(|p| p.pos).ok_or_else(bad_reply),
+            _ => Err(bad_reply()),
+        }
     }
 
     /// Events of `session`'s history stream after `after_seq`, at most `count`, as

@@ -105,6 +105,14 @@ pub enum BridgeMsg {
         after: StreamPos,
         purpose: FetchPurpose,
     },
+    /// The session's position went back to `went_back` in Redis after shard `from`
+    /// had reached `reached`: start a new epoch, then resync the session there.
+    NewEpoch {
+        from: usize,
+        session: String,
+        went_back: StreamPos,
+        reached: u64,
+    },
     /// The session's first local socket arrived on shard `from`.
     Subscribe { from: usize, session: String },
     /// The session's last local socket left.
@@ -317,6 +325,10 @@ impl Bridge {
                     after,
                     purpose,
                 } => self.answer_fetch(from, session, after, purpose, None),
+                // Redis is away: the reconnect reads every position again.
+                BridgeMsg::NewEpoch { session, .. } => {
+                    self.owed_resync.insert(session);
+                }
                 BridgeMsg::Subscribe { from, session } => {
                     self.wanted.insert(session, from);
                 }
@@ -440,6 +452,7 @@ impl Bridge {
         let mut unsubscribe = Vec::new();
         let mut confirm_only = Vec::new();
         let mut fetches = Vec::new();
+        let mut new_epochs = Vec::new();
         let mut publishes: Vec<(usize, u64, Vec<OutgoingEvent>, u64)> = Vec::new();
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
@@ -455,6 +468,12 @@ impl Bridge {
                     after,
                     purpose,
                 } => fetches.push((from, session, after, purpose)),
+                BridgeMsg::NewEpoch {
+                    from,
+                    session,
+                    went_back,
+                    reached,
+                } => new_epochs.push((from, session, went_back, reached)),
                 BridgeMsg::Subscribe { from, session } => {
                     unsubscribe.retain(|s| s != &session);
                     if self.wanted.insert(session.clone(), from).is_none()
@@ -485,6 +504,16 @@ impl Bridge {
         }
         if !confirm_only.is_empty() {
             self.confirm(link, &confirm_only).await?;
+        }
+        for (from, session, went_back, reached) in new_epochs {
+            let pos = link
+                .new_epoch(&session, went_back, reached, new_epoch())
+                .await?;
+            tracing::warn!(session = %session, "redis lost writes; the session starts a new epoch");
+            let msg = ShardMsg::Resync {
+                sessions: vec![(session, pos)],
+            };
+            self.tell(from, msg, "new epoch could not be delivered");
         }
         for (from, session, after, purpose) in fetches {
             let payloads = link.fetch(&session, after.seq, FETCH_MAX).await?;

@@ -546,11 +546,18 @@ impl History {
                 }
             }
         }
+        let dedupe = self.config.dedupe_window;
         let idle: Vec<Rc<str>> = self
             .streams
             .iter()
             .filter(|(_, s)| {
-                s.sockets == 0 && now.duration_since(s.touched) >= max_age.max(MIN_LINGER)
+                // Ids outlive the history when the dedupe window is longer.
+                let linger = if s.ids.is_empty() {
+                    max_age.max(MIN_LINGER)
+                } else {
+                    max_age.max(MIN_LINGER).max(dedupe)
+                };
+                s.sockets == 0 && now.duration_since(s.touched) >= linger
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -720,6 +727,29 @@ mod tests {
         h.sweep(start + Duration::from_secs(30));
         assert_eq!(h.take_forgotten().len(), 1);
         assert_eq!(h.figures().bytes, 0);
+    }
+
+    #[test]
+    fn a_stream_with_ids_lingers_for_the_dedupe_window() {
+        let start = Instant::now();
+        let mut c = config(100, 1 << 20, 1 << 30);
+        c.max_age = Duration::from_secs(10);
+        c.dedupe_window = Duration::from_secs(60);
+        let mut h = History::new(c, 1, 7);
+        let s: Rc<str> = Rc::from("s");
+        let seq = publish(&mut h, &s, 10, start);
+        h.remember_id("s", 1, seq, start);
+        h.sweep(start + Duration::from_secs(30));
+        assert!(
+            h.take_forgotten().is_empty(),
+            "a retry within the window is still known"
+        );
+        assert_eq!(
+            h.duplicate_of("s", 1, start + Duration::from_secs(30)),
+            Some(seq)
+        );
+        h.sweep(start + Duration::from_secs(61));
+        assert_eq!(h.take_forgotten().len(), 1);
     }
 
     #[test]

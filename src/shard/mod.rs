@@ -555,6 +555,29 @@ impl Shard {
             self.start_catch_up(session, pos.seq);
             return;
         }
+        let went_back = self
+            .history
+            .borrow()
+            .get(session)
+            .filter(|s| s.live && s.epoch == pos.epoch && pos.seq < s.seq)
+            .map(|s| s.seq);
+        if let (Some(reached), Some(bridge)) = (went_back, &self.node.bridge) {
+            // Redis lost writes: its numbers after `pos` would be given again. A
+            // new epoch in Redis makes every client that saw the old ones resync,
+            // on every node, including those away right now.
+            let msg = BridgeMsg::NewEpoch {
+                from: self.id,
+                session: session.to_string(),
+                went_back: pos,
+                reached,
+            };
+            if bridge.send(msg).is_err() {
+                tracing::warn!(
+                    shard = self.id,
+                    "new epoch not queued; the bridge is behind"
+                );
+            }
+        }
         let key = self.history.borrow().key(session);
         let changed = self.history.borrow_mut().settle(&key, pos);
         if let Some(reason) = changed {
