@@ -127,6 +127,22 @@ impl SessionStream {
     }
 }
 
+/// Where [`History::place`] put an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub pos: StreamPos,
+    /// Its id was seen within the dedupe window: `pos` is the first one's.
+    pub duplicate: bool,
+    /// Its frame is to be kept for resume ([`History::keeps`]).
+    pub keep: bool,
+}
+
+/// The seq `id_hash` was given in `s` within `window` of `now`, if any.
+fn seen_within(s: &SessionStream, id_hash: u64, now: Instant, window: Duration) -> Option<u64> {
+    let &(seq, at) = s.ids.get(&id_hash)?;
+    (now.duration_since(at) < window).then_some(seq)
+}
+
 /// Counters the metrics read.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HistoryFigures {
@@ -252,15 +268,37 @@ impl History {
 
     /// The sequence number an id was given within the dedupe window, if any.
     pub fn duplicate_of(&self, session: &str, id_hash: u64, now: Instant) -> Option<u64> {
-        let &(seq, at) = self.streams.get(session)?.ids.get(&id_hash)?;
-        (now.duration_since(at) < self.config.dedupe_window).then_some(seq)
+        let s = self.streams.get(session)?;
+        seen_within(s, id_hash, now, self.config.dedupe_window)
     }
 
-    /// Takes the next sequence number of `session` (creating its stream).
-    pub fn next_seq(&mut self, session: &Rc<str>, now: Instant) -> StreamPos {
+    /// Places the next event of `session` (creating its stream): its position,
+    /// or, for an id seen within the dedupe window, the position it was given then.
+    /// One pass over the stream for what fan-out needs per event.
+    pub fn place(&mut self, session: &Rc<str>, id_hash: Option<u64>, now: Instant) -> Placement {
+        let window = self.config.dedupe_window;
+        let history_on = self.config.events > 0;
         let s = self.stream(session, now);
+        if let Some(seq) = id_hash.and_then(|h| seen_within(s, h, now, window)) {
+            return Placement {
+                pos: StreamPos {
+                    epoch: s.epoch,
+                    seq,
+                },
+                duplicate: true,
+                keep: false,
+            };
+        }
         s.seq += 1;
-        s.position()
+        let placement = Placement {
+            pos: s.position(),
+            duplicate: false,
+            keep: history_on && s.watched,
+        };
+        if let Some(h) = id_hash {
+            self.remember_id(session, h, placement.pos.seq, now);
+        }
+        placement
     }
 
     /// Remembers that `id_hash` was given `seq`.
@@ -623,7 +661,7 @@ mod tests {
             h.socket_joined(s);
             h.socket_left(s, now);
         }
-        let pos = h.next_seq(s, now);
+        let pos = h.place(s, None, now).pos;
         h.retain(s, &frame(pos.seq, size, now));
         pos.seq
     }
@@ -757,7 +795,7 @@ mod tests {
         let now = Instant::now();
         let mut h = History::new(config(100, 1 << 20, 1 << 30), 1, 7);
         let s: Rc<str> = Rc::from("s");
-        let pos = h.next_seq(&s, now);
+        let pos = h.place(&s, None, now).pos;
         assert!(!h.keeps("s"));
         h.retain(&s, &frame(pos.seq, 10, now));
         assert_eq!(h.figures().frames, 0);

@@ -457,32 +457,22 @@ impl Shard {
             .id
             .as_ref()
             .map(|r| xxhash_rust::xxh3::xxh3_64(batch.bytes(r)));
+        let placed = history.place(&key, id_hash, at);
         let mut receipt = Receipt {
             index,
-            pos: StreamPos { epoch: 0, seq: 0 },
-            duplicate: false,
+            pos: placed.pos,
+            duplicate: placed.duplicate,
             written: 0,
             queued: 0,
             dropped: 0,
         };
-        if let Some(h) = id_hash {
-            if let Some(seq) = history.duplicate_of(session, h, at) {
-                self.stats.dedupe_hit();
-                receipt.duplicate = true;
-                receipt.pos = StreamPos {
-                    epoch: history.position(session).map_or(0, |p| p.epoch),
-                    seq,
-                };
-                return Some(receipt);
-            }
-        }
-        receipt.pos = history.next_seq(&key, at);
-        if let Some(h) = id_hash {
-            history.remember_id(session, h, receipt.pos.seq, at);
+        if placed.duplicate {
+            self.stats.dedupe_hit();
+            return Some(receipt);
         }
         let registry = self.registry.borrow();
         let sockets = registry.sockets_of(session);
-        let keep = history.keeps(session);
+        let keep = placed.keep;
         if sockets.is_none() && !keep {
             return Some(receipt);
         }
