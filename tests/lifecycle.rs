@@ -52,6 +52,9 @@ fn refresh_before_expiry_keeps_the_socket_open_until_the_new_exp() {
     let mut ws = connect_with(&node, &token_expiring("ref1", exp));
     let new_exp = now() + 6;
     ws.send_text(&json!({"type": "refresh", "token": token_expiring("ref1", new_exp)}).to_string());
+    // The relay acknowledges the refresh with the new exp.
+    let ack = ws.next_json(PROMPT);
+    assert_eq!(ack, json!({"type": "refreshed", "exp": new_exp}));
     // Stay connected past the old exp (pings are fine, a close is not).
     ws.assert_no_text(Duration::from_millis(3500));
     assert!(now() > exp);

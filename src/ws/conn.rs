@@ -320,6 +320,15 @@ impl SocketTask {
                     .state
                     .expires_at
                     .set(verifier.expires_at(&claims));
+                // Tell the client its refresh took: `{"type":"refreshed","exp":N}`.
+                let mut payload = Vec::with_capacity(40);
+                payload.extend_from_slice(b"{\"type\":\"refreshed\",\"exp\":");
+                crate::ws::frame::push_decimal(&mut payload, claims.exp);
+                payload.push(b'}');
+                let frame = crate::ws::frame::text_frame(&payload);
+                self.guard
+                    .state
+                    .push_control(Outgoing::Owned(frame.into_boxed_slice()));
             }
             Ok(_) => self.begin_close(Disconnect::Policy),
             Err(crate::auth::TokenError::Expired) => self.begin_close(Disconnect::TokenExpired),
