@@ -12,7 +12,7 @@ use relay::auth::{mint_token, JwtVerifier};
 use relay::config::{JwtRules, Secret};
 use relay::http::publish::PublishParser;
 use relay::router::shard_for;
-use relay::shard::history::StreamPos;
+use relay::stream::StreamPos;
 use relay::ws::frame::{encode_event, EventParts};
 
 fn jwt(c: &mut Criterion) {

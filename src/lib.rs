@@ -40,6 +40,7 @@
 pub mod auth;
 pub mod bridge;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod latency;
@@ -48,4 +49,5 @@ pub mod metrics;
 pub mod router;
 pub mod runtime;
 pub mod shard;
+pub mod stream;
 pub mod ws;

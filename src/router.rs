@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::http::publish::PublishBatch;
 use crate::metrics::StatsSnapshot;
-use crate::shard::history::StreamPos;
+use crate::stream::StreamPos;
 use crate::ws::upgrade::AcceptedUpgrade;
 
 /// Messages one shard may have in its inbox: with a batch per message this is a

@@ -7,7 +7,7 @@
 //!   relay prints positions, parses back to itself.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use relay::shard::history::{parse_since, StreamPos};
+use relay::stream::{parse_since, StreamPos};
 use relay::ws::frame::{frame_from_remote, join_remote};
 
 fuzz_target!(|data: &[u8]| {

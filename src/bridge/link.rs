@@ -18,7 +18,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{channel_of, history_key, position_key, OutgoingEvent, PublishRules};
-use crate::shard::history::StreamPos;
+use crate::stream::StreamPos;
 
 /// Gives events their places in their sessions' streams and publishes them,
 /// atomically, so every node sees the same `seq` for the same event. A retried id

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::router::{FetchPurpose, Receipt, RemoteEvent, Router, ShardMsg};
-use crate::shard::history::StreamPos;
+use crate::stream::StreamPos;
 
 mod link;
 use link::{Incoming, Link, Lost, Target};

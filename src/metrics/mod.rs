@@ -13,7 +13,7 @@ use prometheus::proto::{
 use prometheus::{Encoder, TextEncoder};
 
 use crate::latency::LatencyHistogram;
-use crate::shard::history::ResyncReason;
+use crate::stream::ResyncReason;
 use crate::ws::close::Disconnect;
 
 pub const CONNECTED_CLIENTS: &str = "relay_connected_clients";

@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::HistoryConfig;
+pub use crate::stream::{ResyncReason, StreamPos};
 use crate::ws::frame::EncodedFrame;
 
 /// What a stream costs besides its frames (maps, counters, the session name).
@@ -25,44 +26,6 @@ const FRAME_OVERHEAD: usize = 48;
 const ID_OVERHEAD: usize = 40;
 /// Ids one session remembers for dedupe, at most.
 pub const MAX_IDS_PER_SESSION: usize = 4096;
-
-/// A point in a session's stream: after the event `seq` of epoch `epoch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamPos {
-    pub epoch: u64,
-    pub seq: u64,
-}
-
-/// Why a client was told to resync instead of getting a replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResyncReason {
-    /// The client's epoch is not the stream's (a restart, or Redis lost state).
-    Epoch,
-    /// The history no longer reaches back to the client's position.
-    History,
-    /// This node missed events (a gap in the sequence, or Redis was away).
-    Gap,
-}
-
-impl ResyncReason {
-    pub const ALL: [ResyncReason; 3] = [
-        ResyncReason::Epoch,
-        ResyncReason::History,
-        ResyncReason::Gap,
-    ];
-
-    pub fn metric_reason(self) -> &'static str {
-        match self {
-            ResyncReason::Epoch => "epoch",
-            ResyncReason::History => "history",
-            ResyncReason::Gap => "gap",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// The answer to a resume request.
 #[derive(Debug)]
@@ -617,22 +580,6 @@ impl History {
 /// so its position (and a Redis subscription) survives a quick reconnect.
 const MIN_LINGER: Duration = Duration::from_secs(5);
 
-/// `since=EPOCH:SEQ`, with the epoch as 16 hex digits.
-pub fn parse_since(value: &str) -> Option<StreamPos> {
-    // URLSearchParams spells the colon %3A.
-    let (epoch, seq) = value
-        .split_once("%3A")
-        .or_else(|| value.split_once("%3a"))
-        .or_else(|| value.split_once([':', '.']))?;
-    if epoch.is_empty() || epoch.len() > 16 || seq.is_empty() || seq.len() > 20 {
-        return None;
-    }
-    Some(StreamPos {
-        epoch: u64::from_str_radix(epoch, 16).ok()?,
-        seq: seq.parse().ok()?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -850,29 +797,5 @@ mod tests {
             h.arrival(&s, StreamPos { epoch: 5, seq: 1 }, now),
             Arrival::Gap(ResyncReason::Epoch)
         );
-    }
-
-    #[test]
-    fn since_parses_both_spellings() {
-        assert_eq!(
-            parse_since("00ff:12"),
-            Some(StreamPos {
-                epoch: 255,
-                seq: 12
-            })
-        );
-        assert_eq!(parse_since("ff.0"), Some(StreamPos { epoch: 255, seq: 0 }));
-        for bad in [
-            "",
-            ":",
-            "ff:",
-            ":1",
-            "zz:1",
-            "ff:-1",
-            "11111111111111111:1",
-            "ff:1:2",
-        ] {
-            assert_eq!(parse_since(bad), None, "{bad}");
-        }
     }
 }

@@ -17,7 +17,9 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+pub use crate::clock::{unix_now, unix_now_ns};
 
 use glommio::net::{TcpListener, TcpStream};
 
@@ -196,22 +198,6 @@ fn event_parts<'a>(
         generated_id: generated,
         data: batch.bytes(&ev.data),
     }
-}
-
-/// Nanoseconds since the UNIX epoch.
-pub fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// Seconds since the UNIX epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Shard {
@@ -757,7 +743,7 @@ impl Shard {
         mut receipts: Vec<Receipt>,
         took: Option<Duration>,
     ) -> Vec<u8> {
-        use crate::ws::frame::{push_decimal, push_hex16};
+        use crate::stream::{push_decimal, push_hex16};
         receipts.sort_unstable_by_key(|r| r.index);
         let mut out = Vec::with_capacity(48 + receipts.len() * 112);
         out.extend_from_slice(br#"{"accepted":"#);

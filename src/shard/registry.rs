@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
 
-use crate::shard::history::StreamPos;
+use crate::stream::StreamPos;
 use crate::ws::close::Disconnect;
 use crate::ws::frame::EncodedFrame;
 

@@ -323,7 +323,7 @@ impl SocketTask {
                 // Tell the client its refresh took: `{"type":"refreshed","exp":N}`.
                 let mut payload = Vec::with_capacity(40);
                 payload.extend_from_slice(b"{\"type\":\"refreshed\",\"exp\":");
-                crate::ws::frame::push_decimal(&mut payload, claims.exp);
+                crate::stream::push_decimal(&mut payload, claims.exp);
                 payload.push(b'}');
                 let frame = crate::ws::frame::text_frame(&payload);
                 self.guard

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use crate::shard::history::StreamPos;
+use crate::stream::{push_decimal, push_hex16, StreamPos};
 
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
@@ -117,21 +117,6 @@ fn write_epoch(p: &mut Vec<u8>, epoch: u64) {
     p.extend_from_slice(br#","epoch":""#);
     push_hex16(p, epoch);
     p.push(b'"');
-}
-
-/// Appends `n` as 16 lowercase hex digits: how epochs are spelled everywhere.
-pub fn push_hex16(p: &mut Vec<u8>, n: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 16];
-    for (i, d) in out.iter_mut().enumerate() {
-        *d = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    p.extend_from_slice(&out);
-}
-
-/// Appends `n` in decimal.
-pub fn push_decimal(p: &mut Vec<u8>, n: u64) {
-    p.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends `,"event":NAME,"id":ID,"data":DATA}`: the part after the position.

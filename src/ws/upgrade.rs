@@ -7,7 +7,7 @@
 use crate::auth::{Claims, JwtVerifier, OriginPolicy};
 use crate::http::head::RequestHead;
 use crate::http::response::Refusal;
-use crate::shard::history::{parse_since, StreamPos};
+use crate::stream::{parse_since, StreamPos};
 
 /// The subprotocol the relay speaks.
 pub const SUBPROTOCOL: &str = "relay.v1";
