@@ -10,7 +10,34 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::config::{JwtRules, Secret};
+/// A secret value: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// What a token must look like beyond its signature.
+#[derive(Debug, Clone)]
+pub struct JwtRules {
+    pub leeway: Duration,
+    /// Longest lifetime (`exp` − `iat`, or `exp` − now without `iat`) accepted.
+    pub max_lifetime: Option<Duration>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
 
 /// Longest token accepted; checked before any parsing so a huge token costs nothing.
 pub const MAX_TOKEN_BYTES: usize = 4096;

@@ -6,9 +6,17 @@
 
 use std::net::IpAddr;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
+use crate::auth::{JwtRules, OriginPolicy, Secret};
 use crate::config;
+pub use crate::config::LogFormat;
+use crate::config::{
+    parse_secret_list, secret_value, Config, ConfigError, HistoryConfig, HistoryStore, Limits,
+    LiveConfig, ReloadSources, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_OUTBOUND_BYTES,
+    DEV_ALLOWED_ORIGINS, ECHO_MAX_MESSAGE_BYTES, MIN_SECRET_BYTES,
+};
+use crate::limiter::LimiterConfig;
 
 #[derive(Debug, Parser)]
 #[command(name = "relay", version, about = "Real-time WebSocket relay")]
@@ -55,12 +63,6 @@ pub struct CommonArgs {
     /// File holding RELAY_API_KEY; wins over the variable, read again on SIGHUP.
     #[arg(long, env = "RELAY_API_KEY_FILE")]
     pub relay_api_key_file: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Debug, Args)]
@@ -235,4 +237,202 @@ pub struct PublishArgs {
     /// The node's base URL.
     #[arg(long, env = "RELAY_URL", default_value = "http://127.0.0.1:3000")]
     pub url: String,
+}
+
+impl ServeArgs {
+    /// Validates parsed flags into a [`Config`].
+    pub fn to_config(&self) -> Result<Config, ConfigError> {
+        let args = self;
+        let redis_url = match args.redis_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) => {
+                let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+                if urls.len() > 1 && !args.redis_cluster {
+                    return Err(ConfigError::Invalid {
+                        variable: "REDIS_URL",
+                        why: "several URLs name a cluster: set REDIS_CLUSTER=true".into(),
+                    });
+                }
+                for u in &urls {
+                    if !u.starts_with("redis://") && !u.starts_with("rediss://") {
+                        return Err(ConfigError::Invalid {
+                            variable: "REDIS_URL",
+                            why: "each URL must start with redis:// or rediss://".into(),
+                        });
+                    }
+                }
+                Some(Secret::new(url))
+            }
+        };
+        let redis_ca = match &args.redis_ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                variable: "REDIS_CA_FILE",
+                why: format!("cannot read {}: {e}", path.display()),
+            })?),
+        };
+        if args.redis_cluster && redis_url.is_none() {
+            return Err(ConfigError::Invalid {
+                variable: "REDIS_CLUSTER",
+                why: "needs REDIS_URL with the cluster's seed nodes".into(),
+            });
+        }
+        // A *_FILE wins over its variable.
+        let secret = secret_value(
+            "JWT_SIGNING_SECRET_FILE",
+            args.common.jwt_signing_secret.as_deref(),
+            args.common.jwt_signing_secret_file.as_deref(),
+        )?;
+        let jwt_secrets =
+            parse_secret_list("JWT_SIGNING_SECRET", secret.as_deref(), MIN_SECRET_BYTES)?;
+        let key = secret_value(
+            "RELAY_API_KEY_FILE",
+            args.common.relay_api_key.as_deref(),
+            args.common.relay_api_key_file.as_deref(),
+        )?;
+        let api_keys = parse_secret_list("RELAY_API_KEY", key.as_deref(), 1)?;
+        let origins_csv = match (&args.allowed_origins, args.dev) {
+            (Some(csv), _) => csv.clone(),
+            (None, true) => DEV_ALLOWED_ORIGINS.to_string(),
+            (None, false) => String::new(),
+        };
+        let origins = OriginPolicy::parse(&origins_csv).map_err(|e| ConfigError::Invalid {
+            variable: "ALLOWED_ORIGINS",
+            why: e.to_string(),
+        })?;
+        let shards = match args.shards {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    variable: "RELAY_SHARDS",
+                    why: "must be at least 1".into(),
+                })
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        if args.echo && !args.dev {
+            return Err(ConfigError::Invalid {
+                variable: "--echo",
+                why: "is a test mode and needs --dev".into(),
+            });
+        }
+        // Conformance suites send messages of megabytes; a flag set by hand wins.
+        let echo_default = |v: usize, default: usize, echo_value: usize| {
+            if args.echo && v == default {
+                echo_value
+            } else {
+                v
+            }
+        };
+        let limits = Limits {
+            handshake_timeout: args.handshake_timeout.into(),
+            body_timeout: args.body_timeout.into(),
+            max_head_bytes: args.max_head_bytes,
+            max_body_bytes: args.max_body_bytes,
+            max_batch_events: args.max_batch_events,
+            max_message_bytes: echo_default(
+                args.max_message_bytes,
+                DEFAULT_MAX_MESSAGE_BYTES,
+                ECHO_MAX_MESSAGE_BYTES,
+            ),
+            max_outbound_bytes: echo_default(
+                args.max_outbound_bytes,
+                DEFAULT_MAX_OUTBOUND_BYTES,
+                4 * ECHO_MAX_MESSAGE_BYTES,
+            ),
+            max_connections: args.max_connections,
+            ping_interval: args.ping_interval.into(),
+            ping_timeout: args.ping_timeout.into(),
+            drain_timeout: args.drain_timeout.into(),
+            // Conformance suites send floods of messages on purpose.
+            client_message_rate: if args.echo {
+                0
+            } else {
+                args.client_message_rate
+            },
+        };
+        let mut trusted_proxies = Vec::new();
+        for cidr in args
+            .trusted_proxies
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let net = cidr
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| cidr.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    variable: "RELAY_TRUSTED_PROXIES",
+                    why: format!("{cidr:?} is not an address or CIDR network"),
+                })?;
+            trusted_proxies.push(net);
+        }
+        let limiters = LimiterConfig {
+            // Conformance suites open hundreds of sockets from one address.
+            connects_per_sec: std::num::NonZeroU32::new(if args.echo {
+                0
+            } else {
+                args.connect_rate
+            }),
+            events_per_sec: std::num::NonZeroU32::new(args.publish_rate),
+            max_sockets_per_session: args.max_sockets_per_session,
+            tenant_claim: args.tenant_claim.clone().filter(|c| !c.is_empty()),
+            max_sockets_per_tenant: args.max_sockets_per_tenant,
+            tenant_events_per_sec: std::num::NonZeroU32::new(args.tenant_publish_rate),
+            trusted_proxies,
+        };
+        if args.history == HistoryStore::Redis && redis_url.is_none() {
+            return Err(ConfigError::Invalid {
+                variable: "RELAY_HISTORY",
+                why: "redis needs REDIS_URL".into(),
+            });
+        }
+        let history = HistoryConfig {
+            events: args.history_events,
+            bytes: args.history_bytes,
+            max_age: args.history_ttl.into(),
+            memory: args.history_memory,
+            dedupe_window: args.dedupe_window.into(),
+            store: args.history,
+        };
+        let mut config = Config {
+            host: args.host,
+            port: args.port,
+            admin_port: args.admin_port,
+            shards,
+            dev: args.dev,
+            echo: args.echo,
+            log_format: args.log_format,
+            redis_url,
+            redis_cluster: args.redis_cluster,
+            redis_ca,
+            limiters,
+            history,
+            sources: ReloadSources {
+                jwt_secret_file: args.common.jwt_signing_secret_file.clone(),
+                api_key_file: args.common.relay_api_key_file.clone(),
+                config_file: args.config_file.clone(),
+            },
+            live: LiveConfig {
+                jwt_secrets,
+                api_keys,
+                origins,
+                jwt: JwtRules {
+                    leeway: args.jwt_leeway.into(),
+                    max_lifetime: args.jwt_max_lifetime.map(Into::into),
+                    audience: args.jwt_audience.clone(),
+                    issuer: args.jwt_issuer.clone(),
+                },
+                limits,
+                log_level: args.common.log_level.clone(),
+            },
+        };
+        // Files win over flags and the environment, at start as on every SIGHUP.
+        config.reload_sources()?;
+        Ok(config)
+    }
 }

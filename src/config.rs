@@ -2,7 +2,7 @@
 //!
 //! Precedence, highest first: a command-line flag, a real environment variable,
 //! a line of `.env.local` (loaded by `main` before parsing, never overriding the
-//! real environment), then the defaults below. [`Config::from_serve_args`] turns
+//! real environment), then the defaults below. `cli::ServeArgs::to_config` turns
 //! the parsed flags into a [`Config`] and refuses anything unsafe to run with;
 //! tests build a [`Config`] directly.
 //!
@@ -10,14 +10,12 @@
 //! in `--dev` mode.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::auth::OriginPolicy;
-use crate::cli::{LogFormat, ServeArgs};
+pub use crate::auth::{JwtRules, OriginPolicy, Secret};
 use crate::limiter::LimiterConfig;
 
 /// `PORT`: the contract's default.
@@ -77,23 +75,11 @@ pub const DEV_ALLOWED_ORIGINS: &str =
 /// Where `--dev` keeps the secrets it generated.
 pub const DEV_ENV_FILE: &str = ".env.local";
 
-/// A secret value: never printed, never logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into())
-    }
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret(<{} bytes>)", self.0.len())
-    }
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 /// Every limit a client or publisher can cross; each has a flag and a default above.
@@ -170,16 +156,7 @@ impl Default for HistoryConfig {
     }
 }
 
-/// What a token must look like beyond its signature.
-#[derive(Debug, Clone)]
-pub struct JwtRules {
-    pub leeway: Duration,
-    /// Longest lifetime (`exp` − `iat`, or `exp` − now without `iat`) accepted.
-    pub max_lifetime: Option<Duration>,
-    pub audience: Option<String>,
-    pub issuer: Option<String>,
-}
-
+/// Token rules' defaults live here with the others; the type is `auth`'s.
 impl Default for JwtRules {
     fn default() -> Self {
         JwtRules {
@@ -191,7 +168,8 @@ impl Default for JwtRules {
     }
 }
 
-/// A node's whole configuration, validated.
+/// A node's whole configuration, validated: what is fixed from start to exit, and
+/// in [`Config::live`] what a SIGHUP may change.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: IpAddr,
@@ -202,13 +180,6 @@ pub struct Config {
     pub dev: bool,
     /// Conformance-test mode: sockets echo what clients send (only with `dev`).
     pub echo: bool,
-    /// Any of these verifies a token; the first one signs `relay token`.
-    pub jwt_secrets: Vec<Secret>,
-    /// Any of these authorizes `POST /events`.
-    pub api_keys: Vec<Secret>,
-    pub origins: OriginPolicy,
-    pub jwt: JwtRules,
-    pub limits: Limits,
     pub log_format: LogFormat,
     /// Redis for cross-node fan-out (it may hold a password: a [`Secret`]).
     pub redis_url: Option<Secret>,
@@ -220,10 +191,25 @@ pub struct Config {
     pub limiters: LimiterConfig,
     /// Sequencing, resume history and dedupe.
     pub history: HistoryConfig,
-    /// The tracing filter.
-    pub log_level: String,
     /// Where reloadable settings come from on SIGHUP (see [`Config::reloaded`]).
     pub sources: ReloadSources,
+    /// The settings a SIGHUP may replace; shards receive them whole.
+    pub live: LiveConfig,
+}
+
+/// What a running node may change on SIGHUP ([`RELOADABLE`] names the variables).
+/// Shards hold it behind an `Arc` and swap it whole, never field by field.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// Any of these verifies a token; the first one signs `relay token`.
+    pub jwt_secrets: Vec<Secret>,
+    /// Any of these authorizes `POST /events`.
+    pub api_keys: Vec<Secret>,
+    pub origins: OriginPolicy,
+    pub jwt: JwtRules,
+    pub limits: Limits,
+    /// The tracing filter.
+    pub log_level: String,
 }
 
 /// Files a running node reads again on SIGHUP.
@@ -235,231 +221,41 @@ pub struct ReloadSources {
 }
 
 impl Config {
-    /// Validates parsed flags into a [`Config`].
-    pub fn from_serve_args(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let redis_url = match args.redis_url.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(url) => {
-                let urls: Vec<&str> = url.split(',').map(str::trim).collect();
-                if urls.len() > 1 && !args.redis_cluster {
-                    return Err(ConfigError::Invalid {
-                        variable: "REDIS_URL",
-                        why: "several URLs name a cluster: set REDIS_CLUSTER=true".into(),
-                    });
-                }
-                for u in &urls {
-                    if !u.starts_with("redis://") && !u.starts_with("rediss://") {
-                        return Err(ConfigError::Invalid {
-                            variable: "REDIS_URL",
-                            why: "each URL must start with redis:// or rediss://".into(),
-                        });
-                    }
-                }
-                Some(Secret::new(url))
-            }
-        };
-        let redis_ca = match &args.redis_ca_file {
-            None => None,
-            Some(path) => Some(std::fs::read(path).map_err(|e| ConfigError::Invalid {
-                variable: "REDIS_CA_FILE",
-                why: format!("cannot read {}: {e}", path.display()),
-            })?),
-        };
-        if args.redis_cluster && redis_url.is_none() {
-            return Err(ConfigError::Invalid {
-                variable: "REDIS_CLUSTER",
-                why: "needs REDIS_URL with the cluster's seed nodes".into(),
-            });
-        }
-        // A *_FILE wins over its variable.
-        let secret = secret_value(
-            "JWT_SIGNING_SECRET_FILE",
-            args.common.jwt_signing_secret.as_deref(),
-            args.common.jwt_signing_secret_file.as_deref(),
-        )?;
-        let jwt_secrets =
-            parse_secret_list("JWT_SIGNING_SECRET", secret.as_deref(), MIN_SECRET_BYTES)?;
-        let key = secret_value(
-            "RELAY_API_KEY_FILE",
-            args.common.relay_api_key.as_deref(),
-            args.common.relay_api_key_file.as_deref(),
-        )?;
-        let api_keys = parse_secret_list("RELAY_API_KEY", key.as_deref(), 1)?;
-        let origins_csv = match (&args.allowed_origins, args.dev) {
-            (Some(csv), _) => csv.clone(),
-            (None, true) => DEV_ALLOWED_ORIGINS.to_string(),
-            (None, false) => String::new(),
-        };
-        let origins = OriginPolicy::parse(&origins_csv).map_err(|e| ConfigError::Invalid {
-            variable: "ALLOWED_ORIGINS",
-            why: e.to_string(),
-        })?;
-        let shards = match args.shards {
-            Some(0) => {
-                return Err(ConfigError::Invalid {
-                    variable: "RELAY_SHARDS",
-                    why: "must be at least 1".into(),
-                })
-            }
-            Some(n) => n,
-            None => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-        };
-        if args.echo && !args.dev {
-            return Err(ConfigError::Invalid {
-                variable: "--echo",
-                why: "is a test mode and needs --dev".into(),
-            });
-        }
-        // Conformance suites send messages of megabytes; a flag set by hand wins.
-        let echo_default = |v: usize, default: usize, echo_value: usize| {
-            if args.echo && v == default {
-                echo_value
-            } else {
-                v
-            }
-        };
-        let limits = Limits {
-            handshake_timeout: args.handshake_timeout.into(),
-            body_timeout: args.body_timeout.into(),
-            max_head_bytes: args.max_head_bytes,
-            max_body_bytes: args.max_body_bytes,
-            max_batch_events: args.max_batch_events,
-            max_message_bytes: echo_default(
-                args.max_message_bytes,
-                DEFAULT_MAX_MESSAGE_BYTES,
-                ECHO_MAX_MESSAGE_BYTES,
-            ),
-            max_outbound_bytes: echo_default(
-                args.max_outbound_bytes,
-                DEFAULT_MAX_OUTBOUND_BYTES,
-                4 * ECHO_MAX_MESSAGE_BYTES,
-            ),
-            max_connections: args.max_connections,
-            ping_interval: args.ping_interval.into(),
-            ping_timeout: args.ping_timeout.into(),
-            drain_timeout: args.drain_timeout.into(),
-            // Conformance suites send floods of messages on purpose.
-            client_message_rate: if args.echo {
-                0
-            } else {
-                args.client_message_rate
-            },
-        };
-        let mut trusted_proxies = Vec::new();
-        for cidr in args
-            .trusted_proxies
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            let net = cidr
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| cidr.parse::<IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| ConfigError::Invalid {
-                    variable: "RELAY_TRUSTED_PROXIES",
-                    why: format!("{cidr:?} is not an address or CIDR network"),
-                })?;
-            trusted_proxies.push(net);
-        }
-        let limiters = LimiterConfig {
-            // Conformance suites open hundreds of sockets from one address.
-            connects_per_sec: std::num::NonZeroU32::new(if args.echo {
-                0
-            } else {
-                args.connect_rate
-            }),
-            events_per_sec: std::num::NonZeroU32::new(args.publish_rate),
-            max_sockets_per_session: args.max_sockets_per_session,
-            tenant_claim: args.tenant_claim.clone().filter(|c| !c.is_empty()),
-            max_sockets_per_tenant: args.max_sockets_per_tenant,
-            tenant_events_per_sec: std::num::NonZeroU32::new(args.tenant_publish_rate),
-            trusted_proxies,
-        };
-        if args.history == HistoryStore::Redis && redis_url.is_none() {
-            return Err(ConfigError::Invalid {
-                variable: "RELAY_HISTORY",
-                why: "redis needs REDIS_URL".into(),
-            });
-        }
-        let history = HistoryConfig {
-            events: args.history_events,
-            bytes: args.history_bytes,
-            max_age: args.history_ttl.into(),
-            memory: args.history_memory,
-            dedupe_window: args.dedupe_window.into(),
-            store: args.history,
-        };
-        let mut config = Config {
-            host: args.host,
-            port: args.port,
-            admin_port: args.admin_port,
-            shards,
-            dev: args.dev,
-            echo: args.echo,
-            jwt_secrets,
-            api_keys,
-            origins,
-            jwt: JwtRules {
-                leeway: args.jwt_leeway.into(),
-                max_lifetime: args.jwt_max_lifetime.map(Into::into),
-                audience: args.jwt_audience.clone(),
-                issuer: args.jwt_issuer.clone(),
-            },
-            limits,
-            log_format: args.log_format,
-            redis_url,
-            redis_cluster: args.redis_cluster,
-            redis_ca,
-            limiters,
-            history,
-            log_level: args.common.log_level.clone(),
-            sources: ReloadSources {
-                jwt_secret_file: args.common.jwt_signing_secret_file.clone(),
-                api_key_file: args.common.relay_api_key_file.clone(),
-                config_file: args.config_file.clone(),
-            },
-        };
-        // Files win over flags and the environment, at start as on every SIGHUP.
-        config.apply_sources()?;
-        Ok(config)
-    }
-
     /// A copy with the reloadable settings read again from [`ReloadSources`],
     /// validated, and the names of the settings that changed (never their values).
     /// On error the running configuration stays in force.
     pub fn reloaded(&self) -> Result<(Config, Vec<&'static str>), ConfigError> {
         let mut next = self.clone();
-        next.apply_sources()?;
+        next.reload_sources()?;
         let mut changed = Vec::new();
         let mut note = |name: &'static str, differs: bool| {
             if differs {
                 changed.push(name);
             }
         };
-        note("JWT_SIGNING_SECRET", next.jwt_secrets != self.jwt_secrets);
-        note("RELAY_API_KEY", next.api_keys != self.api_keys);
+        note(
+            "JWT_SIGNING_SECRET",
+            next.live.jwt_secrets != self.live.jwt_secrets,
+        );
+        note("RELAY_API_KEY", next.live.api_keys != self.live.api_keys);
         note(
             "ALLOWED_ORIGINS",
-            format!("{:?}", next.origins) != format!("{:?}", self.origins),
+            format!("{:?}", next.live.origins) != format!("{:?}", self.live.origins),
         );
-        note("LOG_LEVEL", next.log_level != self.log_level);
+        note("LOG_LEVEL", next.live.log_level != self.live.log_level);
         note(
             "JWT rules",
-            format!("{:?}", next.jwt) != format!("{:?}", self.jwt),
+            format!("{:?}", next.live.jwt) != format!("{:?}", self.live.jwt),
         );
         note(
             "limits",
-            format!("{:?}", next.limits) != format!("{:?}", self.limits),
+            format!("{:?}", next.live.limits) != format!("{:?}", self.live.limits),
         );
         Ok((next, changed))
     }
 
     /// Reads the secret files and the config file over the current values.
-    fn apply_sources(&mut self) -> Result<(), ConfigError> {
+    pub fn reload_sources(&mut self) -> Result<(), ConfigError> {
         let read = |variable: &'static str, path: &Path| {
             std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
                 variable,
@@ -489,7 +285,8 @@ impl Config {
             self.sources.jwt_secret_file.as_deref(),
         )?;
         if let Some(v) = secret {
-            self.jwt_secrets = parse_secret_list("JWT_SIGNING_SECRET", Some(&v), MIN_SECRET_BYTES)?;
+            self.live.jwt_secrets =
+                parse_secret_list("JWT_SIGNING_SECRET", Some(&v), MIN_SECRET_BYTES)?;
         }
         let keys = secret_value(
             "RELAY_API_KEY_FILE",
@@ -497,10 +294,10 @@ impl Config {
             self.sources.api_key_file.as_deref(),
         )?;
         if let Some(v) = keys {
-            self.api_keys = parse_secret_list("RELAY_API_KEY", Some(&v), 1)?;
+            self.live.api_keys = parse_secret_list("RELAY_API_KEY", Some(&v), 1)?;
         }
         if let Some(v) = file.get("ALLOWED_ORIGINS") {
-            self.origins = OriginPolicy::parse(v).map_err(|e| ConfigError::Invalid {
+            self.live.origins = OriginPolicy::parse(v).map_err(|e| ConfigError::Invalid {
                 variable: "ALLOWED_ORIGINS",
                 why: e.to_string(),
             })?;
@@ -510,13 +307,13 @@ impl Config {
                 variable: "LOG_LEVEL",
                 why: e.to_string(),
             })?;
-            self.log_level = v.clone();
+            self.live.log_level = v.clone();
         }
         if let Some(v) = file.get("JWT_AUDIENCE") {
-            self.jwt.audience = Some(v.clone()).filter(|s| !s.is_empty());
+            self.live.jwt.audience = Some(v.clone()).filter(|s| !s.is_empty());
         }
         if let Some(v) = file.get("JWT_ISSUER") {
-            self.jwt.issuer = Some(v.clone()).filter(|s| !s.is_empty());
+            self.live.jwt.issuer = Some(v.clone()).filter(|s| !s.is_empty());
         }
         let dur = |name: &'static str, v: &str| {
             humantime::parse_duration(v).map_err(|e| ConfigError::Invalid {
@@ -531,9 +328,9 @@ impl Config {
             })
         };
         for (k, v) in &file {
-            let l = &mut self.limits;
+            let l = &mut self.live.limits;
             match k.as_str() {
-                "JWT_LEEWAY" => self.jwt.leeway = dur("JWT_LEEWAY", v)?,
+                "JWT_LEEWAY" => self.live.jwt.leeway = dur("JWT_LEEWAY", v)?,
                 "RELAY_HANDSHAKE_TIMEOUT" => {
                     l.handshake_timeout = dur("RELAY_HANDSHAKE_TIMEOUT", v)?
                 }
@@ -561,7 +358,7 @@ impl Config {
     }
 
     fn check_limits(&self) -> Result<(), ConfigError> {
-        let l = &self.limits;
+        let l = &self.live.limits;
         if l.ping_timeout <= l.ping_interval {
             return Err(ConfigError::Invalid {
                 variable: "RELAY_PING_TIMEOUT",

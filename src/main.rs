@@ -10,7 +10,7 @@ use clap::Parser;
 use relay::cli::{
     Cli, Command, CommonArgs, HealthcheckArgs, LogFormat, PublishArgs, ServeArgs, TokenArgs,
 };
-use relay::config::{self, Config, Secret};
+use relay::config::{self, Secret};
 
 /// Exit status for a configuration the node refuses (the contract's 2).
 const EXIT_CONFIG: u8 = 2;
@@ -69,14 +69,14 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         fill_from_env(&mut args.common);
     }
-    let config = match Config::from_serve_args(&args) {
+    let config = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("relay: {e}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let set_log_level = init_logging(&config.log_level, config.log_format);
+    let set_log_level = init_logging(&config.live.log_level, config.log_format);
     relay::runtime::run(config, set_log_level)?;
     Ok(ExitCode::SUCCESS)
 }

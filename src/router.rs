@@ -147,7 +147,7 @@ pub enum ShardMsg {
     /// Stop accepting and close every socket with 1012.
     Drain,
     /// SIGHUP: use these secrets, keys, origins and limits from now on.
-    Reload(Arc<crate::config::Config>),
+    Reload(Arc<crate::config::LiveConfig>),
 }
 
 /// Why a send did not happen. The message is handed back; nothing is dropped.

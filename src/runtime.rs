@@ -104,7 +104,7 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
     };
     let (router, inboxes) = Router::new(shards).map_err(RuntimeError::Channels)?;
     let config_limiters = config.limiters.clone();
-    let max_connections = config.limits.max_connections;
+    let max_connections = config.live.limits.max_connections;
     let bridge = match &config.redis_url {
         Some(url) => {
             let url = String::from_utf8_lossy(url.expose()).into_owned();
@@ -212,15 +212,15 @@ fn reload(node: &NodeShared, current: &mut Config, set_log_level: &SetLogLevel) 
         tracing::info!("reload: nothing changed");
         return;
     }
-    if next.log_level != current.log_level {
-        if let Err(e) = set_log_level(&next.log_level) {
+    if next.live.log_level != current.live.log_level {
+        if let Err(e) = set_log_level(&next.live.log_level) {
             tracing::error!(error = %e, "reload refused: LOG_LEVEL");
             return;
         }
     }
     node.max_connections
-        .store(next.limits.max_connections, Ordering::Relaxed);
-    let shared = Arc::new(next.clone());
+        .store(next.live.limits.max_connections, Ordering::Relaxed);
+    let shared = Arc::new(next.live.clone());
     for shard in 0..node.router.shards() {
         let msg = ShardMsg::Reload(shared.clone());
         let pause = std::time::Duration::from_millis(5);

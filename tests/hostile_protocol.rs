@@ -226,7 +226,9 @@ fn ping_between_fragments_is_answered_and_the_message_still_completes() {
     let (opcode, payload) = raw.read_frame(AT_ONCE).expect("pong between fragments");
     assert_eq!((opcode, payload.as_slice()), (0xA, &b"mid"[..]));
     raw.send_frame(0x80, b, true);
-    let (opcode, ack) = raw.read_frame(PROMPT).expect("the refresh's acknowledgement");
+    let (opcode, ack) = raw
+        .read_frame(PROMPT)
+        .expect("the refresh's acknowledgement");
     assert_eq!(opcode, 0x1);
     assert!(ack.starts_with(br#"{"type":"refreshed","exp":"#));
     assert!(

@@ -105,7 +105,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // Read per request, so a SIGHUP applies from the next request on.
-        let limits = shard.settings().config.limits.clone();
+        let limits = shard.settings().live.limits.clone();
         // Find a whole head, scanning only new bytes.
         let deadline = Instant::now() + limits.handshake_timeout;
         let mut scanned = 0;
@@ -424,12 +424,7 @@ fn route_upgrade(
         }
     }
     let settings = shard.settings();
-    let decision = decide(
-        head,
-        &settings.verifier,
-        &settings.config.origins,
-        unix_now(),
-    );
+    let decision = decide(head, &settings.verifier, &settings.live.origins, unix_now());
     let mut upgrade = match decision {
         Ok(u) => u,
         Err(refusal) => return Action::RefuseUpgrade(refusal),
@@ -490,7 +485,7 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
         .or_else(|| head.all("x-api-key").next().map(str::trim))
         .unwrap_or("");
     let settings = shard.settings();
-    let Some(key) = api_key_index(&settings.config.api_keys, presented.as_bytes()) else {
+    let Some(key) = api_key_index(&settings.live.api_keys, presented.as_bytes()) else {
         return refuse(Refusal::unauthorized_key(), false);
     };
     if shard.is_draining() {
@@ -526,7 +521,7 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
         }
         Ok(BodyFraming::Length(n)) => n,
     };
-    let max = settings.config.limits.max_body_bytes;
+    let max = settings.live.limits.max_body_bytes;
     if len > max as u64 {
         return refuse(
             Refusal::new(

@@ -25,8 +25,8 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::auth::JwtVerifier;
 use crate::bridge::{BridgeHandle, BridgeMsg, OutgoingEvent};
-use crate::config::Config;
 use crate::config::HistoryStore;
+use crate::config::{Config, LiveConfig};
 use crate::http::publish::{EventSpans, PublishBatch, PublishParser};
 use crate::http::response::Refusal;
 use crate::metrics::{RedisFigures, ShardStats, StatsSnapshot};
@@ -146,14 +146,14 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// whole by a `Reload` message, never mutated: readers hold an `Rc` for as long as
 /// they need a consistent view.
 pub struct Settings {
-    pub config: Arc<Config>,
+    pub live: Arc<LiveConfig>,
     pub verifier: JwtVerifier,
 }
 
 impl Settings {
-    pub fn new(config: Arc<Config>) -> Settings {
-        let verifier = JwtVerifier::new(&config.jwt_secrets, &config.jwt);
-        Settings { config, verifier }
+    pub fn new(live: Arc<LiveConfig>) -> Settings {
+        let verifier = JwtVerifier::new(&live.jwt_secrets, &live.jwt);
+        Settings { live, verifier }
     }
 }
 
@@ -202,7 +202,7 @@ fn event_parts<'a>(
 
 impl Shard {
     pub fn new(id: usize, node: Arc<NodeShared>, inbox: Inbox) -> Shard {
-        let settings = Rc::new(Settings::new(Arc::new(node.config.clone())));
+        let settings = Rc::new(Settings::new(Arc::new(node.config.live.clone())));
         let salt = xxhash_rust::xxh3::xxh3_64(
             format!("{}-{id}-{}", node.node_tag, unix_now_ns()).as_bytes(),
         );
@@ -265,7 +265,7 @@ impl Shard {
             s.request_close(Disconnect::Draining);
         }
         drop(sockets);
-        let deadline = Instant::now() + self.settings().config.limits.drain_timeout;
+        let deadline = Instant::now() + self.settings().live.limits.drain_timeout;
         while self.registry.borrow().socket_count() > 0 && Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
@@ -658,7 +658,7 @@ impl Shard {
         frame: &Rc<EncodedFrame>,
         wait: bool,
     ) -> (u32, u32, u32) {
-        let max = self.settings().config.limits.max_outbound_bytes;
+        let max = self.settings().live.limits.max_outbound_bytes;
         let (mut written, mut queued, mut dropped) = (0, 0, 0);
         for s in sockets {
             let mut slow = false;
@@ -1132,7 +1132,7 @@ impl Shard {
         let mut replay = Vec::new();
         let mut resync = None;
         if let Some(since) = hello.since {
-            let max = self.settings().config.limits.max_outbound_bytes;
+            let max = self.settings().live.limits.max_outbound_bytes;
             let resume = self.history.borrow().resume(&session, since, max);
             match resume {
                 Resume::UpToDate => {}
@@ -1242,7 +1242,7 @@ impl Shard {
             }
         }
         // The ring holds what arrived here; Redis what came before it.
-        let max = self.settings().config.limits.max_outbound_bytes;
+        let max = self.settings().live.limits.max_outbound_bytes;
         let from_ring = frames.last().map_or(after, |f| StreamPos {
             epoch: pos.epoch,
             seq: f.seq,
@@ -1273,7 +1273,7 @@ impl Shard {
         loop {
             glommio::timer::sleep(HOUSEKEEPING_TICK).await;
             let settings = self.settings();
-            let limits = &settings.config.limits;
+            let limits = &settings.live.limits;
             ticks += 1;
             if self.id == 0 && ticks % LIMITER_SWEEP_TICKS == 0 {
                 self.node.limiters.forget_idle();

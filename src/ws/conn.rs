@@ -60,7 +60,7 @@ struct SocketTask {
 pub fn run(guard: SocketGuard, stream: TcpStream) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(None);
-    let max_message = guard.shard.settings().config.limits.max_message_bytes;
+    let max_message = guard.shard.settings().live.limits.max_message_bytes;
     let mut task = SocketTask {
         guard,
         stream,
@@ -248,13 +248,7 @@ impl SocketTask {
 
     /// Takes one message from the client's budget; false when it is spent.
     fn spend_budget(&mut self) -> bool {
-        let rate = self
-            .guard
-            .shard
-            .settings()
-            .config
-            .limits
-            .client_message_rate;
+        let rate = self.guard.shard.settings().live.limits.client_message_rate;
         if rate == 0 {
             return true;
         }
