@@ -1,0 +1,19 @@
+export { RelayClient, RelayClientError } from './client.js';
+export { CLOSE_CODES, CLIENT_CODES, closeAction } from './codes.js';
+export type { CloseAction } from './codes.js';
+export { backoff } from './backoff.js';
+export { readClaims, tokenExp } from './token.js';
+export { Tracker } from './stream.js';
+export type {
+  Clock,
+  EventSourceLike,
+  Position,
+  RelayClientOptions,
+  RelayEvent,
+  Resync,
+  ResyncReason,
+  SocketFactory,
+  SocketLike,
+  State,
+  StateName,
+} from './types.js';

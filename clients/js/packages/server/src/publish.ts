@@ -1,0 +1,186 @@
+import { randomUUID } from 'node:crypto';
+import { RelayError, retryableStatus } from './errors.js';
+import { signToken, type SignTokenOptions } from './token.js';
+
+/** One event to publish. `id` is filled in when absent, so a retry is deduplicated. */
+export interface RelayEventInput {
+  session: string;
+  event: string;
+  data?: unknown;
+  id?: string;
+}
+
+/** The relay's receipt for one event (docs/protocol.md, "Receipts and dedupe"). */
+export interface Receipt {
+  session: string;
+  seq: number;
+  epoch: string;
+  id: string;
+  duplicate?: boolean;
+  /** With `wait: 'delivered'` (single node): sockets written, still queued, dropped. */
+  written?: number;
+  queued?: number;
+  dropped?: number;
+}
+
+export interface PublishOptions {
+  /** `'delivered'`: answer once the frames reached the sockets (adds counts to receipts). */
+  wait?: 'delivered';
+  /** Sent as `X-Relay-Tenant`, for the relay's per-tenant publish cap. */
+  tenant?: string;
+  signal?: AbortSignal;
+}
+
+export interface RelayServerOptions {
+  /** The relay's HTTP(S) base, e.g. `https://relay.example.com`. */
+  baseUrl: string;
+  /** `RELAY_API_KEY`. */
+  apiKey: string;
+  /** `JWT_SIGNING_SECRET`, needed only for `signToken`. */
+  secret?: string;
+  /** Claim for the tenant in tokens (the relay's `RELAY_TENANT_CLAIM`). */
+  tenantClaim?: string;
+  /** Tries per request, the first included (default 5). */
+  attempts?: number;
+  /** Backoff bounds in ms (defaults 200 and 5,000); `Retry-After` wins when longer. */
+  minDelay?: number;
+  maxDelay?: number;
+  /** Per-request timeout in ms (default 10,000); a timeout is retried like a network error. */
+  timeout?: number;
+  /** Events per request (the relay's `RELAY_MAX_BATCH_EVENTS`, default 1,000). */
+  maxBatch?: number;
+  /** Injected for tests. */
+  fetch?: typeof fetch;
+  sleep?: (ms: number) => Promise<void>;
+  random?: () => number;
+  newId?: () => string;
+}
+
+const realSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * The backend half: signs socket tokens and publishes events. Every event gets an
+ * `id` before the first try, and every retry sends the same body, so the relay's
+ * dedupe makes a retried publish take effect once.
+ */
+export class RelayServer {
+  private readonly o: RelayServerOptions;
+  private readonly base: string;
+  private readonly doFetch: typeof fetch;
+
+  constructor(options: RelayServerOptions) {
+    if (!options.baseUrl) throw new TypeError('RelayServer: baseUrl is required');
+    if (!options.apiKey) throw new TypeError('RelayServer: apiKey is required');
+    this.o = options;
+    this.base = options.baseUrl.replace(/\/+$/, '');
+    this.doFetch = options.fetch ?? globalThis.fetch;
+    if (typeof this.doFetch !== 'function') throw new TypeError('RelayServer: no global fetch (Node >= 18 has one)');
+  }
+
+  /** A token for one session, signed with `secret`. */
+  signToken(o: Omit<SignTokenOptions, 'secret' | 'tenantClaim'> & { secret?: string }): string {
+    const secret = o.secret ?? this.o.secret;
+    if (!secret) throw new TypeError('RelayServer.signToken: no secret configured');
+    return signToken({ ...o, secret, tenantClaim: this.o.tenantClaim });
+  }
+
+  /**
+   * Publishes one event or many, in order, and returns one receipt per event. More
+   * than `maxBatch` events go as several requests, one after the other.
+   */
+  async publish(events: RelayEventInput | RelayEventInput[], options: PublishOptions = {}): Promise<Receipt[]> {
+    const list = (Array.isArray(events) ? events : [events]).map((e) => withId(e, this.o.newId));
+    if (list.length === 0) return [];
+    const max = this.o.maxBatch ?? 1000;
+    const receipts: Receipt[] = [];
+    for (let i = 0; i < list.length; i += max) {
+      const chunk = list.slice(i, i + max);
+      const body = JSON.stringify(chunk.length === 1 && !Array.isArray(events) ? chunk[0] : { events: chunk });
+      const answer = (await this.send(body, options)) as { events?: Receipt[] };
+      receipts.push(...(answer.events ?? []));
+    }
+    return receipts;
+  }
+
+  private async send(body: string, o: PublishOptions): Promise<unknown> {
+    const url = this.base + '/events' + (o.wait ? '?wait=' + encodeURIComponent(o.wait) : '');
+    const headers: Record<string, string> = {
+      authorization: 'Bearer ' + this.o.apiKey,
+      'content-type': 'application/json',
+    };
+    if (o.tenant) headers['x-relay-tenant'] = o.tenant;
+    const attempts = Math.max(1, this.o.attempts ?? 5);
+    const sleep = this.o.sleep ?? realSleep;
+    const random = this.o.random ?? Math.random;
+    for (let attempt = 0; ; attempt++) {
+      let err: RelayError;
+      try {
+        const res = await this.doFetch(url, {
+          method: 'POST',
+          headers,
+          body,
+          signal: anySignal(o.signal, this.o.timeout ?? 10_000),
+        });
+        const text = await res.text();
+        if (res.status === 202 || res.ok) return text ? JSON.parse(text) : {};
+        err = httpError(res.status, text, res.headers.get('retry-after'));
+      } catch (e) {
+        if (e instanceof RelayError) throw e;
+        if (o.signal?.aborted) throw new RelayError({ message: 'publish aborted', status: 0, code: 'aborted', retryable: false, cause: e });
+        err = new RelayError({ message: 'network error: ' + String((e as Error)?.message ?? e), status: 0, code: 'network', retryable: true, cause: e });
+      }
+      if (!err.retryable || attempt + 1 >= attempts) throw err;
+      const min = this.o.minDelay ?? 200;
+      const ceiling = Math.min(this.o.maxDelay ?? 5000, min * 2 ** (attempt + 1));
+      const jitter = min + random() * (ceiling - min);
+      await sleep(Math.max(jitter, (err.retryAfter ?? 0) * 1000));
+    }
+  }
+}
+
+function withId(e: RelayEventInput, newId?: () => string): RelayEventInput {
+  if (!e || typeof e.session !== 'string' || typeof e.event !== 'string') {
+    throw new TypeError('publish: every event needs a string session and event');
+  }
+  const out: RelayEventInput = { session: e.session, event: e.event, data: e.data === undefined ? null : e.data, id: e.id };
+  if (!out.id) out.id = newId ? newId() : randomUUID();
+  return out;
+}
+
+function httpError(status: number, text: string, retryAfter: string | null): RelayError {
+  let code = 'http_' + status;
+  let message = text.slice(0, 200);
+  try {
+    const j = JSON.parse(text) as { error?: string; message?: string };
+    if (j.error) code = j.error;
+    if (j.message) message = j.message;
+  } catch {
+    /* not JSON */
+  }
+  return new RelayError({
+    message: `relay answered ${status} ${code}: ${message}`,
+    status,
+    code,
+    retryable: retryableStatus(status),
+    retryAfter: parseRetryAfter(retryAfter),
+  });
+}
+
+/** `Retry-After` in seconds: a number, or an HTTP date. */
+export function parseRetryAfter(v: string | null): number | undefined {
+  if (!v) return undefined;
+  const n = Number(v);
+  if (Number.isFinite(n) && n >= 0) return n;
+  const t = Date.parse(v);
+  return Number.isNaN(t) ? undefined : Math.max(0, (t - Date.now()) / 1000);
+}
+
+function anySignal(signal: AbortSignal | undefined, timeout: number): AbortSignal {
+  const t = AbortSignal.timeout(timeout);
+  if (!signal) return t;
+  const c = new AbortController();
+  const stop = () => c.abort();
+  signal.addEventListener('abort', stop, { once: true });
+  t.addEventListener('abort', stop, { once: true });
+  return c.signal;
+}
