@@ -1,0 +1,87 @@
+// The client keeps up: 10,000 events/s for 10 s reach the application in the
+// browser, in order, with no growing lag. Runs alone (after the other cases) so the
+// figure is not shared with them. Writes build/keepup.json.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Browser } from 'playwright-core';
+import { REPO, RelayNode, TestPage, launchBrowser, publisher, sleep, startPageServer, until } from './harness.js';
+
+const RATE = Number(process.env.KEEPUP_RATE ?? 10_000);
+const SECONDS = Number(process.env.KEEPUP_SECONDS ?? 10);
+const BATCH = 100;
+
+let browser: Browser;
+let pages: { url: string; close(): Promise<void> };
+let node: RelayNode;
+before(async () => {
+  [browser, pages, node] = await Promise.all([launchBrowser(), startPageServer(), RelayNode.start()]);
+});
+after(async () => {
+  await browser?.close();
+  await pages?.close();
+  await node?.stop();
+});
+
+test(`keep-up: ${RATE} events/s for ${SECONDS} s reach the page with no growing lag`, async () => {
+  const session = 'e2e:keepup';
+  const p = await TestPage.open(browser, pages.url, { url: node.ws, session, keep: false });
+  await until('connected', 10_000, () => p.connected());
+  const pub = publisher(node);
+  const total = RATE * SECONDS;
+  const interval = (1000 * BATCH) / RATE; // ms between batches
+  const t0 = Date.now();
+  let sent = 0;
+  let behind = 0;
+  while (sent < total) {
+    const due = t0 + (sent / BATCH) * interval;
+    const wait = due - Date.now();
+    if (wait > 1) await sleep(wait);
+    else if (wait < -100) behind++;
+    const events = [];
+    const t = Date.now();
+    for (let i = 0; i < BATCH; i++, sent++) events.push({ session, event: 'tick', data: { n: sent, t } });
+    await pub.publish(events);
+  }
+  const publishSecs = (Date.now() - t0) / 1000;
+  await until(`${total} events in the page`, 30_000, async () => (await p.count()) >= total, 100);
+  const drained = (Date.now() - t0) / 1000;
+  await sleep(200);
+  const v = await p.page.evaluate(() => {
+    const a = (window as any).relayApp;
+    return { count: a.count, duplicates: a.duplicates, outOfOrder: a.outOfOrder, resyncs: a.resyncs.length, lastN: a.lastN, lag: (window as any).relayLag() };
+  });
+  const lag = v.lag as Array<{ sec: number; n: number; mean: number; p50: number; p99: number; max: number }>;
+  const rows = lag.map((r, i) => `  s${i}: ${r.n} events, lag mean ${r.mean.toFixed(1)} p50 ${r.p50} p99 ${r.p99} max ${r.max} ms`);
+  const fig = {
+    rate: RATE,
+    seconds: SECONDS,
+    events: total,
+    received: v.count,
+    published_in_s: +publishSecs.toFixed(2),
+    achieved_rate: Math.round(total / publishSecs),
+    all_in_page_after_s: +drained.toFixed(2),
+    lag_per_second: lag.map(({ n, mean, p50, p99, max }) => ({ n, mean: +mean.toFixed(1), p50, p99, max })),
+    publisher_behind_batches: behind,
+  };
+  mkdirSync(join(REPO, 'clients/js/build'), { recursive: true });
+  writeFileSync(join(REPO, 'clients/js/build/keepup.json'), JSON.stringify(fig, null, 1) + '\n');
+  console.log(`keep-up figure: ${total} events published in ${publishSecs.toFixed(2)} s (${fig.achieved_rate}/s), all in the page after ${drained.toFixed(2)} s`);
+  for (const r of rows) console.log('keep-up figure:' + r);
+  assert.equal(v.count, total);
+  assert.equal(v.lastN, total - 1);
+  assert.equal(v.duplicates, 0);
+  assert.equal(v.outOfOrder, 0);
+  assert.equal(v.resyncs, 0);
+  // The publisher reached the rate (within 10 %).
+  assert.ok(fig.achieved_rate >= RATE * 0.9, `published at ${fig.achieved_rate}/s`);
+  // No growing lag: the last full seconds are no worse than the first ones (plus slack
+  // for a shared machine), and nothing is seconds behind.
+  const full = lag.filter((r) => r.n >= RATE / 4);
+  const head = full.slice(0, 3), tail = full.slice(-3);
+  const p99 = (rs: typeof lag) => Math.max(...rs.map((r) => r.p99));
+  assert.ok(p99(tail) <= p99(head) + 250, `lag grew: first p99 ${p99(head)} ms, last p99 ${p99(tail)} ms`);
+  assert.ok(p99(full) < 1000, `p99 lag ${p99(full)} ms`);
+  await p.close();
+});
