@@ -86,5 +86,5 @@ function secretFromEnv() {
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const s = await startPageServer({ port: Number(process.env.PAGE_PORT ?? 8080), secret: secretFromEnv() });
-  console.log(`example page: ${s.url}/?url=ws://127.0.0.1:3000/ws&session=demo`);
+  console.log(`example page: http://localhost:${new URL(s.url).port}/?url=ws://127.0.0.1:3000/ws&session=demo`);
 }
