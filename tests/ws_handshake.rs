@@ -452,6 +452,7 @@ fn token_is_never_written_to_the_log() {
     {
         let mut ws = connect_ok(&node, &format!("/ws?token={good}"), &[]);
         ws.send_text(&json!({"type": "refresh", "token": refresh}).to_string());
+        assert_eq!(ws.next_json(PROMPT)["type"], "refreshed");
         node.publish_ok(&event("logged", "e", "1"), 1);
         ws.next_event(PROMPT);
         let bearer = format!("Bearer {good}");
