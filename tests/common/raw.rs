@@ -2,13 +2,15 @@
 //! requests, [`RawSocket`] (upgrades, then writes whatever frames or bytes a test asks for
 //! and reads the server's frames itself), and sockets with a tiny receive buffer.
 //!
-//! Owns the raw socket's reads and writes. Frame bytes are not written here: they come from
-//! `loadtest::ws`, the same sans-IO codec the load generator uses.
+//! Owns the raw socket's reads and writes. Frame bytes are neither built nor parsed here:
+//! both come from `loadtest::ws`, the sans-IO codec the load generator uses.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
+
+use loadtest::ws as frames;
 
 use super::http::{http_request, HttpResponse};
 use super::token::token;
@@ -16,6 +18,14 @@ use super::wait::PROMPT;
 
 /// A fixed, valid `Sec-WebSocket-Key` (base64 of 16 bytes).
 pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// The mask key on every frame a raw socket sends (any key will do; a fixed one keeps the
+/// bytes on the wire the same from run to run).
+const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+/// Largest server frame a raw socket accepts: far above anything the relay sends, and small
+/// enough that a garbage length cannot overflow the parser's arithmetic.
+const MAX_SERVER_FRAME: usize = 1 << 30;
 
 /// A raw upgrade request for `/ws` with a valid key and version plus extra header lines.
 pub fn upgrade_request(path: &str, extra: &[&str]) -> String {
@@ -72,30 +82,17 @@ impl RawSocket {
         s
     }
 
-    /// Sends one frame: `first` is the first header byte (FIN, RSV, opcode); masked as a
-    /// client must unless `masked` is false.
+    /// Sends one frame: `first` is the first header byte (FIN, RSV, opcode), sent as given;
+    /// masked as a client must unless `masked` is false.
     pub fn send_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
-        let mut f = vec![first];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => f.push(mask_bit | n as u8),
-            n if n < 65536 => {
-                f.push(mask_bit | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(mask_bit | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        if masked {
-            let key = [0x12u8, 0x34, 0x56, 0x78];
-            f.extend_from_slice(&key);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            f.extend_from_slice(payload);
-        }
+        let mut f = Vec::with_capacity(14 + payload.len());
+        frames::encode_frame(&mut f, first, payload, masked.then_some(MASK));
         self.stream.write_all(&f).expect("send frame");
+    }
+
+    /// Writes bytes as they are: a hand-built frame, or only part of one.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send raw bytes");
     }
 
     /// Reads server frames until a close frame; returns its code. `Err` when the
@@ -103,116 +100,33 @@ impl RawSocket {
     pub fn read_until_close(&mut self, timeout: Duration) -> Result<Option<u16>, io::Error> {
         let deadline = Instant::now() + timeout;
         loop {
-            // Parse as many whole frames as are buffered.
-            while let Some((opcode, payload, used)) = parse_frame(&self.buf) {
-                self.buf.drain(..used);
-                if opcode == 0x8 {
-                    return Ok(if payload.len() >= 2 {
-                        Some(u16::from_be_bytes([payload[0], payload[1]]))
-                    } else {
-                        None
-                    });
-                }
-            }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
+            let (opcode, payload) = self.read_frame(left)?;
+            if opcode == frames::OP_CLOSE {
+                return Ok(frames::close_code(&payload));
             }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = vec![0u8; 65536];
-            let n = self.stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
-}
 
-/// Parses one unmasked server frame: (opcode, payload, bytes used).
-fn parse_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let opcode = buf[0] & 0x0f;
-    let masked = buf[1] & 0x80 != 0;
-    let (len, mut at) = match buf[1] & 0x7f {
-        126 => {
-            if buf.len() < 4 {
-                return None;
-            }
-            (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
-        }
-        127 => {
-            if buf.len() < 10 {
-                return None;
-            }
-            (
-                u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
-                10,
-            )
-        }
-        n => (n as usize, 2),
-    };
-    if masked {
-        at += 4;
-    }
-    if buf.len() < at + len {
-        return None;
-    }
-    Some((opcode, buf[at..at + len].to_vec(), at + len))
-}
-
-/// A TCP connection whose receive buffer is set before connecting (so the window stays small).
-pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: i32) -> TcpStream {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("tests use IPv4 loopback")
-    };
-    // SAFETY: straightforward socket/setsockopt/connect calls on a descriptor we own; the
-    // descriptor is handed to TcpStream, which closes it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket() failed");
-        let size: libc::c_int = rcvbuf;
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "setsockopt(SO_RCVBUF) failed");
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(v4.ip().octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::connect(
-            fd,
-            &sa as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "connect() failed: {}", io::Error::last_os_error());
-        TcpStream::from_raw_fd(fd)
-    }
-}
-
-impl RawSocket {
-    /// Writes bytes as they are: a hand-built frame, or only part of one.
-    pub fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send raw bytes");
-    }
-
-    /// The next whole server frame as (opcode, payload); `Err` on EOF, reset or timeout.
+    /// The next whole server frame as (opcode, payload); `Err` on EOF, reset or timeout,
+    /// and `InvalidData` when the server's frame breaks RFC 6455 (masked, reserved bits, a
+    /// bad control frame), as `loadtest::ws::parse_frame` judges it.
     pub fn read_frame(&mut self, timeout: Duration) -> io::Result<(u8, Vec<u8>)> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some((opcode, payload, used)) = parse_frame(&self.buf) {
-                self.buf.drain(..used);
-                return Ok((opcode, payload));
+            match frames::parse_frame(&self.buf, MAX_SERVER_FRAME) {
+                Ok(Some(head)) => {
+                    let payload = self.buf[head.header_len..head.total_len()].to_vec();
+                    self.buf.drain(..head.total_len());
+                    return Ok((head.opcode, payload));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("server frame breaks RFC 6455: {e}"),
+                    ))
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -272,11 +186,48 @@ impl RawSocket {
     }
 }
 
-/// A masked client frame header (FIN/RSV/opcode byte, 64-bit length form, mask key) that
-/// declares `len` payload bytes, none of which are sent.
+/// A TCP connection whose receive buffer is set before connecting (so the window stays small).
+pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: i32) -> TcpStream {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("tests use IPv4 loopback")
+    };
+    // SAFETY: straightforward socket/setsockopt/connect calls on a descriptor we own; the
+    // descriptor is handed to TcpStream, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket() failed");
+        let size: libc::c_int = rcvbuf;
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "setsockopt(SO_RCVBUF) failed");
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "connect() failed: {}", io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// A masked client frame header (FIN/RSV/opcode byte, length, mask key) that declares
+/// `len` payload bytes, none of which are sent. Lengths past 65,535 take the 64-bit form,
+/// written as given (top bit included).
 pub fn masked_header_declaring(first: u8, len: u64) -> Vec<u8> {
-    let mut f = vec![first, 0x80 | 127];
-    f.extend_from_slice(&len.to_be_bytes());
-    f.extend_from_slice(&[0x12, 0x34, 0x56, 0x78]);
+    let mut f = Vec::with_capacity(14);
+    frames::encode_header(&mut f, first, len, Some(MASK));
     f
 }
