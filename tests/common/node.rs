@@ -28,7 +28,6 @@ use super::ws::{ws_connect, Ws};
 pub struct NodeBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
-    without_env: Vec<String>,
     expect_admin: bool,
     dir: Option<PathBuf>,
 }
@@ -61,7 +60,6 @@ impl NodeBuilder {
     /// Removes one of the default environment variables (secret or API key).
     pub fn without_env(mut self, key: &str) -> Self {
         self.envs.retain(|(k, _)| k != key);
-        self.without_env.push(key.to_string());
         self
     }
 
@@ -174,7 +172,6 @@ impl Node {
                 ("JWT_SIGNING_SECRET".into(), SECRET.into()),
                 ("RELAY_API_KEY".into(), API_KEY.into()),
             ],
-            without_env: Vec::new(),
             expect_admin: false,
             dir: None,
         }
