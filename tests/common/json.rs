@@ -1,5 +1,6 @@
-//! A JSON scanner for tests that must see a member exactly as the node wrote it (key order,
-//! number spelling), which `serde_json::Value` would normalise away.
+//! A JSON scanner for tests that must see a member byte for byte as the node wrote it
+//! (whitespace, key order, number spelling: `data` is passed through untouched), which
+//! `serde_json::Value` would normalise away.
 //!
 //! Owns [`raw_member`] and its byte-level helpers (pure).
 
