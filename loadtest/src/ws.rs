@@ -1,5 +1,6 @@
 //! The client side of RFC 6455, sans-IO: the upgrade request, the check of the server's answer,
-//! the frame header parser, and masked client frames.
+//! the frame header parser, and masked client frames (plus the unchecked frame writer the
+//! relay's integration tests use to build malformed ones).
 //!
 //! Owns: byte layouts only. Sockets and timing live in [`crate::conn`]. Hand-written rather
 //! than tungstenite so each socket costs one small buffer and no per-frame allocation: the
@@ -157,19 +158,39 @@ pub fn frame_needs(buf: &[u8]) -> Option<usize> {
 
 /// Appends a masked client frame (FIN set) to `out`.
 pub fn encode_client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-    out.push(0x80 | (opcode & 0x0F));
-    let len = payload.len();
+    encode_frame(out, 0x80 | (opcode & 0x0F), payload, Some(mask));
+}
+
+/// Appends a frame exactly as asked: `first` is the FIN/RSV/opcode byte, sent as given, and
+/// the payload is masked with `mask` when there is one (`None`: unmasked, as a server sends).
+/// Nothing is checked, so the relay's hostile-input tests build the frames a well-behaved
+/// client never sends with it; the tool itself uses [`encode_client_frame`].
+pub fn encode_frame(out: &mut Vec<u8>, first: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+    encode_header(out, first, payload.len() as u64, mask);
+    match mask {
+        Some(mask) => out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3])),
+        None => out.extend_from_slice(payload),
+    }
+}
+
+/// Appends only a frame header that declares `len` payload bytes, in the shortest length
+/// form (the 64-bit one above 65,535, written as given, top bit included), then the mask key
+/// when there is one.
+pub fn encode_header(out: &mut Vec<u8>, first: u8, len: u64, mask: Option<[u8; 4]>) {
+    out.push(first);
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        out.push(0x80 | 126);
+        out.push(mask_bit | len as u8);
+    } else if len <= u64::from(u16::MAX) {
+        out.push(mask_bit | 126);
         out.extend_from_slice(&(len as u16).to_be_bytes());
     } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&len.to_be_bytes());
     }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    if let Some(mask) = mask {
+        out.extend_from_slice(&mask);
+    }
 }
 
 /// A close frame's payload: code and reason.
@@ -375,6 +396,33 @@ mod tests {
         assert_eq!(long[1], 0x80 | 126);
         assert_eq!(u16::from_be_bytes([long[2], long[3]]), 300);
         assert_eq!(long.len(), 4 + 4 + 300);
+    }
+
+    #[test]
+    fn unchecked_frames_are_written_as_asked() {
+        // RSV1 set, no FIN, unmasked: bytes as given.
+        let mut out = Vec::new();
+        encode_frame(&mut out, 0x41, b"hi", None);
+        assert_eq!(out, b"\x41\x02hi");
+        // The client encoder is the checked special case of the same writer.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_client_frame(&mut a, OP_TEXT, &[b'x'; 70_000], [9, 8, 7, 6]);
+        encode_frame(&mut b, 0x81, &[b'x'; 70_000], Some([9, 8, 7, 6]));
+        assert_eq!(a, b);
+        assert_eq!(&a[..2], &[0x81, 0x80 | 127]);
+        // A header alone may declare what no one could send, top bit included.
+        let mut h = Vec::new();
+        encode_header(&mut h, 0x81, (1 << 63) | 5, Some([1, 2, 3, 4]));
+        assert_eq!(h.len(), 2 + 8 + 4);
+        assert_eq!(h[1], 0x80 | 127);
+        assert_eq!(
+            u64::from_be_bytes(h[2..10].try_into().unwrap()),
+            (1 << 63) | 5
+        );
+        assert_eq!(&h[10..], &[1, 2, 3, 4]);
+        let mut mid = Vec::new();
+        encode_header(&mut mid, 0x82, 65_535, None);
+        assert_eq!(mid, [0x82, 126, 0xFF, 0xFF]);
     }
 
     #[test]
