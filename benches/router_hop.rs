@@ -12,6 +12,9 @@
 //!
 //! `cargo bench --bench router_hop` (harness = false: it prints its own table).
 
+// The bench drives the router from plain threads that may block.
+#![allow(clippy::disallowed_methods)]
+
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -356,7 +356,9 @@ impl Router {
     }
 
     /// Sends a control message, retrying while the inbox is full: for messages that
-    /// must arrive (a drain, an answer someone waits for). Gives up after `attempts`.
+    /// must arrive (a drain, a reload). Gives up after `attempts`. It sleeps between
+    /// attempts, so only threads that are not shards call it (the signal thread, the
+    /// bridge); clippy.toml forbids it elsewhere.
     pub fn send_retrying(
         &self,
         to: usize,
@@ -370,6 +372,7 @@ impl Router {
                 Err((RouteError::Stopped(_), m)) => return Err(m),
                 Err((RouteError::InboxFull(_), m)) => {
                     msg = m;
+                    #[allow(clippy::disallowed_methods)] // not a shard thread: see above
                     std::thread::sleep(pause);
                 }
             }
@@ -377,12 +380,44 @@ impl Router {
         Err(msg)
     }
 
-    /// Sends each shard its share of one request, all or nothing.
+    /// Sends a message whose inbox room was reserved when the message it answers
+    /// was admitted (see [`Router::dispatch`]): it cannot find the inbox full, so a
+    /// shard never waits to send it.
+    pub fn send_reserved(&self, to: usize, msg: ShardMsg) -> Result<(), (RouteError, ShardMsg)> {
+        self.push(to, msg)
+            .inspect_err(|_| self.links[to].budget.release(0))
+    }
+
+    /// Admission for one group of a dispatch: its bytes in the receiver's inbox and,
+    /// when it wants receipts, one message of room in the replying-to inbox.
+    fn reserve_group(&self, to: usize, msg: &DeliverMsg) -> bool {
+        if !self.links[to].budget.try_reserve(msg.reserved_bytes) {
+            return false;
+        }
+        if let Some((from, _)) = msg.reply {
+            if !self.links[from].budget.try_reserve(0) {
+                self.links[to].budget.release(msg.reserved_bytes);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn release_group(&self, to: usize, msg: &DeliverMsg) {
+        self.links[to].budget.release(msg.reserved_bytes);
+        if let Some((from, _)) = msg.reply {
+            self.links[from].budget.release(0);
+        }
+    }
+
+    /// Sends each shard its share of one request, all or nothing. The room for each
+    /// receipt reply is reserved here too, so the owners answer with
+    /// [`Router::send_reserved`] and never block on a full inbox.
     pub fn dispatch(&self, groups: Vec<(usize, DeliverMsg)>) -> Result<(), RouteError> {
         for (i, (to, msg)) in groups.iter().enumerate() {
-            if !self.links[*to].budget.try_reserve(msg.reserved_bytes) {
+            if !self.reserve_group(*to, msg) {
                 for (to, msg) in &groups[..i] {
-                    self.links[*to].budget.release(msg.reserved_bytes);
+                    self.release_group(*to, msg);
                 }
                 return Err(RouteError::InboxFull(*to));
             }
@@ -391,7 +426,7 @@ impl Router {
         for (to, msg) in groups {
             // With the reservation held, only a stopped shard can refuse.
             if let Err((e, ShardMsg::Deliver(m))) = self.push(to, ShardMsg::Deliver(msg)) {
-                self.links[to].budget.release(m.reserved_bytes);
+                self.release_group(to, &m);
                 result = Err(e);
             }
         }

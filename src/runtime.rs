@@ -198,8 +198,10 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
     Ok(())
 }
 
+/// Runs on the signal thread, which may wait for a full inbox.
 /// SIGHUP: reads the reloadable settings again and, if they are valid, hands them
 /// to every shard; says in the log which settings changed, never their values.
+#[allow(clippy::disallowed_methods)] // the signal thread, never a shard core
 fn reload(node: &NodeShared, current: &mut Config, set_log_level: &SetLogLevel) {
     let (next, changed) = match current.reloaded() {
         Ok(r) => r,
@@ -257,11 +259,11 @@ fn install_signal_thread(
                 for shard in 0..node.router.shards() {
                     // The inbox may be momentarily full; the drain must get through.
                     let pause = std::time::Duration::from_millis(5);
-                    if node
+                    #[allow(clippy::disallowed_methods)] // the signal thread
+                    let sent = node
                         .router
-                        .send_retrying(shard, ShardMsg::Drain, 1000, pause)
-                        .is_err()
-                    {
+                        .send_retrying(shard, ShardMsg::Drain, 1000, pause);
+                    if sent.is_err() {
                         tracing::error!(shard, "drain request not delivered");
                     }
                 }

@@ -1,6 +1,9 @@
 //! From `POST /events` to the socket: isolation between sessions, order within a session,
 //! byte-exact data, sessions spread over both shards, and slow readers.
 
+// A test drives the node from its own threads, which may sleep and block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

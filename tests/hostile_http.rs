@@ -3,6 +3,9 @@
 //! hold a connection open. Each refusal asserts the exact status, then that the server
 //! closes TCP. Neighbouring cases live in tests/ws_handshake.rs and tests/publish.rs.
 
+// A test drives the node from its own threads, which may sleep and block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::io::Write;

@@ -1,6 +1,9 @@
 //! The life of a socket after the upgrade: token expiry and refresh, bad client messages,
 //! message size, pings and dead peers, and the drain on SIGTERM.
 
+// A test drives the node from its own threads, which may sleep and block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! What operators rely on: health endpoints, metrics values, the latency histogram, the
 //! admin port, start-up errors, and the `relay token` / `relay publish` tools.
 
+// A test drives the node from its own threads, which may sleep and block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! `POST /events` and the HTTP side of the node: acceptance, refusals with their status
 //! codes and JSON bodies, request limits and timeouts, keep-alive.
 
+// A test drives the node from its own threads, which may sleep and block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::io::Write;

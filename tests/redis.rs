@@ -1,6 +1,9 @@
 //! Many nodes through a real Redis: every test starts its own `redis-server` on a
 //! free port and real relay nodes pointed at it.
 
+// A test drives the node from its own threads, which may sleep and block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

@@ -1,6 +1,9 @@
 //! `GET /ws`: every refusal row of the contract's table, the three ways to carry a token,
 //! origins, the connection limit, and the welcome frame.
 
+// A test drives the node from its own threads, which may sleep and block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

@@ -363,6 +363,7 @@ impl Bridge {
 
     /// Sends a shard a message it waits for, retrying briefly while its inbox is
     /// full (it drains continuously); logs `failure` if it never fits.
+    #[allow(clippy::disallowed_methods)] // the bridge thread, never a shard core
     fn tell(&self, shard: usize, msg: ShardMsg, failure: &str) {
         if self
             .router

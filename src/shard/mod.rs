@@ -319,13 +319,9 @@ impl Shard {
                 }
                 if let Some((from, id)) = d.reply {
                     let reply = ShardMsg::Sequenced { id, receipts };
-                    // Rarely full: the publisher's inbox drains continuously.
-                    let sent = self.node.router.send_retrying(
-                        from,
-                        reply,
-                        100,
-                        Duration::from_micros(200),
-                    );
+                    // Room for the reply was reserved when the publish was
+                    // dispatched: this never waits (see `Router::dispatch`).
+                    let sent = self.node.router.send_reserved(from, reply);
                     if sent.is_err() {
                         tracing::error!(
                             shard = self.id,

@@ -24,6 +24,9 @@
 //! made, every item was checked to be used by at least one binary (`metric_value` only
 //! through `Node::metric`), with these allows taken out and the per-binary warnings compared.
 
+// The harness runs on the test's own threads, not on a shard: it may sleep and block.
+#![allow(clippy::disallowed_methods)]
+
 #[allow(dead_code)]
 mod cli;
 #[allow(dead_code)]
