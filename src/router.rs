@@ -195,7 +195,7 @@ impl InboxBudget {
 /// Wakes a parked shard from any thread.
 ///
 /// The shard waits for a byte on the other end of `writer` (see
-/// `shard::inbox`); `armed` makes sure at most one byte is in flight per wake, so a
+/// `shard::Shard::inbox_loop`); `armed` makes sure at most one byte is in flight per wake, so a
 /// burst of messages costs one write, not one per message.
 #[derive(Debug)]
 pub struct Doorbell {
