@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
 
+use super::Shard;
 use crate::stream::StreamPos;
 use crate::ws::close::Disconnect;
 use crate::ws::frame::EncodedFrame;
@@ -372,6 +373,41 @@ impl Registry {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+}
+
+/// Unregisters a socket when its task ends, normally or by a panic, so a bug in
+/// one socket's handling never leaves a ghost in the registry or the counters.
+pub struct SocketGuard {
+    pub shard: Rc<Shard>,
+    pub state: Rc<SocketState>,
+    /// Set by the task when it ends normally; a panic leaves `IoError`.
+    pub reason: Disconnect,
+    /// The tenant whose socket slot this socket holds.
+    pub tenant: Option<Box<str>>,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let shard = &self.shard;
+        if let Ok(mut reg) = shard.registry.try_borrow_mut() {
+            reg.remove(&self.state);
+            shard.stats.connected.set(reg.socket_count() as u64);
+            shard.stats.sessions.set(reg.session_count() as u64);
+        }
+        // The stream lingers for the history's age, so the client can resume; its
+        // Redis subscription goes when housekeeping forgets it.
+        if let Ok(mut history) = shard.history.try_borrow_mut() {
+            history.socket_left(&self.state.session, Instant::now());
+        }
+        shard.stats.disconnect(self.reason);
+        shard.node.release_upgrade(self.tenant.as_deref());
+        tracing::debug!(
+            shard = shard.id,
+            socket = self.state.id,
+            reason = self.reason.metric_reason(),
+            "socket closed"
+        );
     }
 }
 

@@ -1,0 +1,171 @@
+//! Sequencing and fan-out: an event this shard owns (published here or routed
+//! here) or one that arrived from Redis gets its place in the session's stream,
+//! is encoded once, kept in the ring if someone may resume, and pushed as the same
+//! `Rc` bytes onto every socket's bounded queue. Resync frames go out from here too.
+//!
+//! It may not read the network or Redis: catch-up decisions are `catch_up`'s.
+
+use super::history::{Arrival, ResyncReason, StreamPos};
+use super::registry::{Outgoing, SocketState};
+use super::{event_parts, IdSource, Shard, CATCH_UP_HOLD};
+use crate::http::publish::PublishBatch;
+use crate::router::Receipt;
+use crate::ws::close::Disconnect;
+use crate::ws::frame::{encode_event, resync_frame, EncodedFrame};
+use std::rc::Rc;
+use std::time::Instant;
+
+impl Shard {
+    /// Sequences one event of a batch this shard owns, keeps it for resume, and
+    /// writes it to every welcomed socket of its session. `None` for a bad index.
+    pub(super) fn deliver(
+        &self,
+        batch: &PublishBatch,
+        index: u32,
+        at: Instant,
+        ids: IdSource,
+        wait: bool,
+    ) -> Option<Receipt> {
+        let ev = batch.events.get(index as usize)?;
+        let session = batch.session(ev);
+        let mut history = self.history.borrow_mut();
+        let key = history.key(session);
+        let id_hash = ev
+            .id
+            .as_ref()
+            .map(|r| xxhash_rust::xxh3::xxh3_64(batch.bytes(r)));
+        let placed = history.place(&key, id_hash, at);
+        let mut receipt = Receipt {
+            index,
+            pos: placed.pos,
+            duplicate: placed.duplicate,
+            written: 0,
+            queued: 0,
+            dropped: 0,
+        };
+        if placed.duplicate {
+            self.stats.dedupe_hit();
+            return Some(receipt);
+        }
+        let registry = self.registry.borrow();
+        let sockets = registry.sockets_of(session);
+        let keep = placed.keep;
+        if sockets.is_none() && !keep {
+            return Some(receipt);
+        }
+        let generated = self.generated_id(ev, ids, index);
+        let frame = Rc::new(encode_event(
+            &event_parts(batch, ev, &generated, receipt.pos),
+            at,
+        ));
+        if keep {
+            history.retain(&key, &frame);
+        }
+        drop(history);
+        if let Some(sockets) = sockets {
+            let (written, queued, dropped) = self.fan_out(sockets, &frame, wait);
+            receipt.written = written;
+            receipt.queued = queued;
+            receipt.dropped = dropped;
+        }
+        Some(receipt)
+    }
+
+    /// An event from Redis: delivered when it is the session's next one, dropped
+    /// when already seen; a gap before it resyncs the session's sockets first.
+    pub(super) fn deliver_remote(
+        &self,
+        session: &str,
+        frame: EncodedFrame,
+        pos: StreamPos,
+        now: Instant,
+    ) {
+        if let Some(held) = self.catching_up.borrow_mut().get_mut(session) {
+            // Behind this event are events being read back from Redis: it waits.
+            if held.len() < CATCH_UP_HOLD {
+                held.push((frame, pos));
+                return;
+            }
+        }
+        if self.catching_up.borrow().contains_key(session) {
+            // Too much arrived meanwhile: give up the catch-up; the gap resyncs.
+            self.catching_up.borrow_mut().remove(session);
+        } else if pos.seq > 1 && self.can_catch_up(session, pos.epoch, pos.seq - 1) {
+            self.start_catch_up(session, pos.seq - 1);
+            if let Some(held) = self.catching_up.borrow_mut().get_mut(session) {
+                held.push((frame, pos));
+                return;
+            }
+        }
+        let mut history = self.history.borrow_mut();
+        let key = history.key(session);
+        match history.arrival(&key, pos, now) {
+            Arrival::Old => return,
+            Arrival::Next => {}
+            Arrival::Gap(reason) => {
+                drop(history);
+                self.send_resync(session, reason);
+                history = self.history.borrow_mut();
+                history.advance(session, pos.seq);
+            }
+        }
+        let frame = Rc::new(frame);
+        history.retain(&key, &frame);
+        drop(history);
+        if let Some(sockets) = self.registry.borrow().sockets_of(session) {
+            self.fan_out(sockets, &frame, false);
+        }
+    }
+
+    /// Tells every welcomed socket of `session` to reload state: events before the
+    /// stream's current position may be missing for them.
+    pub(super) fn send_resync(&self, session: &str, reason: ResyncReason) {
+        let Some(pos) = self.history.borrow().position(session) else {
+            return;
+        };
+        let registry = self.registry.borrow();
+        let Some(sockets) = registry.sockets_of(session) else {
+            return;
+        };
+        let frame = resync_frame(session, pos);
+        for s in sockets {
+            s.push_control(Outgoing::Owned(frame.clone().into_boxed_slice()));
+        }
+        self.stats.resync(reason, sockets.len() as u64);
+    }
+
+    /// Queues one frame on every socket of a session. With `wait`, writes through
+    /// and returns (written to the kernel, still queued, closed as slow).
+    pub(super) fn fan_out(
+        &self,
+        sockets: &[Rc<SocketState>],
+        frame: &Rc<EncodedFrame>,
+        wait: bool,
+    ) -> (u32, u32, u32) {
+        let max = self.settings().live.limits.max_outbound_bytes;
+        let (mut written, mut queued, mut dropped) = (0, 0, 0);
+        for s in sockets {
+            let mut slow = false;
+            if !s.push_event(frame, max) {
+                // Full queue: write what the kernel takes now, then judge.
+                let flushed = crate::ws::conn::write_queue_now(s, &self.stats);
+                if flushed.is_err() || !s.push_event(frame, max) {
+                    s.request_close(Disconnect::SlowConsumer);
+                    slow = true;
+                }
+            }
+            if wait {
+                if slow {
+                    dropped += 1;
+                } else {
+                    match crate::ws::conn::write_queue_now(s, &self.stats) {
+                        Ok(true) => written += 1,
+                        Ok(false) => queued += 1,
+                        Err(_) => dropped += 1,
+                    }
+                }
+            }
+        }
+        (written, queued, dropped)
+    }
+}
