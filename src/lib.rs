@@ -16,6 +16,9 @@
 //! - [`auth`]: JWT verification and minting, API-key check, origin matching (all pure).
 //! - [`limiter`]: node-wide rate limiters and caps (connects, publishes, tenants).
 //! - [`metrics`]: per-shard counters, merged on read into `/metrics`.
+//! - [`logging`]: the non-blocking log writer; lines dropped, never waited for.
+//! - [`stream`]: a position in a session's stream and its wire spellings.
+//! - [`clock`]: the wall clock, read in one place.
 //! - [`latency`]: per-shard HdrHistogram of accepted→written latency, merged into `/latency`.
 //!
 //! - [`bridge`]: with `REDIS_URL`, the thread that carries events between nodes
@@ -45,6 +48,7 @@ pub mod config;
 pub mod http;
 pub mod latency;
 pub mod limiter;
+pub mod logging;
 pub mod metrics;
 pub mod router;
 pub mod runtime;

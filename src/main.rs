@@ -34,23 +34,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sets up logging to stderr; returns how to change the filter later (SIGHUP).
-fn init_logging(level: &str, format: LogFormat) -> relay::runtime::SetLogLevel {
+/// Sets up logging to stderr through the non-blocking writer; returns how to
+/// change the filter later (SIGHUP) and the writer's guard, to keep until exit.
+fn init_logging(
+    level: &str,
+    format: LogFormat,
+) -> (
+    relay::runtime::SetLogLevel,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let (writer, guard) = relay::logging::stderr_writer();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
         LogFormat::Json => registry.with(fmt.json()).init(),
         LogFormat::Human => registry.with(fmt).init(),
     }
-    Box::new(move |level: &str| {
+    let set_level: relay::runtime::SetLogLevel = Box::new(move |level: &str| {
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
-    })
+    });
+    (set_level, guard)
 }
 
 fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -76,7 +85,7 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let set_log_level = init_logging(&config.live.log_level, config.log_format);
+    let (set_log_level, _log_guard) = init_logging(&config.live.log_level, config.log_format);
     relay::runtime::run(config, set_log_level)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,7 @@ pub const DEDUPE_HITS_TOTAL: &str = "relay_dedupe_hits_total";
 pub const CAUGHT_UP_EVENTS_TOTAL: &str = "relay_caught_up_events_total";
 pub const HISTORY_BYTES: &str = "relay_history_bytes";
 pub const HISTORY_SESSIONS: &str = "relay_history_sessions";
+pub const LOG_LINES_DROPPED_TOTAL: &str = "relay_log_lines_dropped_total";
 
 /// Upper bounds of `relay_latency_seconds`, from 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 15] = [
@@ -439,6 +440,12 @@ impl StatsSnapshot {
                 "Session streams (position and history) kept on this node.",
                 MetricType::GAUGE,
                 vec![gauge(self.history_sessions)],
+            ),
+            family(
+                LOG_LINES_DROPPED_TOTAL,
+                "Log lines dropped because the log writer fell behind (logging never blocks a shard).",
+                MetricType::COUNTER,
+                vec![counter(crate::logging::dropped_lines(), vec![])],
             ),
         ]);
         families
