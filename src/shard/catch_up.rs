@@ -52,7 +52,7 @@ impl Shard {
             }
         }
         let key = self.history.borrow().key(session);
-        let changed = self.history.borrow_mut().settle(&key, pos);
+        let changed = self.history.borrow_mut().settle(&key, pos, Instant::now());
         if let Some(reason) = changed {
             self.send_resync(session, reason);
         }
@@ -121,7 +121,7 @@ impl Shard {
                 epoch: at.epoch,
                 seq: target,
             };
-            if let Some(reason) = self.history.borrow_mut().settle(&key, pos) {
+            if let Some(reason) = self.history.borrow_mut().settle(&key, pos, Instant::now()) {
                 self.send_resync(session, reason);
             }
         }

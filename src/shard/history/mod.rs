@@ -8,7 +8,16 @@
 //! A stream outlives its sockets for the history's age, so a client that drops and
 //! comes back within it can resume.
 //!
-//! Pure bookkeeping on shard-local data: no I/O, no sockets, no Redis.
+//! Rooms: [`ring`] (one stream's frames), [`ids`] (one stream's dedupe window);
+//! this file owns the streams' lifecycle (creation, position, linger, forgetting),
+//! the shard-wide budget and the age order, and reconciliation with positions
+//! learned from Redis ([`History::settle`], [`History::arrival`]).
+//!
+//! Pure bookkeeping on shard-local data: no I/O, no sockets, no Redis, and no
+//! clock: every function that needs the time takes `now`.
+
+pub mod ids;
+pub mod ring;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -18,14 +27,12 @@ use crate::config::HistoryConfig;
 pub use crate::stream::{ResyncReason, StreamPos};
 use crate::ws::frame::EncodedFrame;
 
+use ids::IdWindow;
+pub use ids::MAX_IDS_PER_SESSION;
+use ring::{frame_cost, Ring, Usage};
+
 /// What a stream costs besides its frames (maps, counters, the session name).
 const STREAM_OVERHEAD: usize = 192;
-/// What each retained frame costs besides its bytes (ring and age-order slots).
-const FRAME_OVERHEAD: usize = 48;
-/// What each remembered id costs.
-const ID_OVERHEAD: usize = 40;
-/// Ids one session remembers for dedupe, at most.
-pub const MAX_IDS_PER_SESSION: usize = 4096;
 
 /// The answer to a resume request.
 #[derive(Debug)]
@@ -54,11 +61,8 @@ pub struct SessionStream {
     pub epoch: u64,
     /// The last event's sequence number (0: none yet).
     pub seq: u64,
-    ring: VecDeque<Rc<EncodedFrame>>,
-    ring_bytes: usize,
-    /// Publisher id hash → (seq it was given, when).
-    ids: HashMap<u64, (u64, Instant)>,
-    id_order: VecDeque<(u64, Instant)>,
+    ring: Ring,
+    ids: IdWindow,
     /// When the stream was made or its last socket left: a stream without sockets
     /// is forgotten some time after this, however busy (with Redis, that ends its
     /// subscription on a node nobody listens on).
@@ -84,9 +88,16 @@ impl SessionStream {
     /// The sequence number just before the ring's first frame: a resume from at
     /// least here can be replayed.
     fn reach(&self) -> u64 {
-        self.ring
-            .front()
-            .map_or(self.seq, |f| f.seq.saturating_sub(1))
+        self.ring.reach(self.seq)
+    }
+
+    /// What the stream's ring and id window cost together.
+    fn usage(&self) -> Usage {
+        let ring = self.ring.usage();
+        Usage {
+            frames: ring.frames,
+            bytes: ring.bytes + self.ids.bytes(),
+        }
     }
 }
 
@@ -102,8 +113,7 @@ pub struct Placement {
 
 /// The seq `id_hash` was given in `s` within `window` of `now`, if any.
 fn seen_within(s: &SessionStream, id_hash: u64, now: Instant, window: Duration) -> Option<u64> {
-    let &(seq, at) = s.ids.get(&id_hash)?;
-    (now.duration_since(at) < window).then_some(seq)
+    s.ids.seen_within(id_hash, now, window)
 }
 
 /// Counters the metrics read.
@@ -124,8 +134,8 @@ pub struct History {
     /// memory cap: the oldest frames of the shard go first, whatever their session.
     /// Entries whose frame a session already dropped are skipped when reached.
     order: VecDeque<(Rc<str>, u64)>,
-    frames: usize,
-    bytes: usize,
+    /// Every stream's frames and bytes (rings, ids and overheads), against `budget`.
+    used: Usage,
     epoch_salt: u64,
     /// Streams forgotten since the owner last asked (see [`History::take_forgotten`]).
     forgotten: Vec<Rc<str>>,
@@ -138,8 +148,7 @@ impl History {
             config,
             streams: HashMap::new(),
             order: VecDeque::new(),
-            frames: 0,
-            bytes: 0,
+            used: Usage::default(),
             epoch_salt: salt,
             forgotten: Vec::new(),
         }
@@ -151,9 +160,9 @@ impl History {
 
     pub fn figures(&self) -> HistoryFigures {
         HistoryFigures {
-            bytes: self.bytes,
+            bytes: self.used.bytes,
             sessions: self.streams.len(),
-            frames: self.frames,
+            frames: self.used.frames,
         }
     }
 
@@ -178,11 +187,16 @@ impl History {
     /// told another position. A position behind the stream's in the same epoch
     /// means Redis lost writes (a failover to a lagging replica): the numbers
     /// after it would be reused, so that counts as a new epoch for the sockets.
-    pub fn settle(&mut self, session: &Rc<str>, pos: StreamPos) -> Option<ResyncReason> {
+    pub fn settle(
+        &mut self,
+        session: &Rc<str>,
+        pos: StreamPos,
+        now: Instant,
+    ) -> Option<ResyncReason> {
         match self.streams.get(&**session) {
             // Events this node already has arrived after the position was read.
             Some(s) if s.live && s.epoch == pos.epoch && pos.seq == s.seq => None,
-            _ => self.rebase(session, pos),
+            _ => self.rebase(session, pos, now),
         }
     }
 
@@ -211,16 +225,14 @@ impl History {
     }
 
     fn insert(&mut self, session: &Rc<str>, epoch: u64, seq: u64, live: bool, now: Instant) {
-        self.bytes += STREAM_OVERHEAD + session.len();
+        self.used.bytes += STREAM_OVERHEAD + session.len();
         self.streams.insert(
             session.clone(),
             SessionStream {
                 epoch,
                 seq,
-                ring: VecDeque::new(),
-                ring_bytes: 0,
-                ids: HashMap::new(),
-                id_order: VecDeque::new(),
+                ring: Ring::default(),
+                ids: IdWindow::default(),
                 touched: now,
                 live,
                 sockets: 0,
@@ -270,33 +282,21 @@ impl History {
         let Some(s) = self.streams.get_mut(session) else {
             return;
         };
-        let mut freed = 0;
-        while let Some(&(h, at)) = s.id_order.front() {
-            if s.id_order.len() < MAX_IDS_PER_SESSION && now.duration_since(at) < window {
-                break;
-            }
-            s.id_order.pop_front();
-            if s.ids.remove(&h).is_some() {
-                freed += 1;
-            }
-        }
-        if s.ids.insert(id_hash, (seq, now)).is_none() {
-            s.id_order.push_back((id_hash, now));
-            self.bytes += ID_OVERHEAD;
-        }
-        self.bytes -= freed * ID_OVERHEAD;
-        if self.bytes > self.budget {
+        let before = s.usage();
+        s.ids.remember(id_hash, seq, now, window);
+        self.used.follow(before, s.usage());
+        if self.used.bytes > self.budget {
             self.enforce_budget();
         }
         // Still over with frames and idle streams gone: this session remembers
         // fewer ids (dedupe narrows under memory pressure; the cap holds).
         if let Some(s) = self.streams.get_mut(session) {
-            while self.bytes > self.budget && s.id_order.len() > 1 {
-                if let Some((h, _)) = s.id_order.pop_front() {
-                    if s.ids.remove(&h).is_some() {
-                        self.bytes -= ID_OVERHEAD;
-                    }
+            while self.used.bytes > self.budget {
+                let before = s.usage();
+                if !s.ids.narrow() {
+                    break;
                 }
+                self.used.follow(before, s.usage());
             }
         }
     }
@@ -312,35 +312,21 @@ impl History {
         if self.config.events == 0 {
             return;
         }
-        let cost = frame.len() + FRAME_OVERHEAD;
         let Some(s) = self.streams.get_mut(&**session) else {
             return;
         };
         if !s.watched {
             return;
         }
-        if cost > self.config.bytes {
+        let before = s.usage();
+        if frame_cost(frame) > self.config.bytes {
             // Too big to keep at all: the ring can no longer bridge this point.
-            let dropped = s.ring.len();
-            let dropped_bytes = s.ring_bytes;
             s.ring.clear();
-            s.ring_bytes = 0;
-            self.frames -= dropped;
-            self.bytes -= dropped_bytes;
+            self.used.follow(before, s.usage());
             return;
         }
-        s.ring.push_back(frame.clone());
-        s.ring_bytes += cost;
-        self.frames += 1;
-        self.bytes += cost;
-        while s.ring.len() > self.config.events || s.ring_bytes > self.config.bytes {
-            if let Some(old) = s.ring.pop_front() {
-                let c = old.len() + FRAME_OVERHEAD;
-                s.ring_bytes -= c;
-                self.frames -= 1;
-                self.bytes -= c;
-            }
-        }
+        s.ring.push(frame, self.config.events, self.config.bytes);
+        self.used.follow(before, s.usage());
         self.order.push_back((session.clone(), frame.seq));
         self.enforce_budget();
         self.compact_order();
@@ -350,13 +336,13 @@ impl History {
     /// if frames alone cannot make it fit, forgets streams that have no socket here
     /// (down to seven eighths of the cap, so the scan is not repeated per event).
     fn enforce_budget(&mut self) {
-        while self.bytes > self.budget {
+        while self.used.bytes > self.budget {
             let Some((session, seq)) = self.order.pop_front() else {
                 break;
             };
             self.drop_front_if(&session, seq);
         }
-        if self.bytes > self.budget {
+        if self.used.bytes > self.budget {
             let target = self.budget / 8 * 7;
             let idle: Vec<Rc<str>> = self
                 .streams
@@ -365,7 +351,7 @@ impl History {
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in idle {
-                if self.bytes <= target {
+                if self.used.bytes <= target {
                     break;
                 }
                 self.forget(&k);
@@ -397,13 +383,9 @@ impl History {
     /// Drops `session`'s oldest frame if it is `seq`.
     fn drop_front_if(&mut self, session: &str, seq: u64) {
         if let Some(s) = self.streams.get_mut(session) {
-            if s.ring.front().is_some_and(|f| f.seq == seq) {
-                if let Some(old) = s.ring.pop_front() {
-                    let c = old.len() + FRAME_OVERHEAD;
-                    s.ring_bytes -= c;
-                    self.frames -= 1;
-                    self.bytes -= c;
-                }
+            let before = s.usage();
+            if s.ring.pop_front_if(seq) {
+                self.used.follow(before, s.usage());
             }
         }
     }
@@ -411,7 +393,7 @@ impl History {
     /// Rebuilds the age order when most of it points at frames already gone, so it
     /// stays within twice the frames retained.
     fn compact_order(&mut self) {
-        if self.order.len() <= 2 * self.frames + 1024 {
+        if self.order.len() <= 2 * self.used.frames + 1024 {
             return;
         }
         let streams = &self.streams;
@@ -438,12 +420,7 @@ impl History {
         if since.seq < s.reach() {
             return Resume::Resync(ResyncReason::History);
         }
-        let frames: Vec<Rc<EncodedFrame>> = s
-            .ring
-            .iter()
-            .filter(|f| f.seq > since.seq)
-            .cloned()
-            .collect();
+        let frames = s.ring.after(since.seq);
         let bytes: usize = frames.iter().map(|f| f.len()).sum();
         if bytes > max_bytes {
             return Resume::Resync(ResyncReason::History);
@@ -482,6 +459,7 @@ impl History {
                 epoch: pos.epoch,
                 seq: pos.seq.saturating_sub(1),
             },
+            now,
         );
         Arrival::Gap(reason)
     }
@@ -495,13 +473,17 @@ impl History {
 
     /// Moves `session` to `pos`, forgetting frames that cannot bridge to it; marks
     /// it live. Returns what changed: `None` when the stream was already there.
-    pub fn rebase(&mut self, session: &Rc<str>, pos: StreamPos) -> Option<ResyncReason> {
-        let now = Instant::now();
+    pub fn rebase(
+        &mut self,
+        session: &Rc<str>,
+        pos: StreamPos,
+        now: Instant,
+    ) -> Option<ResyncReason> {
         if !self.streams.contains_key(&**session) {
             self.insert(session, pos.epoch, pos.seq, true, now);
             return None;
         }
-        let s = self.stream(session, now);
+        let s = self.streams.get_mut(&**session)?;
         let was_live = s.live;
         s.live = true;
         if was_live && s.epoch == pos.epoch && s.seq == pos.seq {
@@ -512,14 +494,11 @@ impl History {
         } else {
             ResyncReason::Gap
         };
-        let dropped = s.ring.len();
-        let dropped_bytes = s.ring_bytes;
+        let before = s.usage();
         s.ring.clear();
-        s.ring_bytes = 0;
         s.epoch = pos.epoch;
         s.seq = pos.seq;
-        self.frames -= dropped;
-        self.bytes -= dropped_bytes;
+        self.used.follow(before, s.usage());
         // A stream nobody was told about yet has nobody to resync.
         was_live.then_some(reason)
     }
@@ -569,8 +548,9 @@ impl History {
 
     fn forget(&mut self, session: &str) {
         if let Some((k, s)) = self.streams.remove_entry(session) {
-            self.frames -= s.ring.len();
-            self.bytes -= s.ring_bytes + s.ids.len() * ID_OVERHEAD + STREAM_OVERHEAD + k.len();
+            let gone = s.usage();
+            self.used.follow(gone, Usage::default());
+            self.used.bytes -= STREAM_OVERHEAD + k.len();
             self.forgotten.push(k);
         }
     }
@@ -687,7 +667,7 @@ mod tests {
                 h.figures().bytes
             );
         }
-        assert!(h.order.len() <= 2 * h.frames + 1024);
+        assert!(h.order.len() <= 2 * h.used.frames + 1024);
     }
 
     #[test]
@@ -770,7 +750,7 @@ mod tests {
         let now = Instant::now();
         let mut h = History::new(config(100, 1 << 20, 1 << 30), 1, 7);
         let s: Rc<str> = Rc::from("s");
-        assert_eq!(h.rebase(&s, StreamPos { epoch: 9, seq: 3 }), None);
+        assert_eq!(h.rebase(&s, StreamPos { epoch: 9, seq: 3 }, now), None);
         assert_eq!(
             h.arrival(&s, StreamPos { epoch: 9, seq: 3 }, now),
             Arrival::Old
@@ -789,10 +769,10 @@ mod tests {
         assert_eq!(h.position("s"), Some(StreamPos { epoch: 9, seq: 7 }));
         // Redis behind the stream in the same epoch (lost writes): a new start.
         assert_eq!(
-            h.settle(&s, StreamPos { epoch: 9, seq: 3 }),
+            h.settle(&s, StreamPos { epoch: 9, seq: 3 }, now),
             Some(ResyncReason::Epoch)
         );
-        assert_eq!(h.settle(&s, StreamPos { epoch: 9, seq: 3 }), None);
+        assert_eq!(h.settle(&s, StreamPos { epoch: 9, seq: 3 }, now), None);
         assert_eq!(
             h.arrival(&s, StreamPos { epoch: 5, seq: 1 }, now),
             Arrival::Gap(ResyncReason::Epoch)
