@@ -11,7 +11,8 @@
 //! - `ws`        RFC 6455 client bytes: upgrade, frame parser, masked frames (sans-IO)
 //! - `net`       TCP connect with source address; the keep-alive HTTP publisher client
 //! - `conn`      one WebSocket on tokio: open, read batches, ping/pong, close
-//! - `engine`    worker threads (a current-thread runtime each), phases, publisher, churn
+//! - `engine/`   one process's run: plan (pure), worker threads (a current-thread runtime
+//!               each), the publisher, one file per kind's behaviour
 //! - `resume`    the resume kind's check: drop schedule, stream continuity, end positions (pure)
 //! - `run`       one process or `--procs N` children; start signal; RSS; the report
 //! - `stats`     histograms, per-worker parts, merge, loss and rate math (pure)
