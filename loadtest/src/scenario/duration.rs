@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::ScenarioError;
+use super::error::ScenarioError;
 
 /// A duration written as `"10s"`, `"250ms"`, `"2m"`, `"1h"`, `"500us"` or a number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]

@@ -2,7 +2,8 @@
 //!
 //! Layout: this file holds the schema ([`Scenario`], [`Kind`]) and what follows from it
 //! (socket and request counts, the error budget); `duration` the `10s`-style
-//! durations; `load` reading text and overrides; `validate` the ranges.
+//! durations; `load` reading text and overrides; `validate` the ranges; `error` why a
+//! scenario was refused.
 //!
 //! Owns: turning text into a validated [`Scenario`]. Does no I/O besides reading the file
 //! in [`load`]; everything else is pure so it is unit-tested below.
@@ -11,6 +12,7 @@
 //! the dedicated flags (`--url`, `--duration`), which the CLI turns into overrides too.
 
 mod duration;
+mod error;
 mod load;
 mod validate;
 
@@ -20,7 +22,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{format_duration, parse_duration, Dur};
-pub use load::{from_str, load, parse_override, ScenarioError};
+pub use error::ScenarioError;
+pub use load::{from_str, load, parse_override};
 
 /// The longest run any scenario may ask for; keeps every loop bounded in time.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);

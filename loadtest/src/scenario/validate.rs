@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use super::{Kind, Scenario, ScenarioError, MAX_BATCH, MAX_DURATION, MAX_PUBLISHERS, MAX_SOCKETS};
+use super::error::ScenarioError;
+use super::{Kind, Scenario, MAX_BATCH, MAX_DURATION, MAX_PUBLISHERS, MAX_SOCKETS};
 
 fn invalid(field: &'static str, why: impl Into<String>) -> ScenarioError {
     ScenarioError::Invalid {
