@@ -47,8 +47,18 @@ pub(super) trait ReceiptSink: Send + Sync {
     fn accepted(&self, ctx: &Ctx, body: &[u8], first: u64, batch: u64);
 }
 
-/// The queue between the scheduler and the connections: (request j, scheduled UNIX ns).
-type Queue = Rc<RefCell<VecDeque<(u64, u64)>>>;
+/// The hand-over between the scheduler loop and the connections, on the publisher's thread.
+struct Jobs {
+    /// Requests due and not yet taken: (request j, scheduled UNIX ns).
+    queue: RefCell<VecDeque<(u64, u64)>>,
+    /// Wakes a connection when a request is queued, and all of them at the end.
+    notify: Notify,
+    /// Set once the schedule has queued its last request.
+    done: Cell<bool>,
+    /// Requests sent to the queue and not yet taken, shared with the scheduler thread so
+    /// it can keep the backlog under [`MAX_BACKLOG`].
+    pending: Arc<AtomicUsize>,
+}
 
 /// The publisher's thread: its own runtime, so socket reads on the workers do not delay
 /// scheduled publishes (and the reverse).
@@ -100,10 +110,12 @@ async fn publish(
         }
         p.events_scheduled = n * u64::from(scn.batch);
     }
-    let queue: Queue = Rc::new(RefCell::new(VecDeque::new()));
-    let notify = Rc::new(Notify::new());
-    let done = Rc::new(Cell::new(false));
-    let pending = Arc::new(AtomicUsize::new(0));
+    let jobs = Rc::new(Jobs {
+        queue: RefCell::new(VecDeque::new()),
+        notify: Notify::new(),
+        done: Cell::new(false),
+        pending: Arc::new(AtomicUsize::new(0)),
+    });
     let conns: Vec<_> = (0..scn.publishers)
         .map(|i| {
             spawn_local(publisher_conn(
@@ -111,16 +123,13 @@ async fn publish(
                 to.clone(),
                 receipts.clone(),
                 i,
-                queue.clone(),
-                notify.clone(),
-                done.clone(),
-                pending.clone(),
+                jobs.clone(),
             ))
         })
         .collect();
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
-    let pending2 = pending.clone();
+    let pending2 = jobs.pending.clone();
     let scheduler = std::thread::Builder::new()
         .name("lt-schedule".into())
         .spawn(move || schedule(start_ns, n, interval, &tx, &pending2));
@@ -137,12 +146,12 @@ async fn publish(
                 .borrow_mut()
                 .dispatch_lag
                 .record_ns(unix_ns().saturating_sub(job.1));
-            queue.borrow_mut().push_back(job);
-            notify.notify_one();
+            jobs.queue.borrow_mut().push_back(job);
+            jobs.notify.notify_one();
         }
     }
-    done.set(true);
-    notify.notify_waiters();
+    jobs.done.set(true);
+    jobs.notify.notify_waiters();
     if let Some(Ok(overflow)) = scheduler.map(|h| h.join()) {
         if overflow > 0 {
             *ctx.part
@@ -200,16 +209,12 @@ fn schedule(
 
 /// One keep-alive connection: takes requests off the queue until the schedule is over,
 /// reconnecting after a failure.
-#[allow(clippy::too_many_arguments)]
 async fn publisher_conn(
     ctx: Rc<Ctx>,
     to: Arc<PublishTo>,
     receipts: Option<Arc<dyn ReceiptSink>>,
     index: u32,
-    queue: Queue,
-    notify: Rc<Notify>,
-    done: Rc<Cell<bool>>,
-    pending: Arc<AtomicUsize>,
+    jobs: Rc<Jobs>,
 ) {
     let sh = ctx.shared.clone();
     let scn = &sh.scn;
@@ -221,15 +226,15 @@ async fn publisher_conn(
     let mut body = Vec::new();
     let mut req = Vec::new();
     loop {
-        let next = queue.borrow_mut().pop_front();
+        let next = jobs.queue.borrow_mut().pop_front();
         let Some((j, sched)) = next else {
-            if done.get() {
+            if jobs.done.get() {
                 break;
             }
-            notify.notified().await;
+            jobs.notify.notified().await;
             continue;
         };
-        pending.fetch_sub(1, Ordering::Relaxed);
+        jobs.pending.fetch_sub(1, Ordering::Relaxed);
         // Requests whose turn came long after the run would have ended are still sent: the
         // schedule is bounded by count, and their lateness is the measurement.
         if conn.is_none() {
