@@ -11,10 +11,10 @@
 //! - `ws`        RFC 6455 client bytes: upgrade, frame parser, masked frames (sans-IO)
 //! - `net`       TCP connect with source address; the keep-alive HTTP publisher client
 //! - `conn`      one WebSocket on tokio: open, read batches, ping/pong, close
-//! - `engine`    worker threads (a current-thread runtime each), phases, publisher, churn
+//! - `engine/`   one process's run: plan (pure), worker threads, publisher, one file per kind
 //! - `resume`    the resume kind's check: drop schedule, stream continuity, end positions (pure)
 //! - `run`       one process or `--procs N` children; start signal; RSS; the report
-//! - `stats`     histograms, per-worker parts, merge, loss and rate math (pure)
+//! - `stats/`    histograms, per-worker parts and their merge, loss and rate math (pure)
 //! - `output`    table, JSON, hgrm, progress line
 //! - `sys`       RLIMIT_NOFILE, CPU pinning, VmRSS
 //!

@@ -232,6 +232,27 @@ pub fn drop_in_second(seed: u64, g: u64, k: u64, fraction: f64) -> Option<Planne
     })
 }
 
+/// Socket `g`'s next drop at or after `from` (UNIX ns) and before `end_ns`, the scheduled
+/// end of a run that started at `start_ns`: (when, which), from [`drop_in_second`] over
+/// the seconds of the run.
+pub fn next_drop(
+    seed: u64,
+    g: u64,
+    fraction: f64,
+    start_ns: u64,
+    end_ns: u64,
+    from: u64,
+) -> Option<(u64, PlannedDrop)> {
+    let k0 = from.saturating_sub(start_ns) / 1_000_000_000;
+    (k0..)
+        .map(|k| (k, start_ns + k * 1_000_000_000))
+        .take_while(|(_, second)| *second < end_ns)
+        .filter_map(|(k, second)| {
+            drop_in_second(seed, g, k, fraction).map(|d| (second + d.offset_ns, d))
+        })
+        .find(|(at, _)| *at >= from && *at < end_ns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,5 +402,40 @@ mod tests {
         assert_ne!(again, next);
         assert_eq!(drop_in_second(42, 1, 1, 0.0), None);
         assert!((0..100).all(|g| drop_in_second(1, g, 0, 1.0).is_some()));
+    }
+
+    #[test]
+    fn next_drop_walks_the_seconds_of_the_run_in_order() {
+        let start = 1_000_000_000_000u64;
+        let end = start + 10_000_000_000;
+        // Every second drops at fraction 1: the next drop is in `from`'s second or the next.
+        let (at, d) = next_drop(7, 3, 1.0, start, end, start).expect("a drop");
+        let first = drop_in_second(7, 3, 0, 1.0).expect("second 0");
+        assert_eq!((at, d), (start + first.offset_ns, first));
+        let (later, _) = next_drop(7, 3, 1.0, start, end, at + 1).expect("another");
+        assert!(
+            later > at && later < start + 2_000_000_000,
+            "{}",
+            later - start
+        );
+        // Walking from each drop visits one drop per second, all before the end.
+        let mut from = start;
+        let mut seen = 0;
+        while let Some((at, _)) = next_drop(7, 3, 1.0, start, end, from) {
+            assert!(at >= from && at < end);
+            from = at + 1;
+            seen += 1;
+        }
+        assert_eq!(seen, 10);
+        assert_eq!(
+            next_drop(7, 3, 1.0, start, end, end),
+            None,
+            "none past the end"
+        );
+        assert_eq!(
+            next_drop(7, 3, 0.0, start, end, start),
+            None,
+            "fraction 0 never drops"
+        );
     }
 }

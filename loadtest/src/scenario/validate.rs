@@ -1,0 +1,190 @@
+//! The ranges every scenario field must be in, checked once after loading so that every
+//! loop of a run is bounded and a typo is refused with the field's name.
+//!
+//! Owns: [`Scenario::validate`]. May not read files or apply overrides (that is `load`).
+//! Target addresses are checked separately in [`crate::target`].
+
+use std::time::Duration;
+
+use super::error::ScenarioError;
+use super::{Kind, Scenario, MAX_BATCH, MAX_DURATION, MAX_PUBLISHERS, MAX_SOCKETS};
+
+fn invalid(field: &'static str, why: impl Into<String>) -> ScenarioError {
+    ScenarioError::Invalid {
+        field,
+        why: why.into(),
+    }
+}
+
+impl Scenario {
+    /// Checks ranges. Target addresses are checked separately in [`crate::target`].
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        if self.duration.0.is_zero() || self.duration.0 > MAX_DURATION {
+            return Err(invalid("duration", "must be between 1ms and 1h"));
+        }
+        for (field, d) in [
+            ("drain", self.drain),
+            ("settle", self.settle),
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("churn_life", self.churn_life),
+            ("away", self.away),
+        ] {
+            if d.0 > Duration::from_secs(600) {
+                return Err(invalid(field, "must be at most 10 minutes"));
+            }
+        }
+        if self.connect_timeout.0.is_zero() || self.request_timeout.0.is_zero() {
+            return Err(invalid("connect_timeout", "timeouts must be above zero"));
+        }
+        if self.sessions == 0 {
+            return Err(invalid("sessions", "must be at least 1"));
+        }
+        let needs_sockets = !matches!(self.kind, Kind::PublishThroughput);
+        if needs_sockets && self.sockets_per_session == 0 {
+            return Err(invalid("sockets_per_session", "must be at least 1"));
+        }
+        if self.total_sockets() > MAX_SOCKETS {
+            return Err(invalid(
+                "sockets_per_session",
+                format!("sessions × sockets_per_session is above {MAX_SOCKETS}"),
+            ));
+        }
+        if self.kind.publishes() {
+            if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 10_000_000.0) {
+                return Err(invalid(
+                    "rate",
+                    "must be above 0 and at most 10,000,000 events/s",
+                ));
+            }
+            if self.batch == 0 || self.batch > MAX_BATCH {
+                return Err(invalid("batch", format!("must be 1..={MAX_BATCH}")));
+            }
+            if self.publishers == 0 || self.publishers > MAX_PUBLISHERS {
+                return Err(invalid(
+                    "publishers",
+                    format!("must be 1..={MAX_PUBLISHERS}"),
+                ));
+            }
+            if self.event_bytes < crate::event::MIN_DATA_BYTES || self.event_bytes > 1 << 20 {
+                return Err(invalid(
+                    "event_bytes",
+                    format!(
+                        "must be {}..=1048576 (the timestamp needs room)",
+                        crate::event::MIN_DATA_BYTES
+                    ),
+                ));
+            }
+            if self.event_bytes * self.batch as usize > 16 << 20 {
+                return Err(invalid("batch", "event_bytes × batch is above 16 MiB"));
+            }
+        }
+        if self.connect_concurrency == 0 {
+            return Err(invalid("connect_concurrency", "must be at least 1"));
+        }
+        if !(self.connect_rate.is_finite() && self.connect_rate >= 0.0) {
+            return Err(invalid(
+                "connect_rate",
+                "must be 0 (unpaced) or a positive rate",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.slow_percent) {
+            return Err(invalid("slow_percent", "must be between 0 and 100"));
+        }
+        if self.kind == Kind::SlowConsumers && self.slow_percent <= 0.0 {
+            return Err(invalid(
+                "slow_percent",
+                "slow-consumers needs slow_percent above 0",
+            ));
+        }
+        if !(self.churn_rate.is_finite() && (0.0..=100_000.0).contains(&self.churn_rate)) {
+            return Err(invalid(
+                "churn_rate",
+                "must be between 0 and 100,000 per second",
+            ));
+        }
+        if self.kind == Kind::Churn && (self.churn_rate <= 0.0 || self.churn_life.0.is_zero()) {
+            return Err(invalid(
+                "churn_rate",
+                "churn needs churn_rate and churn_life above 0",
+            ));
+        }
+        if !(self.drop_fraction.is_finite() && (0.0..=1.0).contains(&self.drop_fraction)) {
+            return Err(invalid("drop_fraction", "must be between 0 and 1"));
+        }
+        if self.source_addrs > 250 {
+            return Err(invalid(
+                "source_addrs",
+                "at most 250 (127.0.0.2 … 127.0.0.251)",
+            ));
+        }
+        if self.kind == Kind::CrossNode && self.nodes.is_empty() {
+            return Err(invalid(
+                "nodes",
+                "cross-node needs the list of node URLs to receive on",
+            ));
+        }
+        if !(self.max_error_ratio.is_finite() && (0.0..=1.0).contains(&self.max_error_ratio)) {
+            return Err(invalid("max_error_ratio", "must be between 0 and 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::tests::FANOUT;
+    use crate::scenario::{from_str, Dur};
+
+    #[test]
+    fn out_of_range_fields_name_the_field() {
+        for (o, field) in [
+            ("batch=0", "batch"),
+            ("batch=1001", "batch"),
+            ("rate=0", "rate"),
+            ("event_bytes=3", "event_bytes"),
+            ("duration=2h", "duration"),
+            ("sessions=0", "sessions"),
+        ] {
+            let err = from_str(FANOUT, &[o.into()]).unwrap_err();
+            match err {
+                ScenarioError::Invalid { field: f, .. } => assert_eq!(f, field, "{o}"),
+                other => panic!("{o}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cross_node_needs_nodes_and_churn_needs_a_rate() {
+        assert!(from_str("kind = \"cross-node\"\n", &[]).is_err());
+        assert!(from_str(
+            "kind = \"cross-node\"\nnodes = [\"http://127.0.0.1:3001\"]\n",
+            &[]
+        )
+        .is_ok());
+        assert!(from_str("kind = \"churn\"\n", &[]).is_err());
+        let churn = from_str(
+            "kind = \"churn\"\nchurn_rate = 50\nchurn_life = \"2s\"\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(churn.churn_live_max(), 50 * 13 + 1);
+    }
+
+    #[test]
+    fn resume_defaults_and_ranges() {
+        let s = from_str("kind = \"resume\"\n", &[]).expect("valid");
+        assert_eq!(s.kind, Kind::Resume);
+        assert!(s.kind.publishes());
+        assert!((s.drop_fraction - 0.1).abs() < 1e-12);
+        assert_eq!(s.away, Dur::millis(200));
+        for bad in ["drop_fraction=1.5", "drop_fraction=-0.1"] {
+            match from_str("kind = \"resume\"\n", &[bad.into()]) {
+                Err(ScenarioError::Invalid { field, .. }) => assert_eq!(field, "drop_fraction"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(from_str("kind = \"resume\"\naway = \"11m\"\n", &[]).is_err());
+    }
+}
