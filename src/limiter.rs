@@ -10,6 +10,11 @@
 //!   backend names the tenant in `X-Relay-Tenant` (the value its sockets' tokens
 //!   carry in the tenant claim); a publish that names none is not tenant-limited.
 //!
+//! - open connections on the node (`RELAY_MAX_CONNECTIONS`), which SIGHUP may
+//!   change. A connection holds its node and tenant slots as one [`SocketPermit`]
+//!   from the upgrade's acceptance to its close; dropping the permit gives both
+//!   back, so no code path releases a slot by hand.
+//!
 //! (Sockets per session need no shared state: a session's sockets all live on its
 //! owning shard, which counts them.)
 //!
@@ -20,7 +25,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
@@ -52,6 +58,46 @@ pub struct Limiters {
     tenant_events: Option<DefaultKeyedRateLimiter<String>>,
     /// Open sockets per tenant. Touched once per socket opened or closed.
     tenants: Mutex<HashMap<String, usize>>,
+    /// Open connections on the node, against `max_connections`.
+    open: AtomicUsize,
+    /// `RELAY_MAX_CONNECTIONS`, which SIGHUP may change.
+    max_connections: AtomicUsize,
+}
+
+/// Why [`Limiters::admit_socket`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SlotRefusal {
+    /// The tenant holds its `RELAY_TENANT_MAX_SOCKETS`: the client retries later.
+    #[error("too many sockets for this tenant")]
+    Tenant,
+    /// The node holds `RELAY_MAX_CONNECTIONS`: the client tries another node.
+    #[error("node at its connection limit")]
+    NodeFull,
+}
+
+/// One connection's node slot and (when it names one) its tenant's socket slot,
+/// held from the upgrade's acceptance until the connection closes. `Send`, so it
+/// moves with a socket handed to another shard; dropping it gives both slots back.
+#[derive(Debug)]
+pub struct SocketPermit {
+    limiters: Arc<Limiters>,
+    tenant: Option<Box<str>>,
+}
+
+impl SocketPermit {
+    /// The tenant whose slot this permit holds, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+}
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        self.limiters.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(t) = &self.tenant {
+            self.limiters.tenant_release(t);
+        }
+    }
 }
 
 impl std::fmt::Debug for Limiters {
@@ -63,7 +109,7 @@ impl std::fmt::Debug for Limiters {
 }
 
 impl Limiters {
-    pub fn new(config: LimiterConfig) -> Limiters {
+    pub fn new(config: LimiterConfig, max_connections: usize) -> Limiters {
         let two = NonZeroU32::MIN.saturating_add(1);
         Limiters {
             connects: config.connects_per_sec.map(|r| {
@@ -76,8 +122,43 @@ impl Limiters {
                 .tenant_events_per_sec
                 .map(|r| RateLimiter::keyed(Quota::per_second(r).allow_burst(r))),
             tenants: Mutex::new(HashMap::new()),
+            open: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(max_connections),
             config,
         }
+    }
+
+    /// Takes a connection's slots: its tenant's (when `tenant` is named) and one of
+    /// the node's. Both or neither: a refusal holds nothing.
+    pub fn admit_socket(
+        self: &Arc<Self>,
+        tenant: Option<String>,
+    ) -> Result<SocketPermit, SlotRefusal> {
+        if let Some(t) = &tenant {
+            if !self.tenant_acquire(t) {
+                return Err(SlotRefusal::Tenant);
+            }
+        }
+        let max = self.max_connections.load(Ordering::Relaxed);
+        // From here the permit exists, so a refusal below releases through its drop.
+        let permit = SocketPermit {
+            limiters: self.clone(),
+            tenant: tenant.map(String::into_boxed_str),
+        };
+        if self.open.fetch_add(1, Ordering::AcqRel) >= max {
+            return Err(SlotRefusal::NodeFull);
+        }
+        Ok(permit)
+    }
+
+    /// Connections open on the node now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Applies a reloaded `RELAY_MAX_CONNECTIONS`; open connections stay.
+    pub fn set_max_connections(&self, max: usize) {
+        self.max_connections.store(max, Ordering::Relaxed);
     }
 
     /// The address a connect is charged to: the peer, unless the peer is a trusted
@@ -174,7 +255,41 @@ mod tests {
     use super::*;
 
     fn limiters(c: LimiterConfig) -> Limiters {
-        Limiters::new(c)
+        Limiters::new(c, 1000)
+    }
+
+    #[test]
+    fn a_permit_holds_node_and_tenant_slots_until_dropped() {
+        let l = Arc::new(Limiters::new(
+            LimiterConfig {
+                max_sockets_per_tenant: 1,
+                ..LimiterConfig::default()
+            },
+            2,
+        ));
+        let a = l.admit_socket(Some("t1".into())).unwrap();
+        assert_eq!(a.tenant(), Some("t1"));
+        assert_eq!(
+            l.admit_socket(Some("t1".into())).unwrap_err(),
+            SlotRefusal::Tenant
+        );
+        let b = l.admit_socket(None).unwrap();
+        assert_eq!(l.admit_socket(None).unwrap_err(), SlotRefusal::NodeFull);
+        assert_eq!(l.open_connections(), 2, "a refusal holds no slot");
+        drop(a);
+        assert_eq!(l.open_connections(), 1);
+        assert!(l.tenants.lock().unwrap().is_empty(), "tenant slot returned");
+        // A node-full refusal gives back the tenant slot it took first.
+        let c = l.admit_socket(None).unwrap();
+        assert_eq!(
+            l.admit_socket(Some("t2".into())).unwrap_err(),
+            SlotRefusal::NodeFull
+        );
+        assert!(l.tenants.lock().unwrap().is_empty());
+        l.set_max_connections(3);
+        let d = l.admit_socket(Some("t2".into())).unwrap();
+        drop((b, c, d));
+        assert_eq!(l.open_connections(), 0);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::http::publish::PublishBatch;
+use crate::limiter::SocketPermit;
 use crate::metrics::StatsSnapshot;
 use crate::stream::StreamPos;
 use crate::ws::upgrade::AcceptedUpgrade;
@@ -77,6 +78,8 @@ pub struct Receipt {
 pub struct AdoptMsg {
     pub fd: OwnedFd,
     pub upgrade: AcceptedUpgrade,
+    /// The connection's node and tenant slots, moving with it.
+    pub permit: SocketPermit,
 }
 
 /// An event that arrived from Redis for a session this shard owns.

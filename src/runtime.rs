@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -127,12 +127,13 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
     let node = Arc::new(NodeShared {
         config,
         router: router.clone(),
-        open_sockets: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
         node_tag: random_hex(3),
         bridge,
-        limiters: crate::limiter::Limiters::new(config_limiters),
-        max_connections: AtomicUsize::new(max_connections),
+        limiters: Arc::new(crate::limiter::Limiters::new(
+            config_limiters,
+            max_connections,
+        )),
     });
     install_signal_thread(node.clone(), set_log_level)?;
 
@@ -220,8 +221,8 @@ fn reload(node: &NodeShared, current: &mut Config, set_log_level: &SetLogLevel) 
             return;
         }
     }
-    node.max_connections
-        .store(next.live.limits.max_connections, Ordering::Relaxed);
+    node.limiters
+        .set_max_connections(next.live.limits.max_connections);
     let shared = Arc::new(next.live.clone());
     for shard in 0..node.router.shards() {
         let msg = ShardMsg::Reload(shared.clone());

@@ -1,13 +1,12 @@
 //! One accepted TCP connection until it upgrades or closes: reads request heads
 //! and bodies under absolute deadlines, answers HTTP (keep-alive), and hands
-//! upgrades to the shard.
+//! upgrades to the ctx.
 //!
 //! The routing decisions are made from a parsed head by pure code (`route`); this
 //! module owns only the reading, the deadlines and the writing.
 
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -15,9 +14,12 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::auth::api_key_index;
+use crate::clock::unix_now;
 use crate::http::head::{find_head_end, parse_head, BodyFraming, RequestHead, MAX_HEADERS};
+use crate::http::receipts::receipts_body;
 use crate::http::response::{response, Refusal};
-use crate::shard::{unix_now, Shard};
+use crate::limiter::{SlotRefusal, SocketPermit};
+use crate::shard::ctx::{AcceptError, ConnCtx};
 use crate::ws::upgrade::{decide, AcceptedUpgrade};
 
 /// A client that does not take our response within this long is dropped.
@@ -35,7 +37,8 @@ enum Action {
         keep_alive: bool,
     },
     RefuseUpgrade(Refusal),
-    Upgrade(AcceptedUpgrade),
+    /// An accepted upgrade, holding its connection slots.
+    Upgrade(AcceptedUpgrade, SocketPermit),
     Publish {
         /// Which API key authorized it (the publish rate is per key).
         key: usize,
@@ -67,7 +70,7 @@ enum ReadError {
 /// buffer and appends it to `buf`, so a connection's buffer is exactly as large as
 /// its request, failing at `deadline`.
 async fn read_some(
-    shard: &Shard,
+    ctx: &ConnCtx,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     deadline: Instant,
@@ -79,7 +82,7 @@ async fn read_some(
     }
     let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
     let r = futures_lite::future::poll_fn(|cx| {
-        let mut scratch = shard.read_scratch.borrow_mut();
+        let mut scratch = ctx.scratch();
         let want = max.clamp(1, scratch.len());
         match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..want]) {
             Poll::Ready(Ok(n)) => {
@@ -99,13 +102,13 @@ async fn read_some(
 }
 
 /// Serves one connection. `admin` marks the admin listener.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
+pub async fn serve(ctx: ConnCtx, mut stream: TcpStream, admin: bool) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // Read per request, so a SIGHUP applies from the next request on.
-        let limits = shard.settings().live.limits.clone();
+        let limits = ctx.settings().live.limits.clone();
         // Find a whole head, scanning only new bytes.
         let deadline = Instant::now() + limits.handshake_timeout;
         let mut scanned = 0;
@@ -118,12 +121,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
             scanned = buf.len();
             if buf.len() >= limits.max_head_bytes {
                 let r = Refusal::new(431, "request head larger than the limit");
-                shard.stats.upgrade_refused(431);
+                ctx.stats().upgrade_refused(431);
                 let _ = stream.write_all(&r.to_response(false)).await;
                 return;
             }
             let chunk = (limits.max_head_bytes + 4).saturating_sub(buf.len());
-            match read_some(&shard, &mut stream, &mut buf, deadline, chunk).await {
+            match read_some(&ctx, &mut stream, &mut buf, deadline, chunk).await {
                 Ok(_) => {}
                 Err(ReadError::Closed) => return,
                 Err(ReadError::TimedOut) => {
@@ -142,7 +145,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                     refusal: Refusal::new(e.status(), e.to_string()),
                     keep_alive: false,
                 },
-                Ok(head) => route(&shard, &head, admin, peer, buf.len() - head_len),
+                Ok(head) => route(&ctx, &head, admin, peer, buf.len() - head_len),
             }
         };
         match action {
@@ -167,16 +170,14 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 }
             }
             Action::RefuseUpgrade(refusal) => {
-                shard.stats.upgrade_refused(refusal.status);
+                ctx.stats().upgrade_refused(refusal.status);
                 let _ = stream.write_all(&refusal.to_response(false)).await;
                 return;
             }
-            Action::Upgrade(upgrade) => {
-                let tenant = upgrade.tenant.clone();
-                if let Err(refused) = shard.place_socket(stream, upgrade) {
+            Action::Upgrade(upgrade, permit) => {
+                if let Err(refused) = ctx.place_socket(stream, upgrade, permit) {
                     let (mut stream, refusal) = *refused;
-                    shard.node.release_upgrade(tenant.as_deref());
-                    shard.stats.upgrade_refused(refusal.status);
+                    ctx.stats().upgrade_refused(refusal.status);
                     let _ = stream.write_all(&refusal.to_response(false)).await;
                 }
                 return;
@@ -191,7 +192,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
             } => {
                 buf.drain(..head_len);
                 let body = match read_body(
-                    &shard,
+                    &ctx,
                     &mut stream,
                     &mut buf,
                     len,
@@ -203,14 +204,14 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                     Ok(body) => body,
                     Err(ReadError::Closed) => return,
                     Err(ReadError::TimedOut) => {
-                        shard.stats.publish_error(408);
+                        ctx.stats().publish_error(408);
                         let r = Refusal::new(408, "request body not received in time");
                         let _ = stream.write_all(&r.to_response(false)).await;
                         return;
                     }
                 };
                 let reply = publish(
-                    &shard,
+                    &ctx,
                     PublishRequest {
                         key,
                         tenant: tenant.as_deref(),
@@ -227,7 +228,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
             }
             Action::Metrics { keep_alive } => {
                 buf.drain(..head_len);
-                let snapshot = shard.node_snapshot().await;
+                let snapshot = ctx.node_snapshot().await;
                 let body = snapshot.render_prometheus();
                 let bytes = response(200, "text/plain; version=0.0.4", &body, "", keep_alive);
                 if stream.write_all(&bytes).await.is_err() || !keep_alive {
@@ -236,7 +237,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
             }
             Action::Latency { hgrm, keep_alive } => {
                 buf.drain(..head_len);
-                let snapshot = shard.node_snapshot().await;
+                let snapshot = ctx.node_snapshot().await;
                 let bytes = if hgrm {
                     response(
                         200,
@@ -254,7 +255,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
                 }
             }
         }
-        if shard.is_draining() {
+        if ctx.is_draining() {
             return;
         }
     }
@@ -263,7 +264,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, admin: bool) {
 /// Reads a body of `len` bytes: first what is already buffered, then the socket,
 /// all before `timeout` runs out. Bytes past the body stay in `buf`.
 async fn read_body(
-    shard: &Shard,
+    ctx: &ConnCtx,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     len: usize,
@@ -288,7 +289,7 @@ async fn read_body(
     }
     while body.len() < len {
         let want = len - body.len();
-        read_some(shard, stream, &mut body, deadline, want).await?;
+        read_some(ctx, stream, &mut body, deadline, want).await?;
     }
     Ok(body)
 }
@@ -306,7 +307,7 @@ struct PublishRequest<'a> {
 /// Most of a body reserved before its bytes arrive.
 const BODY_CHUNK: usize = 64 * 1024;
 
-async fn publish(shard: &Rc<Shard>, req: PublishRequest<'_>, body: Vec<u8>) -> Vec<u8> {
+async fn publish(ctx: &ConnCtx, req: PublishRequest<'_>, body: Vec<u8>) -> Vec<u8> {
     let PublishRequest {
         key,
         tenant,
@@ -314,30 +315,45 @@ async fn publish(shard: &Rc<Shard>, req: PublishRequest<'_>, body: Vec<u8>) -> V
         keep_alive,
         wait_delivered,
     } = req;
-    let parsed = shard.parser.borrow_mut().parse(body, max_batch);
-    let limiters = &shard.node.limiters;
+    let parsed = ctx.parse_publish(body, max_batch);
+    let limiters = &ctx.limiters();
     let result = match parsed {
         Ok(batch) if !limiters.allow_events(key, batch.events.len()) => {
-            shard.stats.rate_limited("publish");
+            ctx.stats().rate_limited("publish");
             Err(Refusal::rate_limited("publish rate limit for this API key"))
         }
         Ok(batch)
             if tenant.is_some_and(|t| !limiters.allow_tenant_events(t, batch.events.len())) =>
         {
-            shard.stats.rate_limited("tenant_publish");
+            ctx.stats().rate_limited("tenant_publish");
             Err(Refusal::rate_limited("publish rate limit for this tenant"))
         }
-        Ok(batch) => shard.publish(batch, wait_delivered).await,
+        Ok(batch) => match ctx.publish(batch, wait_delivered).await {
+            Ok(mut published) => Ok(receipts_body(&mut published, ctx.node_tag())),
+            Err(e) => Err(accept_refusal(e)),
+        },
         Err(e) => Err(Refusal::new(e.status, e.message)),
     };
     match result {
         Ok(receipts) => response(202, "application/json", &receipts, "", keep_alive),
         Err(refusal) => {
             match refusal.metric_reason {
-                Some(reason) => shard.stats.publish_error_reason(reason),
-                None => shard.stats.publish_error(refusal.status),
+                Some(reason) => ctx.stats().publish_error_reason(reason),
+                None => ctx.stats().publish_error(refusal.status),
             }
             refusal.to_response(keep_alive)
+        }
+    }
+}
+
+/// The status a publish the shard did not accept gets: always 503 with
+/// `Retry-After`, counted under `reason="redis"` when Redis is to blame.
+fn accept_refusal(e: AcceptError) -> Refusal {
+    match e {
+        AcceptError::RedisUnavailable => Refusal::redis_unavailable(),
+        AcceptError::Overloaded => Refusal::unavailable("the relay is overloaded; retry later"),
+        AcceptError::ReceiptsLate => {
+            Refusal::unavailable("the relay is overloaded; retry with the same event ids")
         }
     }
 }
@@ -345,17 +361,17 @@ async fn publish(shard: &Rc<Shard>, req: PublishRequest<'_>, body: Vec<u8>) -> V
 /// Decides what a request asks for. Pure apart from reading the shard's
 /// configuration, counters and the clock.
 fn route(
-    shard: &Rc<Shard>,
+    ctx: &ConnCtx,
     head: &RequestHead<'_, '_>,
     admin: bool,
     peer: Option<std::net::IpAddr>,
     buffered_after: usize,
 ) -> Action {
     let keep_alive = head.keep_alive();
-    let ops_here = admin || shard.node.config.admin_port.is_none();
+    let ops_here = admin || ctx.ops_on_public_port();
     match head.path {
-        "/ws" if !admin => route_upgrade(shard, head, peer, buffered_after),
-        "/events" if !admin => route_publish(shard, head, keep_alive),
+        "/ws" if !admin => route_upgrade(ctx, head, peer, buffered_after),
+        "/events" if !admin => route_publish(ctx, head, keep_alive),
         "/healthz" => Action::Respond {
             bytes: response(
                 200,
@@ -367,17 +383,12 @@ fn route(
             keep_alive,
         },
         "/readyz" => {
-            if shard.is_draining() {
+            if ctx.is_draining() {
                 Action::Refuse {
                     refusal: Refusal::unavailable("node draining"),
                     keep_alive,
                 }
-            } else if shard
-                .node
-                .bridge
-                .as_ref()
-                .is_some_and(|b| !b.is_connected())
-            {
+            } else if ctx.redis_down() {
                 Action::Refuse {
                     refusal: Refusal::unavailable("Redis is unreachable"),
                     keep_alive,
@@ -408,24 +419,24 @@ fn route(
 }
 
 fn route_upgrade(
-    shard: &Rc<Shard>,
+    ctx: &ConnCtx,
     head: &RequestHead<'_, '_>,
     peer: Option<std::net::IpAddr>,
     buffered_after: usize,
 ) -> Action {
-    let limiters = &shard.node.limiters;
+    let limiters = &ctx.limiters();
     if let Some(peer) = peer {
         let forwarded = head.all("x-forwarded-for").last();
         if !limiters.allow_connect(limiters.client_ip(peer, forwarded)) {
-            shard.stats.rate_limited("connect");
+            ctx.stats().rate_limited("connect");
             return Action::RefuseUpgrade(Refusal::rate_limited(
                 "too many connections from this address",
             ));
         }
     }
-    let settings = shard.settings();
+    let settings = ctx.settings();
     let decision = decide(head, &settings.verifier, &settings.live.origins, unix_now());
-    let mut upgrade = match decision {
+    let upgrade = match decision {
         Ok(u) => u,
         Err(refusal) => return Action::RefuseUpgrade(refusal),
     };
@@ -434,7 +445,7 @@ fn route_upgrade(
             "data sent before the handshake completed",
         ));
     }
-    if shard.is_draining() {
+    if ctx.is_draining() {
         return Action::RefuseUpgrade(Refusal::unavailable(
             "node draining; reconnect to another node",
         ));
@@ -444,27 +455,21 @@ fn route_upgrade(
         .tenant_claim
         .as_deref()
         .and_then(|claim| upgrade.claims.claim_text(claim));
-    if let Some(t) = &tenant {
-        if !limiters.tenant_acquire(t) {
-            shard.stats.rate_limited("tenant");
-            return Action::RefuseUpgrade(Refusal::rate_limited(
-                "too many sockets for this tenant",
-            ));
+    match limiters.admit_socket(tenant) {
+        Ok(permit) => Action::Upgrade(upgrade, permit),
+        Err(SlotRefusal::Tenant) => {
+            ctx.stats().rate_limited("tenant");
+            Action::RefuseUpgrade(Refusal::rate_limited("too many sockets for this tenant"))
+        }
+        Err(SlotRefusal::NodeFull) => {
+            Action::RefuseUpgrade(Refusal::unavailable("node at its connection limit"))
         }
     }
-    if !shard.node.reserve_socket() {
-        if let Some(t) = &tenant {
-            limiters.tenant_release(t);
-        }
-        return Action::RefuseUpgrade(Refusal::unavailable("node at its connection limit"));
-    }
-    upgrade.tenant = tenant;
-    Action::Upgrade(upgrade)
 }
 
-fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool) -> Action {
+fn route_publish(ctx: &ConnCtx, head: &RequestHead<'_, '_>, keep_alive: bool) -> Action {
     let refuse = |refusal: Refusal, keep_alive: bool| {
-        shard.stats.publish_error(refusal.status);
+        ctx.stats().publish_error(refusal.status);
         Action::Refuse {
             refusal,
             keep_alive,
@@ -484,11 +489,11 @@ fn route_publish(shard: &Rc<Shard>, head: &RequestHead<'_, '_>, keep_alive: bool
         })
         .or_else(|| head.all("x-api-key").next().map(str::trim))
         .unwrap_or("");
-    let settings = shard.settings();
+    let settings = ctx.settings();
     let Some(key) = api_key_index(&settings.live.api_keys, presented.as_bytes()) else {
         return refuse(Refusal::unauthorized_key(), false);
     };
-    if shard.is_draining() {
+    if ctx.is_draining() {
         return refuse(
             Refusal::unavailable("node draining; publish to another node"),
             false,

@@ -7,4 +7,5 @@
 pub mod conn;
 pub mod head;
 pub mod publish;
+pub mod receipts;
 pub mod response;

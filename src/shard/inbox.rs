@@ -8,7 +8,7 @@
 
 use super::registry::SocketState;
 use super::tasks::spawn_guarded;
-use super::{IdSource, PendingSnapshot, Settings, Shard, SNAPSHOT_TIMEOUT};
+use super::{IdSource, Settings, Shard, SNAPSHOT_TIMEOUT};
 use crate::clock::unix_now_ns;
 use crate::metrics::{RedisFigures, StatsSnapshot};
 use crate::router::ShardMsg;
@@ -17,7 +17,6 @@ use crate::ws::frame::frame_from_remote;
 use glommio::net::TcpListener;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 impl Shard {
@@ -127,28 +126,12 @@ impl Shard {
                 }
             }
             ShardMsg::Sequenced { id, receipts } => {
-                if let Some(p) = self.pending_publishes.borrow_mut().get_mut(&id) {
-                    p.receipts.extend(receipts);
-                    p.remaining = p.remaining.saturating_sub(1);
-                    if p.remaining == 0 {
-                        if let Some(w) = p.waker.take() {
-                            w.wake();
-                        }
-                    }
-                }
+                self.publishes.answer(id, |r| r.extend(receipts));
             }
-            ShardMsg::PublishDone { id, receipts } => {
-                if let Some(p) = self.pending_publishes.borrow_mut().get_mut(&id) {
-                    match receipts {
-                        Some(r) => p.receipts.extend(r),
-                        None => p.failed = true,
-                    }
-                    p.remaining = 0;
-                    if let Some(w) = p.waker.take() {
-                        w.wake();
-                    }
-                }
-            }
+            ShardMsg::PublishDone { id, receipts } => match receipts {
+                Some(more) => self.publishes.finish(id, |r| r.extend(more)),
+                None => self.publishes.fail(id),
+            },
             ShardMsg::Subscribed { sessions } => {
                 for (session, pos) in sessions {
                     self.settle_or_catch_up(&session, pos);
@@ -176,15 +159,7 @@ impl Shard {
                 }
             }
             ShardMsg::SnapshotReply { id, snapshot } => {
-                if let Some(p) = self.pending_snapshots.borrow_mut().get_mut(&id) {
-                    p.merged.merge(&snapshot);
-                    p.remaining = p.remaining.saturating_sub(1);
-                    if p.remaining == 0 {
-                        if let Some(w) = p.waker.take() {
-                            w.wake();
-                        }
-                    }
-                }
+                self.snapshots.answer(id, |m| m.merge(&snapshot));
             }
             ShardMsg::Reload(config) => {
                 *self.settings.borrow_mut() = Rc::new(Settings::new(config));
@@ -216,44 +191,18 @@ impl Shard {
         if shards == 1 {
             return merged;
         }
-        let id = self.next_snapshot.get();
-        self.next_snapshot.set(id + 1);
-        let mut asked = 0;
+        // Registered before asking, so no reply can arrive for an unknown id; the
+        // count is settled once the sends are done.
+        let id = self.snapshots.open(shards - 1, StatsSnapshot::default());
         for to in (0..shards).filter(|&s| s != self.id) {
-            if self
-                .node
-                .router
-                .send(to, ShardMsg::SnapshotRequest { from: self.id, id })
-                .is_ok()
-            {
-                asked += 1;
+            let ask = ShardMsg::SnapshotRequest { from: self.id, id };
+            if self.node.router.send(to, ask).is_err() {
+                // Nobody will answer for that shard.
+                self.snapshots.answer(id, |_| {});
             }
         }
-        self.pending_snapshots.borrow_mut().insert(
-            id,
-            PendingSnapshot {
-                remaining: asked,
-                merged: StatsSnapshot::default(),
-                waker: None,
-            },
-        );
-        let wait = futures_lite::future::poll_fn(|cx| {
-            let mut pending = self.pending_snapshots.borrow_mut();
-            match pending.get_mut(&id) {
-                Some(p) if p.remaining > 0 => {
-                    p.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-                _ => Poll::Ready(()),
-            }
-        });
-        let _ = glommio::timer::timeout(SNAPSHOT_TIMEOUT, async {
-            wait.await;
-            Ok(())
-        })
-        .await;
-        if let Some(p) = self.pending_snapshots.borrow_mut().remove(&id) {
-            merged.merge(&p.merged);
+        if let Some(s) = self.snapshots.wait(id, SNAPSHOT_TIMEOUT).await {
+            merged.merge(&s.value);
         }
         merged
     }
@@ -264,8 +213,12 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, admin: 
         match listener.accept().await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                let s = shard.clone();
-                spawn_guarded(shard.id, "http", crate::http::conn::serve(s, stream, admin));
+                let ctx = super::ctx::ConnCtx::new(shard.clone());
+                spawn_guarded(
+                    shard.id,
+                    "http",
+                    crate::http::conn::serve(ctx, stream, admin),
+                );
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.

@@ -19,10 +19,12 @@
 //! does not parse the CLI.
 
 mod catch_up;
+pub mod ctx;
 mod deliver;
 pub mod history;
 mod housekeeping;
 mod inbox;
+mod pending;
 mod publish;
 pub mod registry;
 mod sockets;
@@ -34,9 +36,8 @@ pub use tasks::spawn_guarded;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::Duration;
 
 pub use crate::clock::{unix_now, unix_now_ns};
@@ -49,6 +50,7 @@ use crate::metrics::{ShardStats, StatsSnapshot};
 use crate::router::{Inbox, Receipt, Router};
 use crate::ws::frame::{EncodedFrame, EventParts};
 use history::{History, StreamPos};
+use pending::Pending;
 use registry::Registry;
 
 /// How often housekeeping looks at every socket: the granularity of pings, token
@@ -79,65 +81,20 @@ pub const READ_CHUNK: usize = 16 * 1024;
 pub struct NodeShared {
     pub config: Config,
     pub router: Router,
-    /// Open WebSockets on the node, against `limits.max_connections`.
-    pub open_sockets: AtomicUsize,
     /// Set on SIGTERM; `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
     /// Prefix of relay-generated event ids, random per process.
     pub node_tag: String,
     /// The Redis bridge, when `REDIS_URL` is set.
     pub bridge: Option<BridgeHandle>,
-    /// Rate limiters and caps that hold per node.
-    pub limiters: crate::limiter::Limiters,
-    /// `RELAY_MAX_CONNECTIONS`, which SIGHUP may change.
-    pub max_connections: AtomicUsize,
+    /// Rate limiters and caps that hold per node, the connection cap among them.
+    pub limiters: Arc<crate::limiter::Limiters>,
 }
 
 impl NodeShared {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
-
-    /// Takes one connection slot, or refuses when the node is full.
-    pub fn reserve_socket(&self) -> bool {
-        let max = self.max_connections.load(Ordering::Relaxed);
-        if self.open_sockets.fetch_add(1, Ordering::AcqRel) >= max {
-            self.open_sockets.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-
-    pub fn release_socket(&self) {
-        self.open_sockets.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Gives back everything an accepted upgrade held: its connection slot and its
-    /// tenant's socket slot.
-    pub fn release_upgrade(&self, tenant: Option<&str>) {
-        self.release_socket();
-        if let Some(t) = tenant {
-            self.limiters.tenant_release(t);
-        }
-    }
-}
-
-/// A scrape waiting for other shards' counters.
-struct PendingSnapshot {
-    remaining: usize,
-    merged: StatsSnapshot,
-    waker: Option<Waker>,
-}
-
-/// A publish waiting for receipts: from the shards that own its sessions, or from
-/// the bridge once Redis took it.
-#[derive(Default)]
-struct PendingPublish {
-    /// Answers still to come.
-    remaining: usize,
-    receipts: Vec<Receipt>,
-    failed: bool,
-    waker: Option<Waker>,
 }
 
 /// Where ids of events published without one come from: `{node}-{shard}-{base + i}`
@@ -170,24 +127,24 @@ impl Settings {
 pub struct Shard {
     pub id: usize,
     pub node: Arc<NodeShared>,
-    pub stats: ShardStats,
-    pub registry: RefCell<Registry>,
+    stats: ShardStats,
+    registry: RefCell<Registry>,
     /// Sessions whose missed events are being read back from Redis, with the events
     /// that arrived meanwhile (held, in order, until the read-back is delivered).
     catching_up: RefCell<HashMap<Rc<str>, Vec<HeldEvent>>>,
     /// Each session's stream: position, resume history, dedupe ids.
-    pub history: RefCell<History>,
+    history: RefCell<History>,
     settings: RefCell<Rc<Settings>>,
-    pub parser: RefCell<PublishParser>,
+    parser: RefCell<PublishParser>,
     /// Scratch for socket reads; never held across an await.
-    pub read_scratch: RefCell<Vec<u8>>,
+    read_scratch: RefCell<Vec<u8>>,
     inbox: Inbox,
     next_socket: Cell<u64>,
     next_event: Cell<u64>,
-    next_snapshot: Cell<u64>,
-    pending_snapshots: RefCell<HashMap<u64, PendingSnapshot>>,
-    next_publish: Cell<u64>,
-    pending_publishes: RefCell<HashMap<u64, PendingPublish>>,
+    /// Scrapes waiting for the other shards' counters.
+    snapshots: Pending<StatsSnapshot>,
+    /// Publishes waiting for receipts (from owning shards, or the bridge).
+    publishes: Pending<Vec<Receipt>>,
     draining: Cell<bool>,
     drain_signal: glommio::sync::Semaphore,
 }
@@ -229,10 +186,8 @@ impl Shard {
             inbox,
             next_socket: Cell::new(0),
             next_event: Cell::new(0),
-            next_snapshot: Cell::new(0),
-            pending_snapshots: RefCell::new(HashMap::new()),
-            next_publish: Cell::new(0),
-            pending_publishes: RefCell::new(HashMap::new()),
+            snapshots: Pending::default(),
+            publishes: Pending::default(),
             draining: Cell::new(false),
             drain_signal: glommio::sync::Semaphore::new(0),
         }

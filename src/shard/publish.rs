@@ -1,22 +1,51 @@
 //! The publish front end on the accepting shard: ids for events published
 //! without one, grouping a batch by owning shard, all-or-nothing dispatch, the
-//! Redis publish path, the pending table of publishes waiting for receipts, and
-//! the 202's body.
+//! Redis publish path, and waiting for the receipts (in the shard's `Pending`
+//! table).
 //!
-//! It sequences nothing itself: owners do that in `deliver`.
+//! It sequences nothing itself (owners do that in `deliver`), and it speaks no
+//! HTTP: it answers a [`Published`] or a [`AcceptError`], and `http` renders the
+//! 202 or the refusal.
 
 use super::history::StreamPos;
-use super::{event_parts, IdSource, PendingPublish, Shard, PUBLISH_TIMEOUT};
+use super::{event_parts, IdSource, Shard, PUBLISH_TIMEOUT};
 use crate::bridge::{BridgeHandle, BridgeMsg, OutgoingEvent};
 use crate::clock::unix_now_ns;
 use crate::http::publish::{EventSpans, PublishBatch};
-use crate::http::response::Refusal;
 use crate::router::{shard_for, DeliverMsg, Receipt};
 use crate::ws::frame::remote_parts;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
+
+/// An accepted publish: its batch, a receipt per event (in no particular order),
+/// and where the ids of events published without one came from.
+#[derive(Debug)]
+pub struct Published {
+    pub batch: Arc<PublishBatch>,
+    pub receipts: Vec<Receipt>,
+    /// Relay-made ids are `{node_tag}-{id_shard}-{id_base + index}`.
+    pub id_shard: usize,
+    pub id_base: u64,
+    /// With `?wait=delivered`: from acceptance to the end of the fan-out.
+    pub took: Option<Duration>,
+}
+
+/// Why a publish was not accepted, or not answered. Every case is worth a retry
+/// with the same event ids: an event that did get through is deduplicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    /// An owning shard's inbox is full: nothing was sent (all or nothing).
+    #[error("the relay is overloaded; retry later")]
+    Overloaded,
+    /// Redis is unreachable or did not take the batch in time.
+    #[error("Redis is unavailable; retry later")]
+    RedisUnavailable,
+    /// The events were accepted and will be delivered, but the owners' receipts
+    /// did not come back in time.
+    #[error("the relay is overloaded; retry with the same event ids")]
+    ReceiptsLate,
+}
 
 impl Shard {
     /// A relay-made id for an event the publisher gave none; empty otherwise.
@@ -44,127 +73,36 @@ impl Shard {
     }
 
     /// Accepts a validated batch: through Redis when the node has a bridge, else
-    /// straight to the owning shards. Returns the 202's body: a receipt per event.
+    /// straight to the owning shards; answers a receipt per event.
     pub async fn publish(
         self: &Rc<Self>,
         batch: PublishBatch,
         wait_delivered: bool,
-    ) -> Result<Vec<u8>, Refusal> {
+    ) -> Result<Published, AcceptError> {
         let started = Instant::now();
         let ids = self.reserve_ids(batch.events.len());
-        let receipts = match &self.node.bridge {
-            Some(bridge) => self.publish_via_redis(bridge, &batch, ids).await?,
-            None => {
-                let batch = Arc::new(batch);
-                let r = self.publish_local(&batch, ids, wait_delivered).await?;
-                return Ok(self.receipts_body(
-                    &batch,
-                    ids,
-                    r,
-                    wait_delivered.then(|| started.elapsed()),
-                ));
-            }
+        let batch = Arc::new(batch);
+        let (receipts, took) = match &self.node.bridge {
+            Some(bridge) => (self.publish_via_redis(bridge, &batch, ids).await?, None),
+            None => (
+                self.publish_local(&batch, ids, wait_delivered).await?,
+                wait_delivered.then(|| started.elapsed()),
+            ),
         };
-        Ok(self.receipts_body(&batch, ids, receipts, None))
-    }
-
-    /// `{"accepted":N,"events":[{"session","seq","epoch","id"[,"duplicate"]
-    /// [,"written","queued","dropped"]}...][,"took_us":T]}`, in request order.
-    pub(super) fn receipts_body(
-        &self,
-        batch: &PublishBatch,
-        ids: IdSource,
-        mut receipts: Vec<Receipt>,
-        took: Option<Duration>,
-    ) -> Vec<u8> {
-        use crate::stream::{push_decimal, push_hex16};
-        receipts.sort_unstable_by_key(|r| r.index);
-        let mut out = Vec::with_capacity(48 + receipts.len() * 112);
-        out.extend_from_slice(br#"{"accepted":"#);
-        push_decimal(&mut out, receipts.len() as u64);
-        out.extend_from_slice(br#","events":["#);
-        for (n, r) in receipts.iter().enumerate() {
-            let Some(ev) = batch.events.get(r.index as usize) else {
-                continue;
-            };
-            if n > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(br#"{"session":""#);
-            out.extend_from_slice(batch.session(ev).as_bytes());
-            out.extend_from_slice(br#"","seq":"#);
-            push_decimal(&mut out, r.pos.seq);
-            out.extend_from_slice(br#","epoch":""#);
-            push_hex16(&mut out, r.pos.epoch);
-            out.extend_from_slice(br#"","id":"#);
-            match &ev.id {
-                Some(id) => out.extend_from_slice(batch.bytes(id)),
-                None => {
-                    out.push(b'"');
-                    out.extend_from_slice(self.node.node_tag.as_bytes());
-                    out.push(b'-');
-                    push_decimal(&mut out, ids.shard as u64);
-                    out.push(b'-');
-                    push_decimal(&mut out, ids.base + u64::from(r.index));
-                    out.push(b'"');
-                }
-            }
-            if r.duplicate {
-                out.extend_from_slice(br#","duplicate":true"#);
-            }
-            if took.is_some() {
-                out.extend_from_slice(br#","written":"#);
-                push_decimal(&mut out, u64::from(r.written));
-                out.extend_from_slice(br#","queued":"#);
-                push_decimal(&mut out, u64::from(r.queued));
-                out.extend_from_slice(br#","dropped":"#);
-                push_decimal(&mut out, u64::from(r.dropped));
-            }
-            out.push(b'}');
-        }
-        out.push(b']');
-        if let Some(t) = took {
-            out.extend_from_slice(br#","took_us":"#);
-            push_decimal(&mut out, t.as_micros() as u64);
-        }
-        out.push(b'}');
-        out
-    }
-
-    /// Registers a publish that waits for `remaining` answers; returns its id.
-    pub(super) fn await_answers(&self, remaining: usize) -> u64 {
-        let id = self.next_publish.get();
-        self.next_publish.set(id + 1);
-        self.pending_publishes.borrow_mut().insert(
-            id,
-            PendingPublish {
-                remaining,
-                ..PendingPublish::default()
-            },
-        );
-        id
+        Ok(Published {
+            batch,
+            receipts,
+            id_shard: ids.shard,
+            id_base: ids.base,
+            took,
+        })
     }
 
     /// Waits for publish `id`'s answers: its receipts, or `None` on a failure or
     /// after [`PUBLISH_TIMEOUT`].
     pub(super) async fn answers(&self, id: u64) -> Option<Vec<Receipt>> {
-        let wait = futures_lite::future::poll_fn(|cx| {
-            let mut pending = self.pending_publishes.borrow_mut();
-            match pending.get_mut(&id) {
-                Some(p) if p.failed => Poll::Ready(false),
-                Some(p) if p.remaining == 0 => Poll::Ready(true),
-                Some(p) => {
-                    p.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-                None => Poll::Ready(false),
-            }
-        });
-        let ok = glommio::timer::timeout(PUBLISH_TIMEOUT, async { Ok(wait.await) })
-            .await
-            .unwrap_or(false);
-        let p = self.pending_publishes.borrow_mut().remove(&id)?;
-        ok.then_some(p.receipts)
+        let settled = self.publishes.wait(id, PUBLISH_TIMEOUT).await?;
+        settled.complete.then_some(settled.value)
     }
 
     /// Hands the batch to the bridge and waits until Redis took all of it: the 202
@@ -174,9 +112,9 @@ impl Shard {
         bridge: &BridgeHandle,
         batch: &PublishBatch,
         ids: IdSource,
-    ) -> Result<Vec<Receipt>, Refusal> {
+    ) -> Result<Vec<Receipt>, AcceptError> {
         if !bridge.is_connected() {
-            return Err(Refusal::redis_unavailable());
+            return Err(AcceptError::RedisUnavailable);
         }
         let n = batch.events.len();
         let accepted_ns = unix_now_ns();
@@ -199,7 +137,7 @@ impl Shard {
             .collect();
         // The epoch a session gets if Redis holds none for it (first use, or lost).
         let epoch = self.history.borrow_mut().new_epoch();
-        let id = self.await_answers(1);
+        let id = self.publishes.open(1, Vec::new());
         let sent = bridge.send(BridgeMsg::Publish {
             from: self.id,
             id,
@@ -207,8 +145,8 @@ impl Shard {
             epoch,
         });
         if sent.is_err() {
-            self.pending_publishes.borrow_mut().remove(&id);
-            return Err(Refusal::redis_unavailable());
+            self.publishes.cancel(id);
+            return Err(AcceptError::RedisUnavailable);
         }
         match self.answers(id).await {
             Some(receipts) => {
@@ -218,7 +156,7 @@ impl Shard {
                 }
                 Ok(receipts)
             }
-            None => Err(Refusal::redis_unavailable()),
+            None => Err(AcceptError::RedisUnavailable),
         }
     }
 
@@ -229,7 +167,7 @@ impl Shard {
         batch: &Arc<PublishBatch>,
         ids: IdSource,
         wait_delivered: bool,
-    ) -> Result<Vec<Receipt>, Refusal> {
+    ) -> Result<Vec<Receipt>, AcceptError> {
         let accepted_at = Instant::now();
         let n = batch.events.len();
         let shards = self.node.router.shards();
@@ -248,7 +186,8 @@ impl Shard {
         // Only answers from other shards are awaited; a request this shard owns
         // whole registers nothing.
         let id = if others > 0 {
-            self.await_answers(others)
+            self.publishes
+                .open(others, Vec::with_capacity(n - local.len()))
         } else {
             u64::MAX
         };
@@ -274,9 +213,9 @@ impl Shard {
             .collect();
         if !groups.is_empty() {
             if let Err(e) = self.node.router.dispatch(groups) {
-                self.pending_publishes.borrow_mut().remove(&id);
+                self.publishes.cancel(id);
                 tracing::warn!(shard = self.id, error = %e, "publish refused");
-                return Err(Refusal::unavailable("the relay is overloaded; retry later"));
+                return Err(AcceptError::Overloaded);
             }
         }
         let mut receipts = Vec::with_capacity(local.len());
@@ -299,9 +238,7 @@ impl Shard {
             }
             // The events are accepted and will be delivered; only the receipts are
             // late. A retry with the same ids is deduplicated.
-            None => Err(Refusal::unavailable(
-                "the relay is overloaded; retry with the same event ids",
-            )),
+            None => Err(AcceptError::ReceiptsLate),
         }
     }
 }

@@ -11,7 +11,9 @@ use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
 
+use super::ctx::ConnCtx;
 use super::Shard;
+use crate::limiter::SocketPermit;
 use crate::stream::StreamPos;
 use crate::ws::close::Disconnect;
 use crate::ws::frame::EncodedFrame;
@@ -378,18 +380,34 @@ impl Registry {
 
 /// Unregisters a socket when its task ends, normally or by a panic, so a bug in
 /// one socket's handling never leaves a ghost in the registry or the counters.
+/// It also holds the socket's node and tenant slots, released when it drops.
 pub struct SocketGuard {
-    pub shard: Rc<Shard>,
+    ctx: ConnCtx,
     pub state: Rc<SocketState>,
     /// Set by the task when it ends normally; a panic leaves `IoError`.
     pub reason: Disconnect,
-    /// The tenant whose socket slot this socket holds.
-    pub tenant: Option<Box<str>>,
+    _permit: SocketPermit,
+}
+
+impl SocketGuard {
+    pub(super) fn new(shard: Rc<Shard>, state: Rc<SocketState>, permit: SocketPermit) -> Self {
+        SocketGuard {
+            ctx: ConnCtx::new(shard),
+            state,
+            reason: Disconnect::IoError,
+            _permit: permit,
+        }
+    }
+
+    /// What the socket's task may see and ask of its shard.
+    pub fn ctx(&self) -> &ConnCtx {
+        &self.ctx
+    }
 }
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        let shard = &self.shard;
+        let shard = &self.ctx.shard;
         if let Ok(mut reg) = shard.registry.try_borrow_mut() {
             reg.remove(&self.state);
             shard.stats.connected.set(reg.socket_count() as u64);
@@ -401,7 +419,6 @@ impl Drop for SocketGuard {
             history.socket_left(&self.state.session, Instant::now());
         }
         shard.stats.disconnect(self.reason);
-        shard.node.release_upgrade(self.tenant.as_deref());
         tracing::debug!(
             shard = shard.id,
             socket = self.state.id,

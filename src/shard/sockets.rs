@@ -14,6 +14,7 @@ use crate::bridge::BridgeMsg;
 use crate::clock::unix_now_ns;
 use crate::config::HistoryStore;
 use crate::http::response::Refusal;
+use crate::limiter::SocketPermit;
 use crate::router::{shard_for, AdoptMsg, FetchPurpose, ShardMsg};
 use crate::ws::close::Disconnect;
 use crate::ws::frame::{frame_from_remote, resync_frame, welcome_frame, EncodedFrame};
@@ -25,14 +26,15 @@ use std::time::Instant;
 
 impl Shard {
     /// Completes an upgrade on this shard, or hands the socket to its owner.
-    pub fn place_socket(
+    pub(super) fn place_socket(
         self: &Rc<Self>,
         stream: TcpStream,
         upgrade: AcceptedUpgrade,
+        permit: SocketPermit,
     ) -> Result<(), Box<(TcpStream, Refusal)>> {
         let owner = shard_for(&upgrade.claims.session, self.node.router.shards());
         if owner == self.id {
-            self.start_socket(stream, upgrade);
+            self.start_socket(stream, upgrade, permit);
             return Ok(());
         }
         // SAFETY: dup() of a descriptor we own; the duplicate is owned by `fd` only.
@@ -45,11 +47,14 @@ impl Shard {
         }
         // SAFETY: `dup` is a valid, fresh descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(dup) };
-        match self
-            .node
-            .router
-            .send(owner, ShardMsg::Adopt(Box::new(AdoptMsg { fd, upgrade })))
-        {
+        match self.node.router.send(
+            owner,
+            ShardMsg::Adopt(Box::new(AdoptMsg {
+                fd,
+                upgrade,
+                permit,
+            })),
+        ) {
             Ok(()) => {
                 self.stats.handoff();
                 Ok(())
@@ -66,15 +71,25 @@ impl Shard {
 
     pub(super) fn adopt(self: &Rc<Self>, msg: AdoptMsg) {
         if self.is_draining() {
-            self.node.release_upgrade(msg.upgrade.tenant.as_deref());
+            // Dropping the message closes the descriptor and releases the permit.
             return;
         }
+        let AdoptMsg {
+            fd,
+            upgrade,
+            permit,
+        } = msg;
         // SAFETY: the descriptor was handed to us whole; nobody else closes it.
-        let stream = unsafe { TcpStream::from_raw_fd(msg.fd.into_raw_fd()) };
-        self.start_socket(stream, msg.upgrade);
+        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        self.start_socket(stream, upgrade, permit);
     }
 
-    pub(super) fn start_socket(self: &Rc<Self>, stream: TcpStream, mut upgrade: AcceptedUpgrade) {
+    pub(super) fn start_socket(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        upgrade: AcceptedUpgrade,
+        permit: SocketPermit,
+    ) {
         // Sockets per session: all of a session's sockets are here, so this count
         // is the node's.
         let max = self.node.limiters.config.max_sockets_per_session;
@@ -82,7 +97,7 @@ impl Shard {
         if in_session >= max {
             self.stats.rate_limited("session");
             self.stats.upgrade_refused(429);
-            self.node.release_upgrade(upgrade.tenant.as_deref());
+            drop(permit);
             let reply =
                 Refusal::rate_limited("too many sockets for this session").to_response(false);
             let mut stream = stream;
@@ -151,12 +166,7 @@ impl Shard {
                 self.greet(h);
             }
         }
-        let guard = SocketGuard {
-            shard: self.clone(),
-            state,
-            reason: Disconnect::IoError,
-            tenant: upgrade.tenant.take().map(String::into_boxed_str),
-        };
+        let guard = SocketGuard::new(self.clone(), state, permit);
         spawn_guarded(self.id, "socket", crate::ws::conn::run(guard, stream));
     }
 

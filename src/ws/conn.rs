@@ -18,9 +18,10 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use tungstenite::Message;
 
+use crate::clock::unix_now;
 use crate::metrics::ShardStats;
 use crate::shard::registry::{mono_ms, Outgoing, SocketState};
-use crate::shard::{unix_now, SocketGuard, CLOSE_GRACE};
+use crate::shard::{SocketGuard, CLOSE_GRACE};
 use crate::ws::close::Disconnect;
 use crate::ws::frame::close_frame;
 use crate::ws::reader::{ClientInput, ClientReader};
@@ -60,7 +61,7 @@ struct SocketTask {
 pub fn run(guard: SocketGuard, stream: TcpStream) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(None);
-    let max_message = guard.shard.settings().live.limits.max_message_bytes;
+    let max_message = guard.ctx().settings().live.limits.max_message_bytes;
     let mut task = SocketTask {
         guard,
         stream,
@@ -148,9 +149,9 @@ impl SocketTask {
 
     fn poll_reads(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
         for _ in 0..READS_PER_POLL {
-            let shard = self.guard.shard.clone();
+            let ctx = self.guard.ctx().clone();
             let n = {
-                let mut scratch = shard.read_scratch.borrow_mut();
+                let mut scratch = ctx.scratch();
                 match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(_)) => {
@@ -197,7 +198,7 @@ impl SocketTask {
                 }
             };
             if self.phase == Phase::Open && !msg.is_close() && !self.spend_budget() {
-                self.guard.shard.stats.rate_limited("client_messages");
+                self.guard.ctx().stats().rate_limited("client_messages");
                 self.begin_close(Disconnect::Flood);
             }
             match msg {
@@ -248,7 +249,7 @@ impl SocketTask {
 
     /// Takes one message from the client's budget; false when it is spent.
     fn spend_budget(&mut self) -> bool {
-        let rate = self.guard.shard.settings().live.limits.client_message_rate;
+        let rate = self.guard.ctx().settings().live.limits.client_message_rate;
         if rate == 0 {
             return true;
         }
@@ -269,7 +270,7 @@ impl SocketTask {
     }
 
     fn echo(&self) -> bool {
-        self.guard.shard.node.config.echo
+        self.guard.ctx().echo()
     }
 
     /// Echo mode: the message goes back on the same socket, through the same queue.
@@ -299,7 +300,7 @@ impl SocketTask {
         };
         match (msg.kind, msg.token) {
             ("refresh", Some(token)) => {
-                let settings = self.guard.shard.settings();
+                let settings = self.guard.ctx().settings();
                 self.refresh(&settings.verifier, token)
             }
             _ => self.begin_close(Disconnect::Policy),
@@ -333,7 +334,7 @@ impl SocketTask {
     /// Writes the queue until it is empty or the socket is full.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            if write_queue_now(&self.guard.state, &self.guard.shard.stats)? {
+            if write_queue_now(&self.guard.state, self.guard.ctx().stats())? {
                 return Poll::Ready(Ok(()));
             }
             // The socket is full: let glommio wait for writability (it may also
@@ -346,7 +347,7 @@ impl SocketTask {
             };
             match Pin::new(&mut self.stream).poll_write(cx, front) {
                 Poll::Ready(Ok(n)) => {
-                    consume(&self.guard.state, &self.guard.shard.stats, &mut queue, n)
+                    consume(&self.guard.state, self.guard.ctx().stats(), &mut queue, n)
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,

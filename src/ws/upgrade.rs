@@ -25,8 +25,6 @@ pub struct AcceptedUpgrade {
     pub accept_key: String,
     /// Echo `relay.v1` when the client offered it.
     pub protocol: Option<&'static str>,
-    /// The tenant whose socket slot this upgrade holds (see `limiter`), if any.
-    pub tenant: Option<String>,
     /// Resume after this point of the session's stream (`since=EPOCH:SEQ`).
     pub since: Option<StreamPos>,
 }
@@ -138,7 +136,6 @@ pub fn decide(
         claims,
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         protocol,
-        tenant: None,
         since,
     })
 }
