@@ -8,6 +8,9 @@
 //!
 //! A link is used until anything fails; then it is dropped whole and a new one is
 //! made (the bridge resubscribes and resyncs).
+//!
+//! Owns the connections and the commands sent on them; the scripts' text and
+//! replies are `scripts`', names are `keys`'. Runs on the bridge thread only.
 
 use std::time::Duration;
 
@@ -17,139 +20,13 @@ use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{channel_of, history_key, position_key, OutgoingEvent, PublishRules};
+use super::handle::{OutgoingEvent, PublishRules};
+use super::keys::{channel_of, dedupe_key, history_key, position_key};
+use super::scripts::{
+    bytes, placed, placed_all, Placed, EVENTS_PER_RUN, NEW_EPOCH_SCRIPT, POSITION_SCRIPT,
+    POSITION_TTL_SECS, PUBLISH_SCRIPT,
+};
 use crate::stream::StreamPos;
-
-/// Gives events their places in their sessions' streams and publishes them,
-/// atomically, so every node sees the same `seq` for the same event. A retried id
-/// within the dedupe window gets its first sequence number back and is not
-/// published again. One run places a whole batch: against a standalone Redis the
-/// bridge sends every waiting event in a few runs (Redis's cost is then the
-/// commands, not a script call per event); a Cluster gets one run per event, whose
-/// keys and channel share the session's hash tag and so one slot.
-///
-/// KEYS, three per event: the session's position hash (`e` epoch, `n` last seq),
-/// the dedupe key of the event's id, the session's history stream.
-/// ARGV: 1 the epoch to start a stream with if it has none, 2 the dedupe window
-/// (s), 3 the position's time to live (s), 4 the history stream's length (`0`: no
-/// stream), 5 `PUBLISH` or `SPUBLISH`; then four per event: its channel, the payload
-/// before the seq, the payload after the epoch, `1` when it has an id.
-/// Returns `{epoch, seq, duplicate}` per event, flattened.
-const PUBLISH_SCRIPT: &str = r#"
-local out = {}
-for i = 0, #KEYS / 3 - 1 do
-  local pos, dedupe, hist = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local a = 5 + 4 * i
-  local e = redis.call('HGET', pos, 'e')
-  if not e then
-    e = ARGV[1]
-    redis.call('HSET', pos, 'e', e, 'n', 0)
-    redis.call('DEL', hist)
-  end
-  local prev = false
-  if ARGV[a + 4] == '1' then
-    prev = redis.call('GET', dedupe)
-  end
-  if prev then
-    out[#out + 1] = e
-    out[#out + 1] = tonumber(prev)
-    out[#out + 1] = 1
-  else
-    local n = redis.call('HINCRBY', pos, 'n', 1)
-    redis.call('EXPIRE', pos, ARGV[3])
-    if ARGV[a + 4] == '1' then
-      redis.call('SET', dedupe, n, 'EX', ARGV[2])
-    end
-    local msg = ARGV[a + 2] .. n .. ',"epoch":"' .. e .. '"' .. ARGV[a + 3]
-    if ARGV[4] ~= '0' then
-      redis.call('XADD', hist, 'MAXLEN', '~', ARGV[4], n .. '-1', 'm', msg)
-      redis.call('EXPIRE', hist, ARGV[3])
-    end
-    redis.call(ARGV[5], ARGV[a + 1], msg)
-    out[#out + 1] = e
-    out[#out + 1] = n
-    out[#out + 1] = 0
-  end
-end
-return out
-"#;
-
-/// Events placed by one run of the publish script at most: a script blocks Redis
-/// while it runs, so a big backlog goes in several runs (≈ 1–3 ms each).
-const EVENTS_PER_RUN: usize = 256;
-
-/// A session's current position, starting its stream (new epoch) if Redis has none
-/// (first use, expiry, or a Redis that lost its data).
-/// KEYS: 1 position hash, 2 history stream. ARGV: 1 epoch for a new stream, 2 ttl (s).
-const POSITION_SCRIPT: &str = r#"
-local e = redis.call('HGET', KEYS[1], 'e')
-if not e then
-  e = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', e, 'n', 0)
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('DEL', KEYS[2])
-end
-return {e, tonumber(redis.call('HGET', KEYS[1], 'n'))}
-"#;
-
-/// Starts a new epoch for a session whose position went back (Redis lost writes:
-/// the numbers after it would be given again, so no client may resume across it),
-/// unless another node did already.
-/// KEYS: 1 position hash, 2 history stream. ARGV: 1 the epoch that went back, 2 the
-/// seq a node had reached in it, 3 the new epoch, 4 ttl (s). Returns `{epoch, seq}`.
-const NEW_EPOCH_SCRIPT: &str = r#"
-local e = redis.call('HGET', KEYS[1], 'e')
-local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
-if e == ARGV[1] and n < tonumber(ARGV[2]) then
-  e = ARGV[3]
-  redis.call('HSET', KEYS[1], 'e', e)
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  redis.call('DEL', KEYS[2])
-end
-return {e, n}
-"#;
-
-/// How long Redis keeps a session's position after its last event.
-const POSITION_TTL_SECS: u64 = 24 * 3600;
-
-/// What the publish script answered for one event.
-#[derive(Debug, Clone, Copy)]
-pub struct Placed {
-    pub pos: StreamPos,
-    pub duplicate: bool,
-}
-
-fn int(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-/// `{epoch, seq[, duplicate]}` from a script's reply.
-fn placed(items: &[Value]) -> Option<Placed> {
-    let epoch = u64::from_str_radix(std::str::from_utf8(&bytes(items.first()?)?).ok()?, 16).ok()?;
-    let seq = int(items.get(1)?)?;
-    let duplicate = items.get(2).and_then(int) == Some(1);
-    Some(Placed {
-        pos: StreamPos { epoch, seq },
-        duplicate,
-    })
-}
-
-/// Every event's `{epoch, seq, duplicate}` from a publish run's flat reply.
-fn placed_all(v: &Value, out: &mut Vec<Placed>) -> Option<()> {
-    let Value::Array(items) = v else { return None };
-    if items.len() % 3 != 0 {
-        return None;
-    }
-    for triple in items.chunks(3) {
-        out.push(placed(triple)?);
-    }
-    Some(())
-}
 
 fn bad_reply() -> Lost {
     Lost::Redis(redis::RedisError::from((
@@ -212,14 +89,6 @@ pub enum Link {
         conn: ClusterConnection,
         pushes: UnboundedReceiver<PushInfo>,
     },
-}
-
-fn bytes(v: &Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
-        _ => None,
-    }
 }
 
 impl Link {
@@ -323,7 +192,7 @@ impl Link {
             cmd.arg(&script).arg(3 * events.len());
             for (ev, _) in events {
                 let id_key = match &ev.id {
-                    Some(id) => super::dedupe_key(&ev.session, id),
+                    Some(id) => dedupe_key(&ev.session, id),
                     None => position_key(&ev.session),
                 };
                 cmd.arg(position_key(&ev.session))
