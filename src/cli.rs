@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// Shards (one pinned executor each); default: one per available core.
     #[arg(long, env = "RELAY_SHARDS")]
     pub shards: Option<usize>,
+    /// Messages each shard's inbox holds (events routed from other shards, their
+    /// receipts, handoffs); past it publishers get 503.
+    #[arg(long, env = "RELAY_INBOX_MESSAGES", default_value_t = config::DEFAULT_INBOX_MESSAGES as u32,
+          value_parser = clap::value_parser!(u32).range(2..=1_048_576))]
+    pub inbox_messages: u32,
     /// Redis for cross-node fan-out (`redis://[:password@]host:port[/db]`); with
     /// --redis-cluster, a comma-separated list of seed nodes.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
@@ -404,6 +409,7 @@ impl ServeArgs {
             port: args.port,
             admin_port: args.admin_port,
             shards,
+            inbox_messages: args.inbox_messages as usize,
             dev: args.dev,
             echo: args.echo,
             log_format: args.log_format,

@@ -45,6 +45,9 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 /// A socket silent this long (no pong, no message) is closed as dead.
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(60);
 /// SIGTERM: how long sockets get to receive their 1012 before the process exits.
+/// Messages one shard's inbox holds: with a batch per message this is a burst of
+/// 16 Ki requests routed to one shard before publishers get 503.
+pub const DEFAULT_INBOX_MESSAGES: usize = 16 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clock leeway for `exp`, `nbf` and `iat`: small, since tokens live minutes.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(5);
@@ -177,6 +180,8 @@ pub struct Config {
     pub admin_port: Option<u16>,
     /// Number of shards, each a glommio executor pinned to one core.
     pub shards: usize,
+    /// Messages each shard's inbox holds (`RELAY_INBOX_MESSAGES`).
+    pub inbox_messages: usize,
     pub dev: bool,
     /// Conformance-test mode: sockets echo what clients send (only with `dev`).
     pub echo: bool,

@@ -25,9 +25,10 @@ use crate::metrics::StatsSnapshot;
 use crate::stream::StreamPos;
 use crate::ws::upgrade::AcceptedUpgrade;
 
-/// Messages one shard may have in its inbox: with a batch per message this is a
-/// lot of events, and it bounds the channel's own memory.
-pub const INBOX_MESSAGES: usize = 16 * 1024;
+/// Messages one shard may have in its inbox by default (`RELAY_INBOX_MESSAGES`):
+/// with a batch per message this is a lot of events, and it bounds the channel's
+/// own memory.
+pub const INBOX_MESSAGES: usize = crate::config::DEFAULT_INBOX_MESSAGES;
 /// Publish bytes one shard may have waiting in its inbox before publishers get 503.
 pub const INBOX_BYTES: usize = 64 * 1024 * 1024;
 
@@ -166,15 +167,27 @@ pub enum RouteError {
 
 /// Admission for one shard's inbox, in messages and bytes. Reserved by senders on
 /// any thread, released by the owning shard once a message is handled.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InboxBudget {
     messages: AtomicUsize,
     bytes: AtomicUsize,
+    /// The inbox's capacity in messages.
+    max_messages: usize,
+}
+
+impl Default for InboxBudget {
+    fn default() -> Self {
+        InboxBudget {
+            messages: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_messages: INBOX_MESSAGES,
+        }
+    }
 }
 
 impl InboxBudget {
     fn try_reserve(&self, bytes: usize) -> bool {
-        if self.messages.fetch_add(1, Ordering::AcqRel) >= INBOX_MESSAGES {
+        if self.messages.fetch_add(1, Ordering::AcqRel) >= self.max_messages {
             self.messages.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
@@ -304,14 +317,23 @@ pub struct Router {
 }
 
 impl Router {
-    /// Wires `shards` inboxes; the caller moves inbox `i` into shard `i`.
+    /// Wires `shards` inboxes of [`INBOX_MESSAGES`]; the caller moves inbox `i`
+    /// into shard `i`.
     pub fn new(shards: usize) -> std::io::Result<(Router, Vec<Inbox>)> {
+        Router::with_capacity(shards, INBOX_MESSAGES)
+    }
+
+    /// Wires `shards` inboxes of `messages` each (`RELAY_INBOX_MESSAGES`).
+    pub fn with_capacity(shards: usize, messages: usize) -> std::io::Result<(Router, Vec<Inbox>)> {
         let mut links = Vec::with_capacity(shards);
         let mut inboxes = Vec::with_capacity(shards);
         for _ in 0..shards {
-            let (tx, rx) = crossbeam_channel::bounded(INBOX_MESSAGES);
+            let (tx, rx) = crossbeam_channel::bounded(messages);
             let (doorbell, doorbell_socket) = Doorbell::pair()?;
-            let budget = Arc::new(InboxBudget::default());
+            let budget = Arc::new(InboxBudget {
+                max_messages: messages,
+                ..InboxBudget::default()
+            });
             links.push(ShardLink {
                 tx,
                 doorbell: doorbell.clone(),

@@ -102,7 +102,8 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
         Some(port) => Some(bind_group(SocketAddr::new(config.host, port), shards)?),
         None => None,
     };
-    let (router, inboxes) = Router::new(shards).map_err(RuntimeError::Channels)?;
+    let (router, inboxes) =
+        Router::with_capacity(shards, config.inbox_messages).map_err(RuntimeError::Channels)?;
     let config_limiters = config.limiters.clone();
     let max_connections = config.live.limits.max_connections;
     let bridge = match &config.redis_url {
