@@ -43,8 +43,8 @@
 //! - `run`: [`start`] and the thread's connect/serve/back-off loop.
 //!
 //! This file only names the rooms and re-exports the paths callers use
-//! (`crate::bridge::X`). No room touches shard state: shards hear from the bridge
-//! only through the `Router`.
+//! (`crate::bridge::start`, `crate::bridge::BridgeMsg`, ...). No room touches
+//! shard state: shards hear from the bridge only through the `Router`.
 
 mod handle;
 mod keys;
