@@ -9,12 +9,15 @@
 //! - [`cli`]: the clap commands `serve`, `token`, `publish`.
 //! - [`config`]: the validated [`config::Config`]; every default, with its unit and why.
 //! - [`runtime`]: binds the listeners, starts one shard per core, wires the channels, drains.
-//! - [`shard`]: the per-core owner of sockets and sessions: accept loop, registry, fan-out.
+//! - [`shard`]: the per-core owner of sockets and sessions: accept loop, registry, fan-out;
+//!   connection loops see it only through [`shard::ctx::ConnCtx`].
 //! - [`router`]: [`router::shard_for`] and the bounded hop to the owning shard.
-//! - [`http`]: request-head parsing (pure), the publish body (pure), the HTTP connection loop.
+//! - [`http`]: request-head parsing (pure), the publish body (pure), the 202's receipts,
+//!   the HTTP connection loop.
 //! - [`ws`]: the upgrade decision (pure), event-frame encoding, the socket loop, close codes.
 //! - [`auth`]: JWT verification and minting, API-key check, origin matching (all pure).
-//! - [`limiter`]: node-wide rate limiters and caps (connects, publishes, tenants).
+//! - [`limiter`]: node-wide rate limiters and caps (connects, publishes, tenants, the
+//!   connection cap) and the [`limiter::SocketPermit`] a connection holds.
 //! - [`metrics`]: per-shard counters, merged on read into `/metrics`.
 //! - [`logging`]: the non-blocking log writer; lines dropped, never waited for.
 //! - [`stream`]: a position in a session's stream and its wire spellings.

@@ -1,9 +1,11 @@
 //! One accepted TCP connection until it upgrades or closes: reads request heads
 //! and bodies under absolute deadlines, answers HTTP (keep-alive), and hands
-//! upgrades to the ctx.
+//! upgrades to the shard.
 //!
-//! The routing decisions are made from a parsed head by pure code (`route`); this
-//! module owns only the reading, the deadlines and the writing.
+//! `route` decides from a parsed head what a request gets. It is not pure: it
+//! charges the rate limiters and, for an accepted upgrade, takes the connection's
+//! `SocketPermit`; it does no I/O. The loop owns the reading, the deadlines and
+//! the writing. The shard is reached only through `ConnCtx`.
 
 use std::io;
 use std::pin::Pin;
@@ -358,8 +360,8 @@ fn accept_refusal(e: AcceptError) -> Refusal {
     }
 }
 
-/// Decides what a request asks for. Pure apart from reading the shard's
-/// configuration, counters and the clock.
+/// Decides what a request asks for. No I/O; it reads the settings and the
+/// clock, and charges the limiters.
 fn route(
     ctx: &ConnCtx,
     head: &RequestHead<'_, '_>,

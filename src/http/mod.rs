@@ -1,8 +1,9 @@
-//! HTTP/1.1: request heads and responses (pure), the publish body (pure), and the
-//! connection loop that ties them to a socket.
+//! HTTP/1.1: request heads and responses (pure), the publish body (pure), the
+//! 202's receipts, and the connection loop that ties them to a socket.
 //!
-//! Owns the public port's routing. It may hand a socket to `ws` or to the shard,
-//! but never writes WebSocket frames itself.
+//! Owns the public port's routing and every status it answers. It reaches the
+//! shard only through `shard::ctx::ConnCtx` and may hand a socket to it, but
+//! never writes WebSocket frames itself.
 
 pub mod conn;
 pub mod head;

@@ -5,13 +5,17 @@
 //! ([`NodeShared`]) and the reloadable [`Settings`]; each job has a room of its own,
 //! as `impl Shard` blocks:
 //! - `inbox`: the run loop, accept loops, the inbox and its one `handle` match, drain, scrapes
-//! - `publish`: the publish front end, its pending table and the 202's receipts
+//! - `publish`: the publish front end; it answers [`ctx::Published`] or
+//!   [`ctx::AcceptError`], and `http` renders them
+//! - `pending`: one table for requests waiting on answers (publish receipts, scrapes)
 //! - `deliver`: sequencing and fan-out, resync frames
 //! - `catch_up`: reading missed events back from Redis, or resyncing
 //! - `sockets`: placement (handoff by `dup`), greeting, replay on resume
 //! - `housekeeping`: pings, expiry, dead sockets, the history sweep
 //! - `tasks`: panic containment for connection tasks
 //! - [`history`]: each session's stream (pure bookkeeping); [`registry`]: sockets by session
+//! - [`ctx`]: [`ctx::ConnCtx`], all a connection loop (`http::conn`, `ws::conn`) sees
+//!   of the shard: its fields stay private to these rooms
 //!
 //! Shard state is `Rc`/`Cell` and never leaves its thread; what other threads see
 //! is [`NodeShared`]. Redis is reached only through the bridge's channel
