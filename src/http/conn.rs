@@ -22,6 +22,7 @@ use crate::http::receipts::receipts_body;
 use crate::http::response::{response, Refusal};
 use crate::limiter::{SlotRefusal, SocketPermit};
 use crate::shard::ctx::{AcceptError, ConnCtx};
+use crate::shard::Settings;
 use crate::ws::upgrade::{decide, AcceptedUpgrade};
 
 /// A client that does not take our response within this long is dropped.
@@ -373,6 +374,17 @@ fn route(
     let ops_here = admin || ctx.ops_on_public_port();
     match head.path {
         "/ws" if !admin => route_upgrade(ctx, head, peer, buffered_after),
+        "/sse" if !admin && head.method == "OPTIONS" => {
+            let settings = ctx.settings();
+            match crate::sse::request::preflight(head, &settings.live.origins, keep_alive) {
+                Ok(bytes) => Action::Respond { bytes, keep_alive },
+                Err(refusal) => Action::Refuse {
+                    refusal,
+                    keep_alive,
+                },
+            }
+        }
+        "/sse" if !admin => route_sse(ctx, head, peer, buffered_after),
         "/events" if !admin => route_publish(ctx, head, keep_alive),
         "/healthz" => Action::Respond {
             bytes: response(
@@ -426,6 +438,40 @@ fn route_upgrade(
     peer: Option<std::net::IpAddr>,
     buffered_after: usize,
 ) -> Action {
+    admit_subscriber(ctx, head, peer, buffered_after, |settings| {
+        decide(head, &settings.verifier, &settings.live.origins, unix_now())
+    })
+}
+
+/// `GET /sse`: checked and counted like an upgrade; the stream is the session's
+/// shard's, handed over like a socket.
+fn route_sse(
+    ctx: &ConnCtx,
+    head: &RequestHead<'_, '_>,
+    peer: Option<std::net::IpAddr>,
+    buffered_after: usize,
+) -> Action {
+    admit_subscriber(ctx, head, peer, buffered_after, |settings| {
+        crate::sse::request::decide(
+            head,
+            &settings.verifier,
+            &settings.live.origins,
+            unix_now(),
+            crate::sse::request::RETRY_MS,
+        )
+    })
+}
+
+/// What every subscription request goes through, whatever its transport: the
+/// connect rate, the transport's own decision, draining, the tenant's and the
+/// node's connection slots.
+fn admit_subscriber(
+    ctx: &ConnCtx,
+    head: &RequestHead<'_, '_>,
+    peer: Option<std::net::IpAddr>,
+    buffered_after: usize,
+    decide: impl FnOnce(&Settings) -> Result<AcceptedUpgrade, Refusal>,
+) -> Action {
     let limiters = &ctx.limiters();
     if let Some(peer) = peer {
         let forwarded = head.all("x-forwarded-for").last();
@@ -437,8 +483,7 @@ fn route_upgrade(
         }
     }
     let settings = ctx.settings();
-    let decision = decide(head, &settings.verifier, &settings.live.origins, unix_now());
-    let upgrade = match decision {
+    let upgrade = match decide(&settings) {
         Ok(u) => u,
         Err(refusal) => return Action::RefuseUpgrade(refusal),
     };

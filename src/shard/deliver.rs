@@ -6,12 +6,12 @@
 //! It may not read the network or Redis: catch-up decisions are `catch_up`'s.
 
 use super::history::{Arrival, ResyncReason, StreamPos};
-use super::registry::{Outgoing, SocketState};
+use super::registry::SocketState;
 use super::{event_parts, IdSource, Shard, CATCH_UP_HOLD};
 use crate::http::publish::PublishBatch;
 use crate::router::Receipt;
 use crate::ws::close::Disconnect;
-use crate::ws::frame::{encode_event, resync_frame, EncodedFrame};
+use crate::ws::frame::{encode_event, resync_json, EncodedFrame};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -127,9 +127,9 @@ impl Shard {
         let Some(sockets) = registry.sockets_of(session) else {
             return;
         };
-        let frame = resync_frame(session, pos);
+        let json = resync_json(session, pos);
         for s in sockets {
-            s.push_control(Outgoing::Owned(frame.clone().into_boxed_slice()));
+            s.push_message("resync", Some(pos), &json);
         }
         self.stats.resync(reason, sockets.len() as u64);
     }
@@ -148,7 +148,7 @@ impl Shard {
             let mut slow = false;
             if !s.push_event(frame, max) {
                 // Full queue: write what the kernel takes now, then judge.
-                let flushed = crate::ws::conn::write_queue_now(s, &self.stats);
+                let flushed = crate::outbound::write_queue_now(s, &self.stats);
                 if flushed.is_err() || !s.push_event(frame, max) {
                     s.request_close(Disconnect::SlowConsumer);
                     slow = true;
@@ -158,7 +158,7 @@ impl Shard {
                 if slow {
                     dropped += 1;
                 } else {
-                    match crate::ws::conn::write_queue_now(s, &self.stats) {
+                    match crate::outbound::write_queue_now(s, &self.stats) {
                         Ok(true) => written += 1,
                         Ok(false) => queued += 1,
                         Err(_) => dropped += 1,

@@ -2,12 +2,12 @@
 //! and stale-pending closes, the history sweep (and with Redis the unsubscribes
 //! it causes), and the node-wide limiter sweep on shard 0.
 
-use super::registry::{mono_ms, Outgoing};
+use super::registry::mono_ms;
 use super::{Shard, HISTORY_SWEEP_TICKS, HOUSEKEEPING_TICK, LIMITER_SWEEP_TICKS, PENDING_LIMIT};
 use crate::bridge::BridgeMsg;
 use crate::clock::unix_now;
+use crate::subscribe::Transport;
 use crate::ws::close::Disconnect;
-use crate::ws::frame::PING_FRAME;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -47,16 +47,22 @@ impl Shard {
                     }
                     continue;
                 }
-                let silent = now.saturating_sub(s.last_heard.get());
+                // An event-stream reader sends nothing after its request: it is
+                // kept alive by comments, and a dead one shows as a failed write or
+                // a full queue, never as silence.
+                let silent = match s.transport {
+                    Transport::Ws => now.saturating_sub(s.last_heard.get()),
+                    Transport::Sse => now.saturating_sub(s.last_ping.get()),
+                };
                 if s.expires_at.get() <= unix {
                     s.request_close(Disconnect::TokenExpired);
-                } else if silent >= ping_timeout {
+                } else if s.transport == Transport::Ws && silent >= ping_timeout {
                     s.request_close(Disconnect::Timeout);
                 } else if silent >= ping_interval
                     && now.saturating_sub(s.last_ping.get()) >= ping_interval
                 {
                     s.last_ping.set(now);
-                    s.push_control(Outgoing::Static(PING_FRAME));
+                    s.push_keep_alive();
                 }
             }
         }

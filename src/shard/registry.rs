@@ -15,8 +15,9 @@ use super::ctx::ConnCtx;
 use super::Shard;
 use crate::limiter::SocketPermit;
 use crate::stream::StreamPos;
+use crate::subscribe::Transport;
 use crate::ws::close::Disconnect;
-use crate::ws::frame::EncodedFrame;
+use crate::ws::frame::{text_frame, EncodedFrame, PING_FRAME};
 
 /// First byte of an unfragmented pong frame (FIN + opcode 0xA).
 pub const PONG_OPCODE_BYTE: u8 = 0x8A;
@@ -33,12 +34,18 @@ pub enum Outgoing {
     /// An event frame replayed to a resuming socket: not counted as a delivery
     /// again, and kept out of the latency histogram (it is old on purpose).
     Replay(Rc<EncodedFrame>),
+    /// An event for an SSE subscriber: the frame's event-stream block, made once
+    /// per event for all of them.
+    SseEvent(Rc<EncodedFrame>),
+    /// An event replayed to a resuming SSE subscriber.
+    SseReplay(Rc<EncodedFrame>),
 }
 
 impl Outgoing {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Outgoing::Event(f) | Outgoing::Replay(f) => f.bytes(),
+            Outgoing::SseEvent(f) | Outgoing::SseReplay(f) => f.sse_bytes(),
             Outgoing::Owned(v) => v,
             Outgoing::Static(s) => s,
         }
@@ -52,6 +59,8 @@ impl Outgoing {
 pub struct SocketState {
     pub id: u64,
     pub session: Rc<str>,
+    /// How the subscriber receives its stream: each entry is queued in its bytes.
+    pub transport: Transport,
     /// The connection's descriptor, for writes straight from fan-out.
     pub fd: Cell<RawFd>,
     queue: RefCell<VecDeque<Outgoing>>,
@@ -80,10 +89,17 @@ pub fn mono_ms() -> u64 {
 }
 
 impl SocketState {
-    pub fn new(id: u64, session: Rc<str>, expires_at: u64, now_ms: u64) -> SocketState {
+    pub fn new(
+        id: u64,
+        session: Rc<str>,
+        transport: Transport,
+        expires_at: u64,
+        now_ms: u64,
+    ) -> SocketState {
         SocketState {
             id,
             session,
+            transport,
             fd: Cell::new(-1),
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -131,12 +147,42 @@ impl SocketState {
         if self.closing.get() || self.close_request_pending() {
             return true;
         }
-        let len = frame.len();
+        let (out, len) = match self.transport {
+            Transport::Ws => (Outgoing::Event(frame.clone()), frame.len()),
+            Transport::Sse => (Outgoing::SseEvent(frame.clone()), frame.sse_bytes().len()),
+        };
         if self.queued_bytes.get() + len > max_bytes {
             return false;
         }
-        self.push(Outgoing::Event(frame.clone()), len);
+        self.push(out, len);
         true
+    }
+
+    /// Queues an event a resuming subscriber missed.
+    pub fn push_replay(&self, frame: &Rc<EncodedFrame>) {
+        self.push_control(match self.transport {
+            Transport::Ws => Outgoing::Replay(frame.clone()),
+            Transport::Sse => Outgoing::SseReplay(frame.clone()),
+        });
+    }
+
+    /// Queues a message of the relay's own (a welcome, a resync) as this
+    /// subscriber's transport carries it: a text frame, or an event-stream block
+    /// named `event` whose id is `id`.
+    pub fn push_message(&self, event: &str, id: Option<StreamPos>, json: &[u8]) {
+        let bytes = match self.transport {
+            Transport::Ws => text_frame(json),
+            Transport::Sse => crate::sse::frame::block(id, event, json),
+        };
+        self.push_control(Outgoing::Owned(bytes.into_boxed_slice()));
+    }
+
+    /// Queues a keep-alive: a ping frame, or an event-stream comment.
+    pub fn push_keep_alive(&self) {
+        self.push_control(Outgoing::Static(match self.transport {
+            Transport::Ws => PING_FRAME,
+            Transport::Sse => crate::sse::frame::KEEP_ALIVE,
+        }));
     }
 
     /// Queues a frame for this socket alone (ignored once closing).
@@ -450,7 +496,7 @@ mod tests {
 
     #[test]
     fn queue_refuses_past_its_cap() {
-        let s = SocketState::new(1, Rc::from("s"), u64::MAX, mono_ms());
+        let s = SocketState::new(1, Rc::from("s"), Transport::Ws, u64::MAX, mono_ms());
         let f = frame(1000);
         let mut pushed = 0;
         while s.push_event(&f, 10_000) {
@@ -462,7 +508,7 @@ mod tests {
 
     #[test]
     fn a_pong_waiting_unsent_is_replaced_not_stacked() {
-        let s = SocketState::new(1, Rc::from("s"), u64::MAX, mono_ms());
+        let s = SocketState::new(1, Rc::from("s"), Transport::Ws, u64::MAX, mono_ms());
         s.push_control(Outgoing::Static(b"xx"));
         s.push_pong(Box::from(&[0x8A, 1, b'a'][..]));
         s.push_pong(Box::from(&[0x8A, 1, b'b'][..]));
@@ -476,7 +522,7 @@ mod tests {
 
     #[test]
     fn nothing_follows_the_close_frame() {
-        let s = SocketState::new(1, Rc::from("s"), u64::MAX, mono_ms());
+        let s = SocketState::new(1, Rc::from("s"), Transport::Ws, u64::MAX, mono_ms());
         s.push_close(vec![0x88, 0]);
         s.push_event(&frame(10), 1 << 20);
         s.push_control(Outgoing::Static(b"x"));
@@ -496,7 +542,13 @@ mod tests {
     #[test]
     fn a_socket_not_welcomed_gets_no_events() {
         let mut r = Registry::default();
-        let a = Rc::new(SocketState::new(1, r.intern("s1"), 0, mono_ms()));
+        let a = Rc::new(SocketState::new(
+            1,
+            r.intern("s1"),
+            Transport::Ws,
+            0,
+            mono_ms(),
+        ));
         r.add_pending(hello(&a));
         assert!(r.sockets_of("s1").is_none());
         assert_eq!(r.session_size("s1"), 1);
@@ -510,8 +562,20 @@ mod tests {
     #[test]
     fn registry_tracks_sessions_and_sockets() {
         let mut r = Registry::default();
-        let a = Rc::new(SocketState::new(1, r.intern("s1"), 0, mono_ms()));
-        let b = Rc::new(SocketState::new(2, r.intern("s1"), 0, mono_ms()));
+        let a = Rc::new(SocketState::new(
+            1,
+            r.intern("s1"),
+            Transport::Ws,
+            0,
+            mono_ms(),
+        ));
+        let b = Rc::new(SocketState::new(
+            2,
+            r.intern("s1"),
+            Transport::Ws,
+            0,
+            mono_ms(),
+        ));
         r.add_pending(hello(&a));
         r.add_pending(hello(&b));
         assert_eq!(r.take_pending("s1", Some(1)).len(), 1);

@@ -16,8 +16,10 @@ use crate::config::HistoryStore;
 use crate::http::response::Refusal;
 use crate::limiter::SocketPermit;
 use crate::router::{shard_for, AdoptMsg, FetchPurpose, ShardMsg};
+use crate::sse::frame as sse_frame;
+use crate::subscribe::Transport;
 use crate::ws::close::Disconnect;
-use crate::ws::frame::{frame_from_remote, resync_frame, welcome_frame, EncodedFrame};
+use crate::ws::frame::{frame_from_remote, resync_json, text_frame, welcome_json, EncodedFrame};
 use crate::ws::upgrade::AcceptedUpgrade;
 use glommio::net::TcpStream;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -111,9 +113,11 @@ impl Shard {
         self.next_socket.set(id + 1);
         let now = mono_ms();
         let session = self.registry.borrow().intern(&upgrade.claims.session);
+        let transport = upgrade.transport();
         let state = Rc::new(SocketState::new(
             id,
             session.clone(),
+            transport,
             self.settings().verifier.expires_at(&upgrade.claims),
             now,
         ));
@@ -167,7 +171,10 @@ impl Shard {
             }
         }
         let guard = SocketGuard::new(self.clone(), state, permit);
-        spawn_guarded(self.id, "socket", crate::ws::conn::run(guard, stream));
+        match transport {
+            Transport::Ws => spawn_guarded(self.id, "socket", crate::ws::conn::run(guard, stream)),
+            Transport::Sse => spawn_guarded(self.id, "sse", crate::sse::conn::run(guard, stream)),
+        }
     }
 
     /// Greets every socket of `session` that waits for its stream (not those
@@ -241,21 +248,26 @@ impl Shard {
         let mut first = Vec::from(hello.response);
         // Echo mode serves conformance suites, which expect only their own messages.
         if !self.node.config.echo {
-            first.extend_from_slice(&welcome_frame(session, &hello.conn_id, pos));
+            let welcome = welcome_json(session, &hello.conn_id, pos);
+            match hello.socket.transport {
+                Transport::Ws => first.extend_from_slice(&text_frame(&welcome)),
+                // Its id is the stream's position: an EventSource that reconnects
+                // before any event sends it back as Last-Event-ID.
+                Transport::Sse => sse_frame::push_block(&mut first, Some(pos), "welcome", &welcome),
+            }
         }
-        // The 101 and the welcome leave in one write, as one queue entry.
+        // The response head and the welcome leave in one write, as one queue entry.
         hello
             .socket
             .push_control(Outgoing::Owned(first.into_boxed_slice()));
         if let Some(reason) = resync {
-            let frame = resync_frame(session, pos);
             hello
                 .socket
-                .push_control(Outgoing::Owned(frame.into_boxed_slice()));
+                .push_message("resync", Some(pos), &resync_json(session, pos));
             self.stats.resync(reason, 1);
         } else if !replay.is_empty() {
             for f in replay {
-                hello.socket.push_control(Outgoing::Replay(f.clone()));
+                hello.socket.push_replay(f);
             }
             self.stats.replay(replay.len() as u64);
         }

@@ -30,11 +30,35 @@ pub struct EncodedFrame {
     pub accepted_at: Instant,
     /// The event's sequence number in its session (0 for frames that are not events).
     pub seq: u64,
+    /// The event's epoch (0 for frames that are not events).
+    pub epoch: u64,
+    /// The same event as an event-stream block, made the first time an SSE
+    /// subscriber needs it and shared by all of them (see [`EncodedFrame::sse_bytes`]).
+    sse: std::cell::OnceCell<Box<[u8]>>,
 }
 
 impl EncodedFrame {
+    /// The whole WebSocket frame.
     pub fn bytes(&self) -> &[u8] {
         &self.buf[self.start..]
+    }
+
+    /// The JSON the frame carries, without the WebSocket header.
+    pub fn json(&self) -> &[u8] {
+        &self.buf[HEADER_ROOM..]
+    }
+
+    /// The event as a `text/event-stream` block (`id: EPOCH:SEQ`, `event: event`,
+    /// the same JSON as `data:`). Encoded once, on first use: a session with no SSE
+    /// subscriber never pays for it.
+    pub fn sse_bytes(&self) -> &[u8] {
+        self.sse.get_or_init(|| {
+            let pos = StreamPos {
+                epoch: self.epoch,
+                seq: self.seq,
+            };
+            crate::sse::frame::block(Some(pos), "event", self.json()).into_boxed_slice()
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -79,6 +103,8 @@ impl FrameBuilder {
             start,
             accepted_at,
             seq: 0,
+            epoch: 0,
+            sse: std::cell::OnceCell::new(),
         }
     }
 }
@@ -148,6 +174,7 @@ pub fn encode_event(parts: &EventParts<'_>, accepted_at: Instant) -> EncodedFram
     write_event_tail(p, parts);
     let mut f = b.finish(accepted_at);
     f.seq = parts.pos.seq;
+    f.epoch = parts.pos.epoch;
     f
 }
 
@@ -208,19 +235,23 @@ pub fn frame_from_remote(
     b.payload().extend_from_slice(json);
     let mut f = b.finish(accepted_at);
     f.seq = pos.seq;
+    f.epoch = pos.epoch;
     Some((f, pos))
 }
 
 /// `{"type":"resync","session":S,"epoch":E,"seq":N}`: events before this point may
 /// have been missed; reload state, and continue from `pos`.
 pub fn resync_frame(session: &str, pos: StreamPos) -> Vec<u8> {
-    text_frame(
-        format!(
-            r#"{{"type":"resync","session":"{session}","epoch":"{:016x}","seq":{}}}"#,
-            pos.epoch, pos.seq
-        )
-        .as_bytes(),
+    text_frame(&resync_json(session, pos))
+}
+
+/// The resync message's JSON, for any transport.
+pub fn resync_json(session: &str, pos: StreamPos) -> Vec<u8> {
+    format!(
+        r#"{{"type":"resync","session":"{session}","epoch":"{:016x}","seq":{}}}"#,
+        pos.epoch, pos.seq
     )
+    .into_bytes()
 }
 
 /// A text frame carrying `payload`, for one-off frames such as the welcome.
@@ -253,13 +284,18 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
 /// `{"type":"welcome","session":S,"conn":ID,"epoch":E,"seq":N}`: `N` is the
 /// session's last event when the socket joined.
 pub fn welcome_frame(session: &str, conn: &str, pos: StreamPos) -> Vec<u8> {
+    text_frame(&welcome_json(session, conn, pos))
+}
+
+/// The welcome's JSON, for any transport.
+pub fn welcome_json(session: &str, conn: &str, pos: StreamPos) -> Vec<u8> {
     let mut payload = Vec::with_capacity(96 + session.len() + conn.len());
     let _ = write!(
         payload,
         r#"{{"type":"welcome","session":"{session}","conn":"{conn}","epoch":"{:016x}","seq":{}}}"#,
         pos.epoch, pos.seq
     );
-    text_frame(&payload)
+    payload
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! (draining, connection limit) are the shard's to check; everything a request
 //! carries is checked here, in the order cheapest first.
 
-use crate::auth::{Claims, JwtVerifier, OriginPolicy};
+use crate::auth::{JwtVerifier, OriginPolicy};
 use crate::http::head::RequestHead;
 use crate::http::response::Refusal;
 use crate::stream::{parse_since, StreamPos};
@@ -17,34 +17,8 @@ const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 /// (a subprotocol is a token, so `:` is spelled `.`).
 const SINCE_PROTOCOL_PREFIX: &str = "since.";
 
-/// An upgrade the relay will complete.
-#[derive(Debug, Clone)]
-pub struct AcceptedUpgrade {
-    pub claims: Claims,
-    /// `Sec-WebSocket-Accept` for the client's key.
-    pub accept_key: String,
-    /// Echo `relay.v1` when the client offered it.
-    pub protocol: Option<&'static str>,
-    /// Resume after this point of the session's stream (`since=EPOCH:SEQ`).
-    pub since: Option<StreamPos>,
-}
-
-impl AcceptedUpgrade {
-    /// The 101 response.
-    pub fn response(&self) -> Vec<u8> {
-        let mut r = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
-            self.accept_key
-        );
-        if let Some(p) = self.protocol {
-            r.push_str("Sec-WebSocket-Protocol: ");
-            r.push_str(p);
-            r.push_str("\r\n");
-        }
-        r.push_str("\r\n");
-        r.into_bytes()
-    }
-}
+pub use crate::subscribe::AcceptedUpgrade;
+use crate::subscribe::Answer;
 
 /// True for a `Sec-WebSocket-Key` that is base64 of exactly 16 bytes.
 fn is_valid_key(key: &str) -> bool {
@@ -59,7 +33,7 @@ fn is_valid_key(key: &str) -> bool {
 }
 
 /// Where the token came from, in order of preference.
-fn find_token<'b>(head: &RequestHead<'_, 'b>) -> Option<&'b str> {
+pub(crate) fn find_token<'b>(head: &RequestHead<'_, 'b>) -> Option<&'b str> {
     if let Some(t) = head.query_param("token") {
         return Some(t);
     }
@@ -134,9 +108,11 @@ pub fn decide(
         .then_some(SUBPROTOCOL);
     Ok(AcceptedUpgrade {
         claims,
-        accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
-        protocol,
         since,
+        answer: Answer::Switch {
+            accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            protocol,
+        },
     })
 }
 
@@ -166,6 +142,17 @@ mod tests {
         decide(&head, &v, &origins, NOW)
     }
 
+    /// The 101's `Sec-WebSocket-Accept` and echoed subprotocol.
+    fn switch(ok: &AcceptedUpgrade) -> (&str, Option<&'static str>) {
+        match &ok.answer {
+            Answer::Switch {
+                accept_key,
+                protocol,
+            } => (accept_key, *protocol),
+            other => panic!("not a WebSocket answer: {other:?}"),
+        }
+    }
+
     fn token() -> String {
         mint_token(&secret(), "s1", None, Duration::from_secs(60), NOW).unwrap()
     }
@@ -173,9 +160,9 @@ mod tests {
     #[test]
     fn rfc_sample_key_gets_rfc_accept_value() {
         let ok = run("", &format!("?token={}", token())).unwrap();
-        assert_eq!(ok.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(switch(&ok).0, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(ok.claims.session, "s1");
-        assert!(ok.protocol.is_none());
+        assert!(switch(&ok).1.is_none());
     }
 
     #[test]
@@ -185,7 +172,7 @@ mod tests {
             "",
         )
         .unwrap();
-        assert_eq!(ok.protocol, Some("relay.v1"));
+        assert_eq!(switch(&ok).1, Some("relay.v1"));
         assert!(!String::from_utf8(ok.response()).unwrap().contains("bearer"));
     }
 

@@ -13,6 +13,7 @@
 //! - `ws`     the well-behaved WebSocket client (tungstenite)
 //! - `raw`    raw upgrade requests and [`RawSocket`] for hostile clients, with frame bytes
 //!   from `loadtest::ws`
+//! - `sse`    an event-stream reader over raw TCP ([`SseStream`])
 //! - `prom`   the Prometheus text parser (pure)
 //! - `json`   the raw JSON member scanner (pure)
 //! - `wait`   the shared timeout and the poll loop
@@ -40,6 +41,8 @@ mod prom;
 #[allow(dead_code)]
 mod raw;
 #[allow(dead_code)]
+mod sse;
+#[allow(dead_code)]
 mod token;
 #[allow(dead_code)]
 mod wait;
@@ -58,6 +61,8 @@ pub use node::*;
 pub use prom::*;
 #[allow(unused_imports)]
 pub use raw::*;
+#[allow(unused_imports)]
+pub use sse::*;
 #[allow(unused_imports)]
 pub use token::*;
 #[allow(unused_imports)]
