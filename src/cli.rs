@@ -17,6 +17,7 @@ use crate::config::{
     DEV_ALLOWED_ORIGINS, ECHO_MAX_MESSAGE_BYTES, MIN_SECRET_BYTES,
 };
 use crate::limiter::LimiterConfig;
+use crate::subscribe::Transports;
 
 #[derive(Debug, Parser)]
 #[command(name = "relay", version, about = "Real-time WebSocket relay")]
@@ -202,6 +203,13 @@ pub struct ServeArgs {
     /// On SIGTERM, how long sockets get to receive their 1012.
     #[arg(long, env = "RELAY_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: humantime::Duration,
+    /// How long a long-poll (`GET /poll`) waits for an event before answering none.
+    #[arg(long, env = "RELAY_POLL_TIMEOUT", default_value = "25s")]
+    pub poll_timeout: humantime::Duration,
+    /// The transports offered, of ws, sse, poll; SIGHUP may change it (removing
+    /// ws moves open WebSockets off with 1012, spread over the drain timeout).
+    #[arg(long, env = "RELAY_TRANSPORTS", default_value = "ws,sse,poll")]
+    pub transports: String,
 }
 
 #[derive(Debug, Args)]
@@ -352,6 +360,7 @@ impl ServeArgs {
             ping_timeout: args.ping_timeout.into(),
             drain_timeout: args.drain_timeout.into(),
             // Conformance suites send floods of messages on purpose.
+            poll_timeout: args.poll_timeout.into(),
             client_message_rate: if args.echo {
                 0
             } else {
@@ -435,6 +444,12 @@ impl ServeArgs {
                 },
                 limits,
                 log_level: args.common.log_level.clone(),
+                transports: Transports::parse(&args.transports).map_err(|e| {
+                    ConfigError::Invalid {
+                        variable: "RELAY_TRANSPORTS",
+                        why: e.to_string(),
+                    }
+                })?,
             },
         };
         // Files win over flags and the environment, at start as on every SIGHUP.

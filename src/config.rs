@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub use crate::auth::{JwtRules, OriginPolicy, Secret};
 use crate::limiter::LimiterConfig;
+pub use crate::subscribe::Transports;
 
 /// `PORT`: the contract's default.
 pub const DEFAULT_PORT: u16 = 3000;
@@ -48,6 +49,9 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Messages one shard's inbox holds: with a batch per message this is a burst of
 /// 16 Ki requests routed to one shard before publishers get 503.
 pub const DEFAULT_INBOX_MESSAGES: usize = 16 * 1024;
+/// A long-poll's wait: under the 30 s idle timeout of common proxies and load
+/// balancers, so the empty answer gets through.
+pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(25);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clock leeway for `exp`, `nbf` and `iat`: small, since tokens live minutes.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(5);
@@ -101,6 +105,8 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Client messages per second per socket (0: no budget).
     pub client_message_rate: u32,
+    /// How long a long-poll waits for an event before it answers with none.
+    pub poll_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -118,6 +124,7 @@ impl Default for Limits {
             ping_timeout: DEFAULT_PING_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             client_message_rate: DEFAULT_CLIENT_MESSAGE_RATE,
+            poll_timeout: DEFAULT_POLL_TIMEOUT,
         }
     }
 }
@@ -215,6 +222,8 @@ pub struct LiveConfig {
     pub limits: Limits,
     /// The tracing filter.
     pub log_level: String,
+    /// The transports offered (`RELAY_TRANSPORTS`).
+    pub transports: Transports,
 }
 
 /// Files a running node reads again on SIGHUP.
@@ -255,6 +264,10 @@ impl Config {
         note(
             "limits",
             format!("{:?}", next.live.limits) != format!("{:?}", self.live.limits),
+        );
+        note(
+            "RELAY_TRANSPORTS",
+            next.live.transports != self.live.transports,
         );
         Ok((next, changed))
     }
@@ -314,6 +327,12 @@ impl Config {
             })?;
             self.live.log_level = v.clone();
         }
+        if let Some(v) = file.get("RELAY_TRANSPORTS") {
+            self.live.transports = Transports::parse(v).map_err(|e| ConfigError::Invalid {
+                variable: "RELAY_TRANSPORTS",
+                why: e.to_string(),
+            })?;
+        }
         if let Some(v) = file.get("JWT_AUDIENCE") {
             self.live.jwt.audience = Some(v.clone()).filter(|s| !s.is_empty());
         }
@@ -343,6 +362,7 @@ impl Config {
                 "RELAY_PING_INTERVAL" => l.ping_interval = dur("RELAY_PING_INTERVAL", v)?,
                 "RELAY_PING_TIMEOUT" => l.ping_timeout = dur("RELAY_PING_TIMEOUT", v)?,
                 "RELAY_DRAIN_TIMEOUT" => l.drain_timeout = dur("RELAY_DRAIN_TIMEOUT", v)?,
+                "RELAY_POLL_TIMEOUT" => l.poll_timeout = dur("RELAY_POLL_TIMEOUT", v)?,
                 "RELAY_MAX_HEAD_BYTES" => l.max_head_bytes = num("RELAY_MAX_HEAD_BYTES", v)?,
                 "RELAY_MAX_BODY_BYTES" => l.max_body_bytes = num("RELAY_MAX_BODY_BYTES", v)?,
                 "RELAY_MAX_BATCH_EVENTS" => l.max_batch_events = num("RELAY_MAX_BATCH_EVENTS", v)?,
@@ -401,6 +421,8 @@ pub const RELOADABLE: &[&str] = &[
     "RELAY_MAX_OUTBOUND_BYTES",
     "RELAY_MAX_CONNECTIONS",
     "RELAY_CLIENT_MESSAGE_RATE",
+    "RELAY_POLL_TIMEOUT",
+    "RELAY_TRANSPORTS",
 ];
 
 /// A secret's value list: the file's content when a `*_FILE` is named (one value

@@ -54,6 +54,7 @@ pub mod limiter;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
+pub mod poll;
 pub mod router;
 pub mod runtime;
 pub mod shard;

@@ -16,14 +16,75 @@ pub enum Transport {
     Ws,
     /// A `text/event-stream` response (`GET /sse`).
     Sse,
+    /// One long-poll request (`GET /poll`): answered with the events after its
+    /// `since`, at once or when the next one comes.
+    Poll,
 }
 
 impl Transport {
-    /// The `transport` label of metrics.
+    pub const ALL: [Transport; 3] = [Transport::Ws, Transport::Sse, Transport::Poll];
+
+    /// The `transport` label of metrics, and its name in `RELAY_TRANSPORTS`.
     pub fn label(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// The transports a node offers (`RELAY_TRANSPORTS`, reloadable): the operator's
+/// switch to move clients off WebSockets when something between them breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transports(u8);
+
+impl Default for Transports {
+    fn default() -> Self {
+        Transports(0b111)
+    }
+}
+
+/// A `RELAY_TRANSPORTS` value that names no transport, or an unknown one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: expected a comma-separated list of ws, sse, poll (at least one)")]
+pub struct TransportsError(String);
+
+impl Transports {
+    /// Parses `ws,sse,poll` (any order, any subset but none).
+    pub fn parse(value: &str) -> Result<Transports, TransportsError> {
+        let mut bits = 0u8;
+        for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let t = Transport::ALL
+                .into_iter()
+                .find(|t| t.label().eq_ignore_ascii_case(name))
+                .ok_or_else(|| TransportsError(value.to_string()))?;
+            bits |= t.bit();
+        }
+        if bits == 0 {
+            return Err(TransportsError(value.to_string()));
+        }
+        Ok(Transports(bits))
+    }
+
+    pub fn allows(self, t: Transport) -> bool {
+        self.0 & t.bit() != 0
+    }
+
+    /// The header a refused request gets, naming what is offered instead.
+    pub fn header(self) -> &'static str {
+        match self.0 & 0b111 {
+            0b001 => "X-Relay-Transports: ws\r\n",
+            0b010 => "X-Relay-Transports: sse\r\n",
+            0b011 => "X-Relay-Transports: ws,sse\r\n",
+            0b100 => "X-Relay-Transports: poll\r\n",
+            0b101 => "X-Relay-Transports: ws,poll\r\n",
+            0b110 => "X-Relay-Transports: sse,poll\r\n",
+            _ => "X-Relay-Transports: ws,sse,poll\r\n",
         }
     }
 }
@@ -43,6 +104,9 @@ pub enum Answer {
         allow_origin: Option<Box<str>>,
         retry_ms: u64,
     },
+    /// A long-poll's `200 application/json`, written whole by its task when it
+    /// has something to say; CORS for this allowed origin.
+    Poll { allow_origin: Option<Box<str>> },
 }
 
 /// A subscription the relay will complete.
@@ -60,6 +124,7 @@ impl AcceptedUpgrade {
         match self.answer {
             Answer::Switch { .. } => Transport::Ws,
             Answer::EventStream { .. } => Transport::Sse,
+            Answer::Poll { .. } => Transport::Poll,
         }
     }
 
@@ -100,6 +165,26 @@ impl AcceptedUpgrade {
                 out.extend_from_slice(&crate::sse::frame::retry_field(*retry_ms));
                 out
             }
+            // The poll's task writes its whole response at the end.
+            Answer::Poll { .. } => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transports_parse_and_name_themselves() {
+        let all = Transports::parse("ws,sse,poll").unwrap();
+        assert_eq!(all, Transports::default());
+        assert_eq!(all.header(), "X-Relay-Transports: ws,sse,poll\r\n");
+        let two = Transports::parse(" SSE , poll").unwrap();
+        assert!(!two.allows(Transport::Ws));
+        assert!(two.allows(Transport::Sse) && two.allows(Transport::Poll));
+        assert_eq!(two.header(), "X-Relay-Transports: sse,poll\r\n");
+        assert!(Transports::parse("").is_err());
+        assert!(Transports::parse("ws,carrier-pigeon").is_err());
     }
 }

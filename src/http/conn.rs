@@ -23,6 +23,7 @@ use crate::http::response::{response, Refusal};
 use crate::limiter::{SlotRefusal, SocketPermit};
 use crate::shard::ctx::{AcceptError, ConnCtx};
 use crate::shard::Settings;
+use crate::subscribe::Transport;
 use crate::ws::upgrade::{decide, AcceptedUpgrade};
 
 /// A client that does not take our response within this long is dropped.
@@ -374,7 +375,7 @@ fn route(
     let ops_here = admin || ctx.ops_on_public_port();
     match head.path {
         "/ws" if !admin => route_upgrade(ctx, head, peer, buffered_after),
-        "/sse" if !admin && head.method == "OPTIONS" => {
+        "/sse" | "/poll" if !admin && head.method == "OPTIONS" => {
             let settings = ctx.settings();
             match crate::sse::request::preflight(head, &settings.live.origins, keep_alive) {
                 Ok(bytes) => Action::Respond { bytes, keep_alive },
@@ -385,6 +386,7 @@ fn route(
             }
         }
         "/sse" if !admin => route_sse(ctx, head, peer, buffered_after),
+        "/poll" if !admin => route_poll(ctx, head, peer, buffered_after),
         "/events" if !admin => route_publish(ctx, head, keep_alive),
         "/healthz" => Action::Respond {
             bytes: response(
@@ -438,9 +440,28 @@ fn route_upgrade(
     peer: Option<std::net::IpAddr>,
     buffered_after: usize,
 ) -> Action {
-    admit_subscriber(ctx, head, peer, buffered_after, |settings| {
+    admit_subscriber(ctx, head, peer, buffered_after, Transport::Ws, |settings| {
         decide(head, &settings.verifier, &settings.live.origins, unix_now())
     })
+}
+
+/// `GET /poll`: one answer, from the session's shard, like a socket's greeting.
+fn route_poll(
+    ctx: &ConnCtx,
+    head: &RequestHead<'_, '_>,
+    peer: Option<std::net::IpAddr>,
+    buffered_after: usize,
+) -> Action {
+    admit_subscriber(
+        ctx,
+        head,
+        peer,
+        buffered_after,
+        Transport::Poll,
+        |settings| {
+            crate::poll::decide(head, &settings.verifier, &settings.live.origins, unix_now())
+        },
+    )
 }
 
 /// `GET /sse`: checked and counted like an upgrade; the stream is the session's
@@ -451,27 +472,44 @@ fn route_sse(
     peer: Option<std::net::IpAddr>,
     buffered_after: usize,
 ) -> Action {
-    admit_subscriber(ctx, head, peer, buffered_after, |settings| {
-        crate::sse::request::decide(
-            head,
-            &settings.verifier,
-            &settings.live.origins,
-            unix_now(),
-            crate::sse::request::RETRY_MS,
-        )
-    })
+    admit_subscriber(
+        ctx,
+        head,
+        peer,
+        buffered_after,
+        Transport::Sse,
+        |settings| {
+            crate::sse::request::decide(
+                head,
+                &settings.verifier,
+                &settings.live.origins,
+                unix_now(),
+                crate::sse::request::RETRY_MS,
+            )
+        },
+    )
 }
 
 /// What every subscription request goes through, whatever its transport: the
-/// connect rate, the transport's own decision, draining, the tenant's and the
-/// node's connection slots.
+/// operator's `RELAY_TRANSPORTS` switch, the connect rate, the transport's own
+/// decision, draining, the tenant's and the node's connection slots.
 fn admit_subscriber(
     ctx: &ConnCtx,
     head: &RequestHead<'_, '_>,
     peer: Option<std::net::IpAddr>,
     buffered_after: usize,
+    transport: Transport,
     decide: impl FnOnce(&Settings) -> Result<AcceptedUpgrade, Refusal>,
 ) -> Action {
+    let offered = ctx.settings().live.transports;
+    if !offered.allows(transport) {
+        return Action::RefuseUpgrade(Refusal {
+            headers: offered.header(),
+            ..Refusal::unavailable(
+                "this transport is switched off here; X-Relay-Transports names the ones offered",
+            )
+        });
+    }
     let limiters = &ctx.limiters();
     if let Some(peer) = peer {
         let forwarded = head.all("x-forwarded-for").last();

@@ -10,6 +10,7 @@ use super::registry::SocketState;
 use super::{event_parts, IdSource, Shard, CATCH_UP_HOLD};
 use crate::http::publish::PublishBatch;
 use crate::router::Receipt;
+use crate::subscribe::Transport;
 use crate::ws::close::Disconnect;
 use crate::ws::frame::{encode_event, resync_json, EncodedFrame};
 use std::rc::Rc;
@@ -145,6 +146,16 @@ impl Shard {
         let max = self.settings().live.limits.max_outbound_bytes;
         let (mut written, mut queued, mut dropped) = (0, 0, 0);
         for s in sockets {
+            if s.transport == Transport::Poll {
+                // A long-poll's task reads its queue itself; nothing is written through.
+                if !s.push_event(frame, max) {
+                    s.request_close(Disconnect::SlowConsumer);
+                    dropped += u32::from(wait);
+                } else {
+                    queued += u32::from(wait);
+                }
+                continue;
+            }
             let mut slow = false;
             if !s.push_event(frame, max) {
                 // Full queue: write what the kernel takes now, then judge.

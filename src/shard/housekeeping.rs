@@ -53,6 +53,8 @@ impl Shard {
                 let silent = match s.transport {
                     Transport::Ws => now.saturating_sub(s.last_heard.get()),
                     Transport::Sse => now.saturating_sub(s.last_ping.get()),
+                    // A long-poll ends within its own timeout.
+                    Transport::Poll => 0,
                 };
                 if s.expires_at.get() <= unix {
                     s.request_close(Disconnect::TokenExpired);

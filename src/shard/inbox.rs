@@ -162,7 +162,12 @@ impl Shard {
                 self.snapshots.answer(id, |m| m.merge(&snapshot));
             }
             ShardMsg::Reload(config) => {
+                let before = self.settings().live.transports;
                 *self.settings.borrow_mut() = Rc::new(Settings::new(config));
+                let after = self.settings().live.transports;
+                if before != after {
+                    self.retire_transports(after);
+                }
             }
             ShardMsg::Drain => {
                 self.draining.set(true);

@@ -12,6 +12,7 @@
 //! - `catch_up`: reading missed events back from Redis, or resyncing
 //! - `sockets`: placement (handoff by `dup`), greeting, replay on resume
 //! - `housekeeping`: pings, expiry, dead sockets, the history sweep
+//! - `retire`: moving subscribers off a transport SIGHUP switched off (1012, spread)
 //! - `tasks`: panic containment for connection tasks
 //! - [`history`]: each session's stream (pure bookkeeping); [`registry`]: sockets by session
 //! - [`ctx`]: [`ctx::ConnCtx`], all a connection loop (`http::conn`, `ws::conn`) sees
@@ -31,6 +32,7 @@ mod inbox;
 mod pending;
 mod publish;
 pub mod registry;
+mod retire;
 mod sockets;
 mod tasks;
 

@@ -148,7 +148,7 @@ impl SocketState {
             return true;
         }
         let (out, len) = match self.transport {
-            Transport::Ws => (Outgoing::Event(frame.clone()), frame.len()),
+            Transport::Ws | Transport::Poll => (Outgoing::Event(frame.clone()), frame.len()),
             Transport::Sse => (Outgoing::SseEvent(frame.clone()), frame.sse_bytes().len()),
         };
         if self.queued_bytes.get() + len > max_bytes {
@@ -161,28 +161,32 @@ impl SocketState {
     /// Queues an event a resuming subscriber missed.
     pub fn push_replay(&self, frame: &Rc<EncodedFrame>) {
         self.push_control(match self.transport {
-            Transport::Ws => Outgoing::Replay(frame.clone()),
+            Transport::Ws | Transport::Poll => Outgoing::Replay(frame.clone()),
             Transport::Sse => Outgoing::SseReplay(frame.clone()),
         });
     }
 
     /// Queues a message of the relay's own (a welcome, a resync) as this
-    /// subscriber's transport carries it: a text frame, or an event-stream block
-    /// named `event` whose id is `id`.
+    /// subscriber's transport carries it: a text frame, an event-stream block
+    /// named `event` whose id is `id`, or (for a long-poll, whose task reads its
+    /// queue) the JSON itself.
     pub fn push_message(&self, event: &str, id: Option<StreamPos>, json: &[u8]) {
         let bytes = match self.transport {
             Transport::Ws => text_frame(json),
             Transport::Sse => crate::sse::frame::block(id, event, json),
+            Transport::Poll => json.to_vec(),
         };
         self.push_control(Outgoing::Owned(bytes.into_boxed_slice()));
     }
 
-    /// Queues a keep-alive: a ping frame, or an event-stream comment.
+    /// Queues a keep-alive: a ping frame, or an event-stream comment. A
+    /// long-poll needs none: it answers within its timeout.
     pub fn push_keep_alive(&self) {
-        self.push_control(Outgoing::Static(match self.transport {
-            Transport::Ws => PING_FRAME,
-            Transport::Sse => crate::sse::frame::KEEP_ALIVE,
-        }));
+        match self.transport {
+            Transport::Ws => self.push_control(Outgoing::Static(PING_FRAME)),
+            Transport::Sse => self.push_control(Outgoing::Static(crate::sse::frame::KEEP_ALIVE)),
+            Transport::Poll => {}
+        }
     }
 
     /// Queues a frame for this socket alone (ignored once closing).

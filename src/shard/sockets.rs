@@ -17,7 +17,7 @@ use crate::http::response::Refusal;
 use crate::limiter::SocketPermit;
 use crate::router::{shard_for, AdoptMsg, FetchPurpose, ShardMsg};
 use crate::sse::frame as sse_frame;
-use crate::subscribe::Transport;
+use crate::subscribe::{Answer, Transport};
 use crate::ws::close::Disconnect;
 use crate::ws::frame::{frame_from_remote, resync_json, text_frame, welcome_json, EncodedFrame};
 use crate::ws::upgrade::AcceptedUpgrade;
@@ -171,9 +171,21 @@ impl Shard {
             }
         }
         let guard = SocketGuard::new(self.clone(), state, permit);
-        match transport {
-            Transport::Ws => spawn_guarded(self.id, "socket", crate::ws::conn::run(guard, stream)),
-            Transport::Sse => spawn_guarded(self.id, "sse", crate::sse::conn::run(guard, stream)),
+        match upgrade.answer {
+            Answer::Switch { .. } => {
+                spawn_guarded(self.id, "socket", crate::ws::conn::run(guard, stream))
+            }
+            Answer::EventStream { .. } => {
+                spawn_guarded(self.id, "sse", crate::sse::conn::run(guard, stream))
+            }
+            Answer::Poll { allow_origin } => {
+                let poll = crate::poll::PollRequest {
+                    since: upgrade.since,
+                    allow_origin,
+                    timeout: self.settings().live.limits.poll_timeout,
+                };
+                spawn_guarded(self.id, "poll", crate::poll::run(guard, stream, poll))
+            }
         }
     }
 
@@ -247,19 +259,24 @@ impl Shard {
         let session = &hello.socket.session;
         let mut first = Vec::from(hello.response);
         // Echo mode serves conformance suites, which expect only their own messages.
-        if !self.node.config.echo {
+        // A long-poll that names a position needs no welcome: it waits from there.
+        let poll_resumes = hello.socket.transport == Transport::Poll && hello.since.is_some();
+        if !self.node.config.echo && !poll_resumes {
             let welcome = welcome_json(session, &hello.conn_id, pos);
             match hello.socket.transport {
                 Transport::Ws => first.extend_from_slice(&text_frame(&welcome)),
                 // Its id is the stream's position: an EventSource that reconnects
                 // before any event sends it back as Last-Event-ID.
                 Transport::Sse => sse_frame::push_block(&mut first, Some(pos), "welcome", &welcome),
+                Transport::Poll => first.extend_from_slice(&welcome),
             }
         }
         // The response head and the welcome leave in one write, as one queue entry.
-        hello
-            .socket
-            .push_control(Outgoing::Owned(first.into_boxed_slice()));
+        if !first.is_empty() {
+            hello
+                .socket
+                .push_control(Outgoing::Owned(first.into_boxed_slice()));
+        }
         if let Some(reason) = resync {
             hello
                 .socket

@@ -41,7 +41,7 @@ fn find_since(head: &RequestHead<'_, '_>) -> Result<Option<StreamPos>, Refusal> 
 }
 
 /// The token: `?token=`, else `Authorization: Bearer`.
-fn find_token<'b>(head: &RequestHead<'_, 'b>) -> Option<&'b str> {
+pub(crate) fn find_token<'b>(head: &RequestHead<'_, 'b>) -> Option<&'b str> {
     if let Some(t) = head.query_param("token") {
         return Some(t);
     }
@@ -51,7 +51,7 @@ fn find_token<'b>(head: &RequestHead<'_, 'b>) -> Option<&'b str> {
 }
 
 /// The request's `Origin` when it is allowed (`Ok(None)`: none sent), or 403.
-fn allowed_origin<'b>(
+pub(crate) fn allowed_origin<'b>(
     head: &RequestHead<'_, 'b>,
     origins: &OriginPolicy,
 ) -> Result<Option<&'b str>, Refusal> {
