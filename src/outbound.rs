@@ -107,7 +107,7 @@ pub fn write_queue_now(state: &SocketState, stats: &ShardStats) -> io::Result<bo
 fn consume(state: &SocketState, stats: &ShardStats, queue: &mut VecDeque<Outgoing>, mut n: usize) {
     let now = Instant::now();
     let mut delivered = 0u64;
-    let mut latency = stats.latency.borrow_mut();
+    let mut latency = stats.latency(state.transport);
     while n > 0 {
         let Some(front) = queue.front() else { break };
         let left = front.bytes().len() - state.head_written.get();
@@ -126,7 +126,7 @@ fn consume(state: &SocketState, stats: &ShardStats, queue: &mut VecDeque<Outgoin
         state.pop_written(queue);
     }
     if delivered > 0 {
-        stats.add_deliveries(delivered);
+        stats.add_deliveries(state.transport, delivered);
     }
 }
 

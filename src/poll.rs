@@ -25,7 +25,7 @@ use crate::shard::registry::Outgoing;
 use crate::shard::SocketGuard;
 use crate::sse::request::{allowed_origin, find_token};
 use crate::stream::{parse_since, push_decimal, push_hex16, StreamPos};
-use crate::subscribe::{AcceptedUpgrade, Answer};
+use crate::subscribe::{AcceptedUpgrade, Answer, Transport};
 use crate::ws::close::Disconnect;
 
 /// How long writing the answer may take.
@@ -157,8 +157,7 @@ fn answer(guard: &SocketGuard, since: Option<StreamPos>, close: Option<Disconnec
                 if matches!(out, Outgoing::Event(_)) {
                     delivered += 1;
                     stats
-                        .latency
-                        .borrow_mut()
+                        .latency(Transport::Poll)
                         .record(now.saturating_duration_since(f.accepted_at));
                 }
             }
@@ -176,7 +175,7 @@ fn answer(guard: &SocketGuard, since: Option<StreamPos>, close: Option<Disconnec
     }
     drop(queue);
     if delivered > 0 {
-        stats.add_deliveries(delivered);
+        stats.add_deliveries(Transport::Poll, delivered);
     }
     body.push(b']');
     if let Some(pos) = next {

@@ -33,6 +33,11 @@ impl Transport {
         }
     }
 
+    /// Position in [`Transport::ALL`]: the index of per-transport counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     fn bit(self) -> u8 {
         1 << (self as u8)
     }

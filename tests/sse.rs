@@ -381,3 +381,36 @@ fn a_session_spread_over_both_shards_reaches_every_stream() {
     }
     assert!(node.metric("relay_socket_handoffs_total", &[]) > 0.0);
 }
+
+#[test]
+fn metrics_say_which_transport_a_subscriber_uses() {
+    let node = Node::start();
+    let mut s = welcomed(&node, "sse-metrics");
+    let mut ws = node.ws_welcomed("sse-metrics");
+    node.publish_ok(&event("sse-metrics", "e", "1"), 1);
+    assert_eq!(s.next_event(PROMPT)["data"], 1);
+    assert_eq!(ws.next_event(PROMPT)["data"], 1);
+    let m = |name: &str, t: &str| node.metric(name, &[("transport", t)]);
+    assert_eq!(m("relay_connected_clients", "sse"), 1.0);
+    assert_eq!(m("relay_connected_clients", "ws"), 1.0);
+    assert!(
+        node.wait_metric(
+            "relay_deliveries_total",
+            &[("transport", "sse")],
+            PROMPT,
+            |v| v >= 1.0
+        ) >= 1.0
+    );
+    assert_eq!(m("relay_latency_seconds_count", "sse"), 1.0);
+    // The series the contract names still answer without the label.
+    assert_eq!(node.metric("relay_connected_clients", &[]), 2.0);
+    drop(s);
+    assert!(
+        node.wait_metric(
+            "relay_socket_disconnects_total",
+            &[("reason", "client_close"), ("transport", "sse")],
+            PROMPT,
+            |v| v >= 1.0
+        ) >= 1.0
+    );
+}

@@ -246,12 +246,12 @@ pub async fn serve(ctx: ConnCtx, mut stream: TcpStream, admin: bool) {
                     response(
                         200,
                         "text/plain",
-                        snapshot.latency.hgrm().as_bytes(),
+                        snapshot.latency_all().hgrm().as_bytes(),
                         "",
                         keep_alive,
                     )
                 } else {
-                    let body = snapshot.latency.summary_json();
+                    let body = snapshot.latency_all().summary_json();
                     response(200, "application/json", body.as_bytes(), "", keep_alive)
                 };
                 if stream.write_all(&bytes).await.is_err() || !keep_alive {

@@ -5,15 +5,13 @@
 //! shard channels), merges them and renders Prometheus text with the `prometheus`
 //! crate's encoder. This module never talks to shards itself.
 
-use std::cell::{Cell, RefCell};
+mod render;
 
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
-};
-use prometheus::{Encoder, TextEncoder};
+use std::cell::{Cell, RefCell, RefMut};
 
 use crate::latency::LatencyHistogram;
 use crate::stream::ResyncReason;
+use crate::subscribe::Transport;
 use crate::ws::close::Disconnect;
 
 pub const CONNECTED_CLIENTS: &str = "relay_connected_clients";
@@ -37,11 +35,8 @@ pub const HISTORY_BYTES: &str = "relay_history_bytes";
 pub const HISTORY_SESSIONS: &str = "relay_history_sessions";
 pub const LOG_LINES_DROPPED_TOTAL: &str = "relay_log_lines_dropped_total";
 
-/// Upper bounds of `relay_latency_seconds`, from 100 µs to 10 s.
-const LATENCY_BUCKETS: [f64; 15] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    10.0,
-];
+/// Transports a subscriber can use: the `transport` label's values.
+pub const TRANSPORTS: usize = Transport::ALL.len();
 
 /// The `reason` label of `relay_publish_errors_total`, by HTTP status.
 pub const PUBLISH_ERROR_REASONS: [(u16, &str); 11] = [
@@ -84,16 +79,17 @@ fn publish_reason_index(status: u16) -> usize {
 /// One shard's counters. Written only by its shard; read by its shard on a snapshot.
 #[derive(Default)]
 pub struct ShardStats {
-    pub connected: Cell<u64>,
+    /// Open subscribers, by transport ([`Transport::index`]).
+    connected: [Cell<u64>; TRANSPORTS],
     pub sessions: Cell<u64>,
     pub events: Cell<u64>,
-    pub deliveries: Cell<u64>,
+    deliveries: [Cell<u64>; TRANSPORTS],
     pub handoffs: Cell<u64>,
     publish_errors: [Cell<u64>; PUBLISH_ERROR_REASONS.len()],
-    disconnects: [Cell<u64>; Disconnect::ALL.len()],
+    disconnects: [[Cell<u64>; Disconnect::ALL.len()]; TRANSPORTS],
     upgrade_refusals: [Cell<u64>; UPGRADE_REFUSAL_STATUSES.len()],
     rate_limited: [Cell<u64>; RATE_LIMITERS.len()],
-    pub latency: RefCell<LatencyHistogram>,
+    latency: [RefCell<LatencyHistogram>; TRANSPORTS],
     replays: Cell<u64>,
     replayed_events: Cell<u64>,
     resyncs: [Cell<u64>; ResyncReason::ALL.len()],
@@ -112,8 +108,20 @@ impl ShardStats {
     pub fn add_events(&self, n: u64) {
         bump(&self.events, n);
     }
-    pub fn add_deliveries(&self, n: u64) {
-        bump(&self.deliveries, n);
+    /// `n` events written whole to subscribers of `transport`.
+    pub fn add_deliveries(&self, transport: Transport, n: u64) {
+        bump(&self.deliveries[transport.index()], n);
+    }
+    /// Open subscribers now, by transport (the registry's counts).
+    pub fn set_connected(&self, counts: [usize; TRANSPORTS]) {
+        for (c, n) in self.connected.iter().zip(counts) {
+            c.set(n as u64);
+        }
+    }
+    /// The accepted → written histogram of `transport`'s subscribers; borrow it
+    /// once per batch of writes.
+    pub fn latency(&self, transport: Transport) -> RefMut<'_, LatencyHistogram> {
+        self.latency[transport.index()].borrow_mut()
     }
     pub fn publish_error(&self, status: u16) {
         bump(&self.publish_errors[publish_reason_index(status)], 1);
@@ -124,8 +132,8 @@ impl ShardStats {
             bump(&self.publish_errors[i], 1);
         }
     }
-    pub fn disconnect(&self, d: Disconnect) {
-        bump(&self.disconnects[d.index()], 1);
+    pub fn disconnect(&self, transport: Transport, d: Disconnect) {
+        bump(&self.disconnects[transport.index()][d.index()], 1);
     }
     pub fn upgrade_refused(&self, status: u16) {
         if let Some(i) = UPGRADE_REFUSAL_STATUSES.iter().position(|s| *s == status) {
@@ -160,16 +168,19 @@ impl ShardStats {
 
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
-            connected: self.connected.get(),
+            connected: self.connected.each_ref().map(Cell::get),
             sessions: self.sessions.get(),
             events: self.events.get(),
-            deliveries: self.deliveries.get(),
+            deliveries: self.deliveries.each_ref().map(Cell::get),
             handoffs: self.handoffs.get(),
             publish_errors: self.publish_errors.each_ref().map(Cell::get),
-            disconnects: self.disconnects.each_ref().map(Cell::get),
+            disconnects: self
+                .disconnects
+                .each_ref()
+                .map(|by| by.each_ref().map(Cell::get)),
             upgrade_refusals: self.upgrade_refusals.each_ref().map(Cell::get),
             rate_limited: self.rate_limited.each_ref().map(Cell::get),
-            latency: self.latency.borrow().clone(),
+            latency: self.latency.each_ref().map(|h| h.borrow().clone()),
             redis: None,
             replays: self.replays.get(),
             replayed_events: self.replayed_events.get(),
@@ -185,16 +196,17 @@ impl ShardStats {
 /// A copy of one or more shards' counters. Crosses cores.
 #[derive(Clone, Debug, Default)]
 pub struct StatsSnapshot {
-    pub connected: u64,
+    /// By transport, as every per-subscriber figure below.
+    pub connected: [u64; TRANSPORTS],
     pub sessions: u64,
     pub events: u64,
-    pub deliveries: u64,
+    pub deliveries: [u64; TRANSPORTS],
     pub handoffs: u64,
     pub publish_errors: [u64; PUBLISH_ERROR_REASONS.len()],
-    pub disconnects: [u64; Disconnect::ALL.len()],
+    pub disconnects: [[u64; Disconnect::ALL.len()]; TRANSPORTS],
     pub upgrade_refusals: [u64; UPGRADE_REFUSAL_STATUSES.len()],
     pub rate_limited: [u64; RATE_LIMITERS.len()],
-    pub latency: LatencyHistogram,
+    pub latency: [LatencyHistogram; TRANSPORTS],
     /// Node-wide Redis bridge figures, when the node has one.
     pub redis: Option<RedisFigures>,
     pub replays: u64,
@@ -219,51 +231,22 @@ fn add_arrays<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
     }
 }
 
-fn label(name: &str, value: &str) -> LabelPair {
-    let mut l = LabelPair::default();
-    l.set_name(name.to_string());
-    l.set_value(value.to_string());
-    l
-}
-
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name(name.to_string());
-    f.set_help(help.to_string());
-    f.set_field_type(kind);
-    f.set_metric(metrics);
-    f
-}
-
-fn counter(value: u64, labels: Vec<LabelPair>) -> Metric {
-    let mut c = Counter::default();
-    c.set_value(value as f64);
-    let mut m = Metric::default();
-    m.set_counter(c);
-    m.set_label(labels);
-    m
-}
-
-fn gauge(value: u64) -> Metric {
-    let mut g = Gauge::default();
-    g.set_value(value as f64);
-    let mut m = Metric::default();
-    m.set_gauge(g);
-    m
-}
-
 impl StatsSnapshot {
     pub fn merge(&mut self, other: &StatsSnapshot) {
-        self.connected += other.connected;
+        add_arrays(&mut self.connected, &other.connected);
         self.sessions += other.sessions;
         self.events += other.events;
-        self.deliveries += other.deliveries;
+        add_arrays(&mut self.deliveries, &other.deliveries);
         self.handoffs += other.handoffs;
         add_arrays(&mut self.publish_errors, &other.publish_errors);
-        add_arrays(&mut self.disconnects, &other.disconnects);
+        for (a, b) in self.disconnects.iter_mut().zip(&other.disconnects) {
+            add_arrays(a, b);
+        }
         add_arrays(&mut self.upgrade_refusals, &other.upgrade_refusals);
         add_arrays(&mut self.rate_limited, &other.rate_limited);
-        self.latency.merge(&other.latency);
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            a.merge(b);
+        }
         self.redis = self.redis.or(other.redis);
         self.replays += other.replays;
         self.replayed_events += other.replayed_events;
@@ -274,189 +257,13 @@ impl StatsSnapshot {
         self.history_sessions += other.history_sessions;
     }
 
-    fn families(&self) -> Vec<MetricFamily> {
-        let mut hist = Histogram::default();
-        hist.set_sample_count(self.latency.count());
-        hist.set_sample_sum(self.latency.sum_seconds());
-        hist.set_bucket(
-            LATENCY_BUCKETS
-                .iter()
-                .map(|&le| {
-                    let mut b = Bucket::default();
-                    b.set_upper_bound(le);
-                    b.set_cumulative_count(self.latency.count_at_or_below(le));
-                    b
-                })
-                .collect(),
-        );
-        let mut hist_metric = Metric::default();
-        hist_metric.set_histogram(hist);
-
-        // Disconnect reasons that share a label are summed.
-        let mut by_reason: Vec<(&str, u64)> = Vec::new();
-        for d in Disconnect::ALL {
-            let reason = d.metric_reason();
-            let n = self.disconnects[d.index()];
-            match by_reason.iter_mut().find(|(r, _)| *r == reason) {
-                Some((_, total)) => *total += n,
-                None => by_reason.push((reason, n)),
-            }
+    /// Every transport's latency merged: what `/latency` shows.
+    pub fn latency_all(&self) -> LatencyHistogram {
+        let mut all = self.latency[0].clone();
+        for h in &self.latency[1..] {
+            all.merge(h);
         }
-
-        let mut families = vec![
-            family(
-                CONNECTED_CLIENTS,
-                "Open WebSockets on this node.",
-                MetricType::GAUGE,
-                vec![gauge(self.connected)],
-            ),
-            family(
-                SESSIONS,
-                "Sessions with at least one open socket on this node.",
-                MetricType::GAUGE,
-                vec![gauge(self.sessions)],
-            ),
-            family(
-                EVENTS_TOTAL,
-                "Events accepted by POST /events.",
-                MetricType::COUNTER,
-                vec![counter(self.events, vec![])],
-            ),
-            family(
-                DELIVERIES_TOTAL,
-                "Event frames written to sockets.",
-                MetricType::COUNTER,
-                vec![counter(self.deliveries, vec![])],
-            ),
-            family(
-                PUBLISH_ERRORS_TOTAL,
-                "Refused POST /events requests, by reason.",
-                MetricType::COUNTER,
-                PUBLISH_ERROR_REASONS
-                    .iter()
-                    .zip(self.publish_errors)
-                    .map(|((_, reason), n)| counter(n, vec![label("reason", reason)]))
-                    .collect(),
-            ),
-            family(
-                LATENCY_SECONDS,
-                "Time from accepting an event to writing it to a socket.",
-                MetricType::HISTOGRAM,
-                vec![hist_metric],
-            ),
-            family(
-                SOCKET_DISCONNECTS_TOTAL,
-                "Closed WebSockets, by reason.",
-                MetricType::COUNTER,
-                by_reason
-                    .into_iter()
-                    .map(|(reason, n)| counter(n, vec![label("reason", reason)]))
-                    .collect(),
-            ),
-            family(
-                RATE_LIMITER_BLOCKED_TOTAL,
-                "Requests refused by a rate limiter, by limiter.",
-                MetricType::COUNTER,
-                RATE_LIMITERS
-                    .iter()
-                    .zip(self.rate_limited)
-                    .map(|(l, n)| counter(n, vec![label("limiter", l)]))
-                    .collect(),
-            ),
-            family(
-                SOCKET_HANDOFFS_TOTAL,
-                "Sockets moved to the shard that owns their session.",
-                MetricType::COUNTER,
-                vec![counter(self.handoffs, vec![])],
-            ),
-            family(
-                UPGRADE_REFUSALS_TOTAL,
-                "WebSocket upgrades refused, by status.",
-                MetricType::COUNTER,
-                UPGRADE_REFUSAL_STATUSES
-                    .iter()
-                    .zip(self.upgrade_refusals)
-                    .map(|(s, n)| counter(n, vec![label("status", &s.to_string())]))
-                    .collect(),
-            ),
-        ];
-        if let Some(r) = self.redis {
-            families.push(family(
-                REDIS_CONNECTED,
-                "1 while the Redis bridge is connected.",
-                MetricType::GAUGE,
-                vec![gauge(u64::from(r.connected))],
-            ));
-            families.push(family(
-                REDIS_RECONNECTS_TOTAL,
-                "Times the Redis bridge lost Redis and had to reconnect.",
-                MetricType::COUNTER,
-                vec![counter(r.reconnects, vec![])],
-            ));
-        }
-        families.extend([
-            family(
-                RESYNC_TOTAL,
-                "Resync frames sent to sockets (they missed events and must reload state), by reason.",
-                MetricType::COUNTER,
-                ResyncReason::ALL
-                    .iter()
-                    .zip(self.resyncs)
-                    .map(|(r, n)| counter(n, vec![label("reason", r.metric_reason())]))
-                    .collect(),
-            ),
-            family(
-                REPLAYS_TOTAL,
-                "Resuming sockets served by replaying the events they missed.",
-                MetricType::COUNTER,
-                vec![counter(self.replays, vec![])],
-            ),
-            family(
-                REPLAYED_EVENTS_TOTAL,
-                "Events replayed to resuming sockets.",
-                MetricType::COUNTER,
-                vec![counter(self.replayed_events, vec![])],
-            ),
-            family(
-                DEDUPE_HITS_TOTAL,
-                "Published events not delivered again because their id was seen within the dedupe window.",
-                MetricType::COUNTER,
-                vec![counter(self.dedupe_hits, vec![])],
-            ),
-            family(
-                CAUGHT_UP_EVENTS_TOTAL,
-                "Events this node missed (Redis away, or a gap) read back from Redis history and delivered.",
-                MetricType::COUNTER,
-                vec![counter(self.caught_up, vec![])],
-            ),
-            family(
-                HISTORY_BYTES,
-                "Memory held by resume history and dedupe ids on this node.",
-                MetricType::GAUGE,
-                vec![gauge(self.history_bytes)],
-            ),
-            family(
-                HISTORY_SESSIONS,
-                "Session streams (position and history) kept on this node.",
-                MetricType::GAUGE,
-                vec![gauge(self.history_sessions)],
-            ),
-            family(
-                LOG_LINES_DROPPED_TOTAL,
-                "Log lines dropped because the log writer fell behind (logging never blocks a shard).",
-                MetricType::COUNTER,
-                vec![counter(crate::logging::dropped_lines(), vec![])],
-            ),
-        ]);
-        families
-    }
-
-    /// Prometheus text exposition.
-    pub fn render_prometheus(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4096);
-        // Encoding plain in-memory families cannot fail.
-        let _ = TextEncoder::new().encode(&self.families(), &mut out);
-        out
+        all
     }
 }
 
@@ -469,25 +276,28 @@ mod tests {
     fn merged_snapshot_renders_contract_series() {
         let a = ShardStats::default();
         a.add_events(3);
-        a.add_deliveries(6);
+        a.add_deliveries(Transport::Ws, 6);
+        a.add_deliveries(Transport::Sse, 1);
         a.publish_error(400);
-        a.disconnect(Disconnect::SlowConsumer);
-        a.latency.borrow_mut().record(Duration::from_micros(300));
+        a.disconnect(Transport::Ws, Disconnect::SlowConsumer);
+        a.latency(Transport::Ws).record(Duration::from_micros(300));
         let b = ShardStats::default();
         b.add_events(1);
-        b.connected.set(2);
+        b.set_connected([2, 1, 0]);
         let mut s = a.snapshot();
         s.merge(&b.snapshot());
         let text = String::from_utf8(s.render_prometheus()).unwrap();
         for want in [
             "relay_events_total 4",
-            "relay_deliveries_total 6",
-            "relay_connected_clients 2",
+            "relay_deliveries_total{transport=\"ws\"} 6",
+            "relay_deliveries_total{transport=\"sse\"} 1",
+            "relay_connected_clients{transport=\"ws\"} 2",
+            "relay_connected_clients{transport=\"sse\"} 1",
             "relay_publish_errors_total{reason=\"bad_request\"} 1",
-            "relay_socket_disconnects_total{reason=\"slow_consumer\"} 1",
+            "relay_socket_disconnects_total{reason=\"slow_consumer\",transport=\"ws\"} 1",
             "relay_rate_limiter_blocked_total{limiter=\"connect\"} 0",
-            "relay_latency_seconds_bucket{le=\"0.0005\"} 1",
-            "relay_latency_seconds_count 1",
+            "relay_latency_seconds_bucket{transport=\"ws\",le=\"0.0005\"} 1",
+            "relay_latency_seconds_count{transport=\"ws\"} 1",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

@@ -309,6 +309,8 @@ pub struct SessionEntry {
 pub struct Registry {
     sessions: HashMap<Rc<str>, SessionEntry>,
     sockets: usize,
+    /// `sockets` by transport ([`Transport::index`]).
+    by_transport: [usize; Transport::ALL.len()],
 }
 
 impl Registry {
@@ -330,6 +332,7 @@ impl Registry {
     /// Adds a socket that is not welcomed yet.
     pub fn add_pending(&mut self, hello: PendingHello) {
         self.sockets += 1;
+        self.by_transport[hello.socket.transport.index()] += 1;
         self.sessions
             .entry(hello.socket.session.clone())
             .or_default()
@@ -373,7 +376,9 @@ impl Registry {
         let before = entry.sockets.len() + entry.pending.len();
         entry.sockets.retain(|s| s.id != socket.id);
         entry.pending.retain(|p| p.socket.id != socket.id);
-        self.sockets -= before - entry.sockets.len() - entry.pending.len();
+        let removed = before - entry.sockets.len() - entry.pending.len();
+        self.sockets -= removed;
+        self.by_transport[socket.transport.index()] -= removed;
         if entry.sockets.is_empty() && entry.pending.is_empty() {
             self.sessions.remove(&socket.session);
             return true;
@@ -423,6 +428,11 @@ impl Registry {
         self.sockets
     }
 
+    /// Open subscribers by transport ([`Transport::index`]).
+    pub fn socket_counts(&self) -> [usize; Transport::ALL.len()] {
+        self.by_transport
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
@@ -460,7 +470,7 @@ impl Drop for SocketGuard {
         let shard = &self.ctx.shard;
         if let Ok(mut reg) = shard.registry.try_borrow_mut() {
             reg.remove(&self.state);
-            shard.stats.connected.set(reg.socket_count() as u64);
+            shard.stats.set_connected(reg.socket_counts());
             shard.stats.sessions.set(reg.session_count() as u64);
         }
         // The stream lingers for the history's age, so the client can resume; its
@@ -468,7 +478,7 @@ impl Drop for SocketGuard {
         if let Ok(mut history) = shard.history.try_borrow_mut() {
             history.socket_left(&self.state.session, Instant::now());
         }
-        shard.stats.disconnect(self.reason);
+        shard.stats.disconnect(self.state.transport, self.reason);
         tracing::debug!(
             shard = shard.id,
             socket = self.state.id,

@@ -161,7 +161,7 @@ impl Shard {
         {
             let mut reg = self.registry.borrow_mut();
             reg.add_pending(hello);
-            self.stats.connected.set(reg.socket_count() as u64);
+            self.stats.set_connected(reg.socket_counts());
             self.stats.sessions.set(reg.session_count() as u64);
         }
         if live {
