@@ -1125,3 +1125,46 @@ fn a_script_flush_costs_a_reconnect_not_the_node() {
     let v = ws.next_json(PROMPT);
     assert_eq!(v["type"], "event", "{v}");
 }
+
+#[test]
+fn event_streams_and_sockets_on_different_nodes_see_the_same_seq() {
+    let redis = Redis::start();
+    let a = node_with_history(&redis, "redis");
+    let b = node_with_history(&redis, "redis");
+    assert!(wait_ready(&a, PROMPT) && wait_ready(&b, PROMPT));
+    let mut sse = sse_open(a.addr, &format!("token={}", token("mixed")), &[]);
+    assert_eq!(sse.next(PROMPT).unwrap().event, "welcome");
+    let mut ws = b.ws_welcomed("mixed");
+    for i in 0..40 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        node.publish_ok(&event("mixed", "e", &i.to_string()), 1);
+    }
+    let mut last_id = String::new();
+    for i in 0..40u64 {
+        let block = sse.next(PROMPT).unwrap();
+        assert_eq!(block.event, "event");
+        let from_ws = ws.next_event(PROMPT);
+        let from_sse = block.json();
+        assert_eq!(from_sse["data"], i);
+        assert_eq!(
+            (&from_sse["epoch"], &from_sse["seq"]),
+            (&from_ws["epoch"], &from_ws["seq"]),
+            "the two transports, on two nodes, disagree"
+        );
+        last_id = block.id.unwrap();
+    }
+    // The stream resumes on the other node from the Redis Stream.
+    drop(sse);
+    for i in 40..50 {
+        a.publish_ok(&event("mixed", "e", &i.to_string()), 1);
+    }
+    let mut back = sse_open(
+        b.addr,
+        &format!("token={}", token("mixed")),
+        &[&format!("Last-Event-ID: {last_id}")],
+    );
+    assert_eq!(back.next(PROMPT).unwrap().event, "welcome");
+    for i in 40..50 {
+        assert_eq!(back.next_event(PROMPT)["data"], i);
+    }
+}
