@@ -120,6 +120,20 @@ impl Pos {
     pub fn since(self) -> String {
         format!("{:016x}:{}", self.epoch, self.seq)
     }
+
+    /// Reads `EPOCH:SEQ` back (a long-poll's `next`, an event stream's `id`): the epoch's
+    /// 16 hex digits, a colon, the decimal seq.
+    pub fn parse(text: &[u8]) -> Option<Pos> {
+        let (epoch, seq) = (text.get(..16)?, text.get(17..)?);
+        if text[16] != b':' || !epoch.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        let epoch = u64::from_str_radix(std::str::from_utf8(epoch).ok()?, 16).ok()?;
+        match parse_u64(seq)? {
+            (seq, n) if n == text.len() - 17 => Some(Pos { epoch, seq }),
+            _ => None,
+        }
+    }
 }
 
 /// A server text frame, as far as the resume check cares.
@@ -328,6 +342,31 @@ mod tests {
         );
         assert_eq!(classify(b"hello"), ServerFrame::Other);
         assert_eq!(p.since(), "00000000000000ab:42");
+    }
+
+    #[test]
+    fn positions_read_back_as_they_are_spelled() {
+        let p = Pos {
+            epoch: 0xab,
+            seq: 42,
+        };
+        assert_eq!(Pos::parse(p.since().as_bytes()), Some(p));
+        let max = Pos {
+            epoch: u64::MAX,
+            seq: u64::MAX,
+        };
+        assert_eq!(Pos::parse(max.since().as_bytes()), Some(max));
+        for bad in [
+            &b"00000000000000ab"[..],
+            b"00000000000000ab:",
+            b"00000000000000ab:4x",
+            b"0000000000000ab:42",
+            b"00000000000000ag:1",
+            b"+0000000000000ab:1",
+            b"00000000000000ab-42",
+        ] {
+            assert_eq!(Pos::parse(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

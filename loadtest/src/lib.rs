@@ -1,6 +1,7 @@
 //! `loadtest`: an open-loop load generator for relay nodes. It talks to nodes only over the
-//! network, as the contract describes: `POST /events` with the API key, `GET /ws?token=JWT`
-//! with tokens it signs itself.
+//! network, as the contract describes: `POST /events` with the API key, and subscribers on
+//! the scenario's `transport` with tokens it signs itself: `GET /ws?token=JWT` (default),
+//! `GET /sse?token=JWT` or `GET /poll?since=…`.
 //!
 //! Layout:
 //! - `cli`       clap commands: run, check, child
@@ -9,8 +10,10 @@
 //! - `token`     HS256 JWT minting
 //! - `event`     event `data` with the scheduled timestamp; the receiver's fast scan (pure)
 //! - `ws`        RFC 6455 client bytes: upgrade, frame parser, masked frames (sans-IO)
+//! - `sse`       `text/event-stream` client bytes: request, head check, block parser (sans-IO)
+//! - `poll`      long-poll client bytes: request, answer `{events, next, …}` (sans-IO)
 //! - `net`       TCP connect with source address; the keep-alive HTTP publisher client
-//! - `conn`      one WebSocket on tokio: open, read batches, ping/pong, close
+//! - `conn/`     one subscriber on tokio over ws, sse or poll: open, read batches, close
 //! - `engine/`   one process's run: plan (pure), worker threads, publisher, one file per kind
 //! - `resume`    the resume kind's check: drop schedule, stream continuity, end positions (pure)
 //! - `run`       one process or `--procs N` children; start signal; RSS; the report
@@ -22,7 +25,7 @@
 //! ```text
 //! scenario.toml + flags ─► Scenario ─► run ─► engine (per process) ─► workers
 //!    publisher: schedule t0 + j·Δ ─► POST /events {data: {"lt":"<scheduled ns>:<seq>"}} ─► node
-//!    node ─► socket ─► worker: latency = now − scheduled ns ─► its own HDR histogram
+//!    node ─► socket / stream / poll ─► worker: latency = now − scheduled ns ─► its own HDR histogram
 //! workers ─► Part ─► merge (threads, then processes) ─► Report ─► table / JSON / hgrm
 //! ```
 
@@ -32,9 +35,11 @@ pub mod engine;
 pub mod event;
 pub mod net;
 pub mod output;
+pub mod poll;
 pub mod resume;
 pub mod run;
 pub mod scenario;
+pub mod sse;
 pub mod stats;
 pub mod sys;
 pub mod target;
@@ -42,5 +47,5 @@ pub mod token;
 pub mod ws;
 
 pub use run::{run, RunError, RunOptions};
-pub use scenario::{Kind, Scenario};
+pub use scenario::{Kind, Scenario, Transport};
 pub use stats::Report;

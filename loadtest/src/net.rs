@@ -112,8 +112,17 @@ pub struct ResponseHead {
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)`: need more bytes.
-/// Bodies must be `Content-Length` framed (or absent).
+/// Bodies must be `Content-Length` framed (or absent), at most 1 MiB.
 pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, HttpError> {
+    parse_response_limited(buf, MAX_BODY)
+}
+
+/// [`parse_response`] for bodies up to `max_body` bytes (a long-poll answer can carry a
+/// session's whole backlog).
+pub fn parse_response_limited(
+    buf: &[u8],
+    max_body: usize,
+) -> Result<Option<ResponseHead>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -130,7 +139,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, HttpError> {
             body_len = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|n| *n <= MAX_BODY)
+                .filter(|n| *n <= max_body)
                 .ok_or(HttpError::Malformed)?;
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HttpError::Malformed);
@@ -272,6 +281,16 @@ mod tests {
         assert!(parse_response(r).expect("ok").expect("complete").close);
         let r = b"HTTP/1.0 202 Accepted\r\nContent-Length: 0\r\n\r\n";
         assert!(parse_response(r).expect("ok").expect("complete").close);
+    }
+
+    #[test]
+    fn bodies_over_the_limit_are_malformed() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n";
+        assert!(matches!(parse_response(r), Err(HttpError::Malformed)));
+        let h = parse_response_limited(r, 4 << 20)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(h.body_len, 2_000_000);
     }
 
     #[test]

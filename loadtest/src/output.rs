@@ -95,14 +95,22 @@ pub fn table(r: &Report) -> String {
     let _ = if r.kind.publishes() {
         writeln!(
             o,
-            "loadtest {}: {} sessions × {} sockets, {} ev/s × {} B, batch {}, {:.1}s{procs}",
-            r.kind, s.sessions, s.sockets_per_session, s.rate, s.event_bytes, s.batch, r.duration_s
+            "loadtest {} over {}: {} sessions × {} sockets, {} ev/s × {} B, batch {}, {:.1}s{procs}",
+            r.kind,
+            s.transport,
+            s.sessions,
+            s.sockets_per_session,
+            s.rate,
+            s.event_bytes,
+            s.batch,
+            r.duration_s
         )
     } else {
         writeln!(
             o,
-            "loadtest {}: {} sessions × {} sockets{}{procs}",
+            "loadtest {} over {}: {} sessions × {} sockets{}{procs}",
             r.kind,
+            s.transport,
             s.sessions,
             s.sockets_per_session,
             if r.kind == crate::scenario::Kind::IdleHold {
@@ -283,8 +291,12 @@ pub fn summary_table(rows: &[(String, Report)]) -> String {
         };
         let _ = writeln!(
             o,
-            "| {name} | {} | {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {:.0}% | {} | {} |",
+            "| {name} | {}{} | {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {:.0}% | {} | {} |",
             r.kind,
+            match r.scenario.transport {
+                crate::scenario::Transport::Ws => String::new(),
+                t => format!(" ({t})"),
+            },
             r.sockets_connected,
             r.deliveries_per_sec,
             r.events_per_sec,

@@ -4,7 +4,6 @@
 //! Owns: the socket's read buffer. Frames are parsed in place with [`crate::ws`]; text
 //! payloads are handed to a callback without copying.
 
-use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use super::outcome::{ConnError, ReadOutcome};
 use crate::event::{self, Pos, ServerFrame};
 use crate::target::Target;
 use crate::ws::{self, FrameError, HandshakeError, Rng};
@@ -20,67 +20,6 @@ use crate::ws::{self, FrameError, HandshakeError, Rng};
 const READ_BUF: usize = 4 * 1024;
 /// Largest server frame accepted (the relay sends events up to its 1 MiB body limit).
 const MAX_FRAME: usize = 16 << 20;
-
-/// How opening or reading a socket failed. `kind()` names it in the report.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    /// TCP connect failed (refused, no ports left, …): the node is down or the host is out of
-    /// ephemeral ports — add `source_addrs`.
-    #[error("connect: {0}")]
-    Connect(io::Error),
-    /// The server refused or botched the upgrade.
-    #[error("upgrade: {0}")]
-    Handshake(#[from] HandshakeError),
-    /// The connection broke.
-    #[error("i/o: {0}")]
-    Io(#[from] io::Error),
-    /// The server broke the framing rules.
-    #[error("protocol: {0}")]
-    Frame(#[from] FrameError),
-    /// The server closed before sending the welcome frame.
-    #[error("closed before welcome (code {0:?})")]
-    ClosedBeforeWelcome(Option<u16>),
-    /// The first text frame was not a welcome.
-    #[error("first frame was not a welcome")]
-    NoWelcome,
-    /// The connect + upgrade + welcome took longer than `connect_timeout`.
-    #[error("timed out")]
-    Timeout,
-}
-
-impl ConnError {
-    pub fn kind(&self) -> String {
-        match self {
-            ConnError::Connect(e) => match e.raw_os_error() {
-                Some(libc::ECONNREFUSED) => "connect_refused".into(),
-                Some(libc::EADDRNOTAVAIL) => "connect_no_ports".into(),
-                Some(libc::EMFILE) | Some(libc::ENFILE) => "connect_no_fds".into(),
-                Some(libc::ECONNRESET) => "connect_reset".into(),
-                _ => "connect_io".into(),
-            },
-            ConnError::Handshake(h) => h.kind(),
-            ConnError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => "socket_reset".into(),
-            ConnError::Io(_) => "socket_io".into(),
-            ConnError::Frame(_) => "socket_protocol".into(),
-            ConnError::ClosedBeforeWelcome(_) => "closed_before_welcome".into(),
-            ConnError::NoWelcome => "no_welcome".into(),
-            ConnError::Timeout => "handshake_timeout".into(),
-        }
-    }
-}
-
-/// What one read brought.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadOutcome {
-    /// Frames (maybe zero complete ones) were processed.
-    Data,
-    /// Nothing arrived before the deadline.
-    Idle,
-    /// The server sent a close frame with this code (already answered).
-    Closed(Option<u16>),
-    /// TCP ended without a close frame.
-    Eof,
-}
 
 /// An open, welcomed WebSocket.
 pub struct WsConn {
@@ -314,7 +253,8 @@ impl WsConn {
         Ok((progressed, None))
     }
 
-    async fn flush_out(&mut self) -> Result<(), ConnError> {
+    /// Writes what is queued (the answer to pings, or to the server's close frame).
+    pub(super) async fn flush_out(&mut self) -> Result<(), ConnError> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
             self.out.clear();
@@ -347,34 +287,4 @@ impl WsConn {
         crate::net::reset_on_close(&self.stream);
         drop(self.stream);
     }
-
-    /// For a socket that never read: reads and discards the backlog until the server's close
-    /// frame (its code is returned), EOF, silence for `idle`, or `deadline`.
-    pub async fn drain_until_close(&mut self, idle: Duration, deadline: Instant) -> DrainEnd {
-        loop {
-            let until = (Instant::now() + idle).min(deadline);
-            match self.read_some(until, |_| {}).await {
-                Ok(ReadOutcome::Data) => continue,
-                Ok(ReadOutcome::Closed(code)) => {
-                    let _ = self.flush_out().await;
-                    return DrainEnd::Closed(code);
-                }
-                Ok(ReadOutcome::Eof) => return DrainEnd::Eof,
-                Ok(ReadOutcome::Idle) => return DrainEnd::StillOpen,
-                Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return DrainEnd::Eof
-                }
-                Err(e) => return DrainEnd::Error(e.kind()),
-            }
-        }
-    }
-}
-
-/// How a drained slow socket ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DrainEnd {
-    Closed(Option<u16>),
-    Eof,
-    StillOpen,
-    Error(String),
 }

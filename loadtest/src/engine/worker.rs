@@ -18,7 +18,7 @@ use super::kinds::{close_all, Behaviour};
 use super::plan::{self, SocketSpec};
 use super::shared::{Ctx, Shared};
 use super::window::instant_at;
-use crate::conn::{ConnError, WsConn};
+use crate::conn::{Conn, ConnError, Dial};
 use crate::event::unix_ns;
 use crate::output::Progress;
 use crate::stats::Part;
@@ -95,14 +95,14 @@ async fn worker_main(
     ctx.part.take()
 }
 
-/// Opens one planned socket: waits for its paced slot and a permit, then connect +
-/// upgrade + welcome within `connect_timeout`.
+/// Opens one planned socket (or stream, or poller: the scenario's transport): waits for
+/// its paced slot and a permit, then connect + upgrade + welcome within `connect_timeout`.
 async fn connect_one(
     ctx: Rc<Ctx>,
     sem: Rc<Semaphore>,
     spec: SocketSpec,
     token: String,
-) -> Option<(SocketSpec, String, WsConn)> {
+) -> Option<(SocketSpec, String, Conn)> {
     let sh = &ctx.shared;
     let scn = &sh.scn;
     // Open loop when paced: the handshake "starts" at its scheduled time, even if a permit
@@ -126,7 +126,17 @@ async fn connect_one(
     let src = sh.src_for(spec.node, spec.g);
     let rcvbuf = (spec.slow && scn.slow_rcvbuf > 0).then_some(scn.slow_rcvbuf);
     let deadline = Instant::now() + scn.connect_timeout.0;
-    match WsConn::open(target, src, rcvbuf, &token, None, spec.g ^ began, deadline).await {
+    let dial = Dial {
+        transport: scn.transport,
+        target,
+        src,
+        rcvbuf,
+        token: &token,
+        since: None,
+        seed: spec.g ^ began,
+        connect_timeout: scn.connect_timeout.0,
+    };
+    match Conn::open(&dial, deadline).await {
         Ok(c) => {
             let now = unix_ns();
             let mut p = ctx.part.borrow_mut();

@@ -1,6 +1,6 @@
 //! Scenario files: the TOML schema, `--set key=value` overrides, and validation.
 //!
-//! Layout: this file holds the schema ([`Scenario`], [`Kind`]) and what follows from it
+//! Layout: this file holds the schema ([`Scenario`], [`Kind`], [`Transport`]) and what follows from it
 //! (socket and request counts, the error budget); `duration` the `10s`-style
 //! durations; `load` reading text and overrides; `validate` the ranges; `error` why a
 //! scenario was refused.
@@ -80,6 +80,30 @@ impl fmt::Display for Kind {
     }
 }
 
+/// How receivers subscribe to their session: the relay's three transports, all carrying
+/// the same JSON frames (welcome, events, resync) and the same `seq` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// `GET /ws?token=`: a WebSocket (RFC 6455).
+    #[default]
+    Ws,
+    /// `GET /sse?token=`: a `text/event-stream` (resume with `Last-Event-ID`).
+    Sse,
+    /// `GET /poll?since=`: long-poll, one request per answer, each with `since=` the last.
+    Poll,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        })
+    }
+}
+
 /// One scenario, fully resolved (file + overrides). Field docs name the unit.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +113,10 @@ pub struct Scenario {
     /// Free text from the file, echoed in the report.
     #[serde(default)]
     pub description: String,
+    /// How sockets subscribe: `ws` (default), `sse` or `poll`. Every kind counts
+    /// deliveries, latency and loss the same way over each.
+    #[serde(default)]
+    pub transport: Transport,
     /// Node that publishers (and, unless `nodes` is set, sockets) talk to.
     #[serde(default = "defaults::url")]
     pub url: String,
@@ -293,6 +321,18 @@ mod tests {
         assert_eq!(s.event_bytes, 100);
         assert_eq!(s.requests_planned(), 5000);
         assert_eq!(s.request_interval_ns(), 1_000_000);
+        assert_eq!(s.transport, Transport::Ws);
+    }
+
+    #[test]
+    fn transport_is_a_field_and_an_override() {
+        let s = from_str(FANOUT, &["transport=sse".into()]).expect("valid");
+        assert_eq!(s.transport, Transport::Sse);
+        assert_eq!(s.transport.to_string(), "sse");
+        let s = from_str(&format!("{FANOUT}\ntransport = \"poll\"\n"), &[]).expect("valid");
+        assert_eq!(s.transport, Transport::Poll);
+        let err = from_str(FANOUT, &["transport=smoke".into()]).unwrap_err();
+        assert!(err.to_string().contains("smoke"), "{err}");
     }
 
     #[test]

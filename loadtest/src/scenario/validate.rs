@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::error::ScenarioError;
-use super::{Kind, Scenario, MAX_BATCH, MAX_DURATION, MAX_PUBLISHERS, MAX_SOCKETS};
+use super::{Kind, Scenario, Transport, MAX_BATCH, MAX_DURATION, MAX_PUBLISHERS, MAX_SOCKETS};
 
 fn invalid(field: &'static str, why: impl Into<String>) -> ScenarioError {
     ScenarioError::Invalid {
@@ -97,6 +97,12 @@ impl Scenario {
                 "slow-consumers needs slow_percent above 0",
             ));
         }
+        if self.kind == Kind::SlowConsumers && self.transport == Transport::Poll {
+            return Err(invalid(
+                "transport",
+                "slow-consumers needs a stream (ws or sse): a poller that stops polling holds no queue",
+            ));
+        }
         if !(self.churn_rate.is_finite() && (0.0..=100_000.0).contains(&self.churn_rate)) {
             return Err(invalid(
                 "churn_rate",
@@ -170,6 +176,17 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(churn.churn_live_max(), 50 * 13 + 1);
+    }
+
+    #[test]
+    fn slow_consumers_need_a_streaming_transport() {
+        let slow = "kind = \"slow-consumers\"\nslow_percent = 10\n";
+        assert!(from_str(slow, &["transport=sse".into()]).is_ok());
+        match from_str(slow, &["transport=poll".into()]) {
+            Err(ScenarioError::Invalid { field, .. }) => assert_eq!(field, "transport"),
+            other => panic!("{other:?}"),
+        }
+        assert!(from_str(FANOUT, &["transport=poll".into()]).is_ok());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use tokio::task::spawn_local;
 use tokio::time::{sleep_until, Instant};
 
-use crate::conn::{ReadOutcome, WsConn};
+use crate::conn::{Conn, Dial, ReadOutcome};
 use crate::engine::plan::{churn_target, ChurnLane};
 use crate::engine::shared::{Ctx, CLOSE_WAIT};
 use crate::engine::window::instant_at;
@@ -75,17 +75,17 @@ async fn churn_one(ctx: Rc<Ctx>, c: u64, _slot: LiveSlot) {
     let began = unix_ns();
     let deadline = Instant::now() + scn.connect_timeout.0;
     let src = sh.src_for(node, c);
-    match WsConn::open(
-        &sh.nodes[node],
+    let dial = Dial {
+        transport: scn.transport,
+        target: &sh.nodes[node],
         src,
-        None,
-        &token,
-        None,
-        c ^ began,
-        deadline,
-    )
-    .await
-    {
+        rcvbuf: None,
+        token: &token,
+        since: None,
+        seed: c ^ began,
+        connect_timeout: scn.connect_timeout.0,
+    };
+    match Conn::open(&dial, deadline).await {
         Ok(mut conn) => {
             {
                 let mut p = ctx.part.borrow_mut();

@@ -8,14 +8,14 @@ use std::rc::Rc;
 
 use tokio::time::Instant;
 
-use crate::conn::{ReadOutcome, WsConn};
+use crate::conn::{Conn, ReadOutcome};
 use crate::engine::shared::{Ctx, CLOSE_WAIT};
 use crate::engine::window::instant_at;
 use crate::ws::CLOSE_NORMAL;
 
 /// Keeps the socket open (answering pings) until start + duration, then closes; any close
 /// or error before that is counted.
-pub(super) async fn hold(ctx: Rc<Ctx>, mut c: WsConn, start_ns: u64) {
+pub(super) async fn hold(ctx: Rc<Ctx>, mut c: Conn, start_ns: u64) {
     let end = instant_at(start_ns.saturating_add(ctx.shared.duration_ns()));
     loop {
         if Instant::now() >= end {

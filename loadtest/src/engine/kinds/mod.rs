@@ -5,6 +5,9 @@
 //! - `resume`   drop, stay away, reconnect `since=`, check continuity; reads the receipts
 //! - `churn`    short-lived extra sockets at a fixed rate
 //!
+//! A "socket" here is any subscriber, over the scenario's transport: the tasks see only
+//! [`Conn`](crate::conn::Conn), so each kind runs unchanged over ws, sse and poll.
+//!
 //! Owns: the choice of per-socket task for a kind ([`Behaviour`]) and the state only one
 //! kind needs, carried by that kind's variant. May not touch threads, the connect phase
 //! or the publisher's schedule; a kind sees the publisher only through the board in
@@ -24,7 +27,7 @@ use tokio::task::{spawn_local, JoinHandle};
 use super::plan::SocketSpec;
 use super::publisher::ReceiptSink;
 use super::shared::{Ctx, CLOSE_WAIT};
-use crate::conn::WsConn;
+use crate::conn::Conn;
 use crate::scenario::Kind;
 use crate::ws::CLOSE_NORMAL;
 
@@ -75,7 +78,7 @@ impl Behaviour {
     pub async fn start(
         &self,
         ctx: &Rc<Ctx>,
-        conns: Vec<(SocketSpec, String, WsConn)>,
+        conns: Vec<(SocketSpec, String, Conn)>,
         start_ns: u64,
     ) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
@@ -121,7 +124,7 @@ impl Behaviour {
 }
 
 /// Closes every socket with a normal close, all at once, each bounded by [`CLOSE_WAIT`].
-pub(in crate::engine) async fn close_all(conns: Vec<(SocketSpec, String, WsConn)>) {
+pub(in crate::engine) async fn close_all(conns: Vec<(SocketSpec, String, Conn)>) {
     let tasks: Vec<_> = conns
         .into_iter()
         .map(|(_, _, c)| spawn_local(c.close(CLOSE_NORMAL, CLOSE_WAIT)))

@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use tokio::time::Instant;
 
-use crate::conn::{ReadOutcome, WsConn};
+use crate::conn::{Conn, ReadOutcome};
 use crate::engine::plan::SocketSpec;
 use crate::engine::shared::{Ctx, CLOSE_WAIT};
 use crate::engine::window::{ReceiveWindow, Step};
@@ -32,7 +32,7 @@ pub(super) enum Ending {
 /// event of its session (when the publisher is in this process), or once nothing has
 /// arrived for `drain` — a node that is behind but still delivering is waited for, up to
 /// [`DRAIN_CAP`](crate::engine::window::DRAIN_CAP) past the end.
-pub(super) async fn receive(ctx: Rc<Ctx>, spec: SocketSpec, mut c: WsConn, start_ns: u64) {
+pub(super) async fn receive(ctx: Rc<Ctx>, spec: SocketSpec, mut c: Conn, start_ns: u64) {
     let sh = ctx.shared.clone();
     let window = ReceiveWindow::new(start_ns, sh.duration_ns(), sh.scn.drain.0);
     let session = spec.session as usize;
@@ -83,7 +83,7 @@ pub(super) async fn receive(ctx: Rc<Ctx>, spec: SocketSpec, mut c: WsConn, start
 }
 
 /// Counts how a receiving socket ended and closes what is left of it.
-pub(super) async fn finish(ctx: &Ctx, ending: Ending, conn: Option<WsConn>) {
+pub(super) async fn finish(ctx: &Ctx, ending: Ending, conn: Option<Conn>) {
     match ending {
         Ending::Done => {
             if let Some(c) = conn {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::receive::{finish, Ending};
-use crate::conn::{ConnError, ReadOutcome, WsConn};
+use crate::conn::{Conn, ConnError, Dial, ReadOutcome};
 use crate::engine::plan::{event_session, SocketSpec};
 use crate::engine::publisher::ReceiptSink;
 use crate::engine::shared::{Ctx, CLOSE_WAIT};
@@ -97,7 +97,7 @@ pub(super) async fn resume_socket(
     board: Arc<Board>,
     spec: SocketSpec,
     token: String,
-    c: WsConn,
+    c: Conn,
     start_ns: u64,
 ) {
     let sh = ctx.shared.clone();
@@ -222,7 +222,7 @@ async fn reconnect(
     token: &str,
     pos: Pos,
     hard_end: Instant,
-) -> Option<WsConn> {
+) -> Option<Conn> {
     let sh = &ctx.shared;
     let scn = &sh.scn;
     let target = &sh.nodes[spec.node];
@@ -230,17 +230,17 @@ async fn reconnect(
     loop {
         let began = unix_ns();
         let deadline = (Instant::now() + scn.connect_timeout.0).min(hard_end);
-        match WsConn::open(
+        let dial = Dial {
+            transport: scn.transport,
             target,
             src,
-            None,
+            rcvbuf: None,
             token,
-            Some(pos),
-            spec.g ^ began,
-            deadline,
-        )
-        .await
-        {
+            since: Some(pos),
+            seed: spec.g ^ began,
+            connect_timeout: scn.connect_timeout.0,
+        };
+        match Conn::open(&dial, deadline).await {
             Ok(c) => {
                 ctx.part
                     .borrow_mut()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::conn::{DrainEnd, WsConn};
+use crate::conn::{Conn, DrainEnd};
 use crate::engine::shared::Ctx;
 use crate::engine::window::{instant_at, DONE_POLL};
 use crate::ws::CLOSE_SLOW_CONSUMER;
@@ -19,7 +19,7 @@ const SLOW_DRAIN_BOUND: Duration = Duration::from_secs(10);
 /// Silence after which a draining slow socket is judged "still open".
 const SLOW_DRAIN_IDLE: Duration = Duration::from_secs(1);
 
-pub(super) async fn slow(ctx: Rc<Ctx>, mut c: WsConn, start_ns: u64) {
+pub(super) async fn slow(ctx: Rc<Ctx>, mut c: Conn, start_ns: u64) {
     let sh = ctx.shared.clone();
     let hard_end = instant_at(
         start_ns
