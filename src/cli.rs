@@ -203,6 +203,14 @@ pub struct ServeArgs {
     /// On SIGTERM, how long sockets get to receive their 1012.
     #[arg(long, env = "RELAY_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: humantime::Duration,
+    /// On SIGTERM, how long the node answers /readyz 503 while still serving,
+    /// before its listeners close and the 1012s begin.
+    #[arg(long, env = "RELAY_DRAIN_READY_DELAY", default_value = "2s")]
+    pub drain_ready_delay: humantime::Duration,
+    /// The window a drain spreads its 1012s over, in random order (default: the
+    /// drain timeout less the ready delay and 1 s).
+    #[arg(long, env = "RELAY_DRAIN_SPREAD")]
+    pub drain_spread: Option<humantime::Duration>,
     /// How long a long-poll (`GET /poll`) waits for an event before answering none.
     #[arg(long, env = "RELAY_POLL_TIMEOUT", default_value = "25s")]
     pub poll_timeout: humantime::Duration,
@@ -361,6 +369,8 @@ impl ServeArgs {
             drain_timeout: args.drain_timeout.into(),
             // Conformance suites send floods of messages on purpose.
             poll_timeout: args.poll_timeout.into(),
+            drain_ready_delay: args.drain_ready_delay.into(),
+            drain_spread: args.drain_spread.map(Into::into),
             client_message_rate: if args.echo {
                 0
             } else {

@@ -52,6 +52,12 @@ pub const DEFAULT_INBOX_MESSAGES: usize = 16 * 1024;
 /// A long-poll's wait: under the 30 s idle timeout of common proxies and load
 /// balancers, so the empty answer gets through.
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(25);
+/// On SIGTERM, unready but serving this long before the listeners close: about
+/// two readiness probes of a load balancer polling every second.
+pub const DEFAULT_DRAIN_READY_DELAY: Duration = Duration::from_secs(2);
+/// What the default drain spread leaves of the drain timeout for the last
+/// clients' close handshakes.
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clock leeway for `exp`, `nbf` and `iat`: small, since tokens live minutes.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(5);
@@ -107,6 +113,23 @@ pub struct Limits {
     pub client_message_rate: u32,
     /// How long a long-poll waits for an event before it answers with none.
     pub poll_timeout: Duration,
+    /// On SIGTERM, how long the node stays unready but still serving before its
+    /// listeners close, so load balancers stop sending first.
+    pub drain_ready_delay: Duration,
+    /// The window the 1012s are spread over, in random order; `None`: the drain
+    /// timeout less the ready delay and a one-second margin.
+    pub drain_spread: Option<Duration>,
+}
+
+impl Limits {
+    /// The window a drain spreads its 1012s over.
+    pub fn drain_spread(&self) -> Duration {
+        self.drain_spread.unwrap_or_else(|| {
+            self.drain_timeout
+                .saturating_sub(self.drain_ready_delay)
+                .saturating_sub(DRAIN_MARGIN)
+        })
+    }
 }
 
 impl Default for Limits {
@@ -125,6 +148,8 @@ impl Default for Limits {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             client_message_rate: DEFAULT_CLIENT_MESSAGE_RATE,
             poll_timeout: DEFAULT_POLL_TIMEOUT,
+            drain_ready_delay: DEFAULT_DRAIN_READY_DELAY,
+            drain_spread: None,
         }
     }
 }
@@ -363,6 +388,10 @@ impl Config {
                 "RELAY_PING_TIMEOUT" => l.ping_timeout = dur("RELAY_PING_TIMEOUT", v)?,
                 "RELAY_DRAIN_TIMEOUT" => l.drain_timeout = dur("RELAY_DRAIN_TIMEOUT", v)?,
                 "RELAY_POLL_TIMEOUT" => l.poll_timeout = dur("RELAY_POLL_TIMEOUT", v)?,
+                "RELAY_DRAIN_READY_DELAY" => {
+                    l.drain_ready_delay = dur("RELAY_DRAIN_READY_DELAY", v)?
+                }
+                "RELAY_DRAIN_SPREAD" => l.drain_spread = Some(dur("RELAY_DRAIN_SPREAD", v)?),
                 "RELAY_MAX_HEAD_BYTES" => l.max_head_bytes = num("RELAY_MAX_HEAD_BYTES", v)?,
                 "RELAY_MAX_BODY_BYTES" => l.max_body_bytes = num("RELAY_MAX_BODY_BYTES", v)?,
                 "RELAY_MAX_BATCH_EVENTS" => l.max_batch_events = num("RELAY_MAX_BATCH_EVENTS", v)?,
@@ -423,6 +452,8 @@ pub const RELOADABLE: &[&str] = &[
     "RELAY_CLIENT_MESSAGE_RATE",
     "RELAY_POLL_TIMEOUT",
     "RELAY_TRANSPORTS",
+    "RELAY_DRAIN_READY_DELAY",
+    "RELAY_DRAIN_SPREAD",
 ];
 
 /// A secret's value list: the file's content when a `*_FILE` is named (one value

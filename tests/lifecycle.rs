@@ -256,7 +256,10 @@ fn silent_client_is_closed_and_counted_as_timeout() {
 
 #[test]
 fn sigterm_closes_sockets_with_1012_and_exits_0() {
-    let mut node = Node::builder().flag("--drain-timeout", "3s").start();
+    let mut node = Node::builder()
+        .flag("--drain-timeout", "3s")
+        .flag("--drain-ready-delay", "0s")
+        .start();
     let mut a = node.ws_welcomed("drain1");
     let mut b = node.ws_welcomed("drain2");
     let start = Instant::now();
@@ -278,7 +281,10 @@ fn sigterm_closes_sockets_with_1012_and_exits_0() {
 /// their 1012, plus a keep-alive connection
 /// that has already served one request. Returns after SIGTERM.
 fn draining_node() -> (Node, Vec<RawSocket>, HttpConn) {
-    let node = Node::builder().flag("--drain-timeout", "4s").start();
+    let node = Node::builder()
+        .flag("--drain-timeout", "4s")
+        .flag("--drain-ready-delay", "0s")
+        .start();
     // Eight sessions, so (sockets living on their session's shard) both shards hold some.
     let stuck: Vec<RawSocket> = (0..8)
         .map(|i| RawSocket::upgrade(node.addr, &format!("drain-{i}")))
@@ -356,4 +362,109 @@ fn new_connection_after_sigterm_is_never_upgraded() {
         .wait_exit(Duration::from_secs(8))
         .expect("node did not exit");
     assert!(status.success(), "node exited with {status:?}");
+}
+
+/// The close code in the first close frame among `buf`'s server frames, once one
+/// has arrived whole.
+fn close_code_in(buf: &[u8]) -> Option<u16> {
+    let mut at = 0;
+    while at + 2 <= buf.len() {
+        let (first, len7) = (buf[at], (buf[at + 1] & 0x7f) as usize);
+        let (len, head) = match len7 {
+            126 if at + 4 <= buf.len() => {
+                (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4)
+            }
+            126 => return None,
+            127 => return None,
+            n => (n, 2),
+        };
+        if at + head + len > buf.len() {
+            return None;
+        }
+        if first == 0x88 && len >= 2 {
+            return Some(u16::from_be_bytes([buf[at + head], buf[at + head + 1]]));
+        }
+        at += head + len;
+    }
+    None
+}
+
+#[test]
+fn a_drain_turns_unready_first_then_spreads_its_1012s_over_the_window() {
+    let mut node = Node::builder()
+        .flag("--connect-rate", "0")
+        .flag("--drain-timeout", "8s")
+        .flag("--drain-ready-delay", "1s")
+        .flag("--drain-spread", "3s")
+        .start();
+    let mut sockets: Vec<(RawSocket, Vec<u8>, Option<Duration>)> = (0..2000)
+        .map(|i| {
+            (
+                RawSocket::upgrade(node.addr, &format!("spread-{}", i % 100)),
+                Vec::new(),
+                None,
+            )
+        })
+        .collect();
+    for (s, _, _) in &sockets {
+        s.stream.set_nonblocking(true).unwrap();
+    }
+    let signalled = Instant::now();
+    node.sigterm();
+    std::thread::sleep(Duration::from_millis(100));
+    // Unready at once, but still serving until the delay is over.
+    assert_eq!(node.get("/readyz").status, 503);
+    let mut late = node.ws_welcomed("spread-late");
+    node.publish_ok(&event("spread-late", "e", "1"), 1);
+    assert_eq!(late.next_event(PROMPT)["data"], 1);
+    assert!(
+        signalled.elapsed() < Duration::from_millis(900),
+        "the checks above took too long"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut chunk = [0u8; 4096];
+    while sockets.iter().any(|(_, _, at)| at.is_none()) && Instant::now() < deadline {
+        for (s, buf, at) in sockets.iter_mut().filter(|(_, _, at)| at.is_none()) {
+            match std::io::Read::read(&mut s.stream, &mut chunk) {
+                Ok(0) => *at = Some(signalled.elapsed()),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(code) = close_code_in(buf) {
+                        assert_eq!(code, 1012);
+                        *at = Some(signalled.elapsed());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("socket failed before its 1012: {e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut times: Vec<Duration> = sockets
+        .iter()
+        .map(|(_, _, at)| at.expect("every socket got its 1012"))
+        .collect();
+    times.sort();
+    let (first, last) = (times[0], times[times.len() - 1]);
+    let median = times[times.len() / 2];
+    assert!(
+        first >= Duration::from_millis(900),
+        "a 1012 came {first:?} after SIGTERM, inside the ready delay"
+    );
+    assert!(
+        last - first >= Duration::from_millis(2000),
+        "1012s not spread over the 3 s window: first {first:?}, last {last:?}"
+    );
+    assert!(
+        median > first + Duration::from_millis(700) && median < last - Duration::from_millis(700),
+        "1012s bunched: first {first:?}, median {median:?}, last {last:?}"
+    );
+    assert!(last < Duration::from_millis(5500), "last 1012 at {last:?}");
+    drop(sockets);
+    drop(late);
+    let status = node
+        .wait_exit(Duration::from_secs(8))
+        .expect("node exits after its drain");
+    assert!(status.success());
 }

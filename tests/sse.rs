@@ -200,7 +200,10 @@ fn an_expiring_token_ends_the_stream_with_4001() {
 
 #[test]
 fn drain_ends_streams_with_1012() {
-    let mut node = Node::builder().flag("--drain-timeout", "3s").start();
+    let mut node = Node::builder()
+        .flag("--drain-timeout", "3s")
+        .flag("--drain-ready-delay", "0s")
+        .start();
     let mut s = welcomed(&node, "sse-drain");
     node.sigterm();
     assert_eq!(s.expect_close(Duration::from_secs(5)), Some(1012));

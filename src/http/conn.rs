@@ -399,7 +399,7 @@ fn route(
             keep_alive,
         },
         "/readyz" => {
-            if ctx.is_draining() {
+            if ctx.is_unready() {
                 Action::Refuse {
                     refusal: Refusal::unavailable("node draining"),
                     keep_alive,

@@ -59,6 +59,11 @@ impl ConnCtx {
         self.shard.is_draining()
     }
 
+    /// `/readyz` answers 503: a drain began, even while the node still serves.
+    pub fn is_unready(&self) -> bool {
+        self.shard.is_unready()
+    }
+
     /// `/metrics` and `/latency` are served on the public port (no admin port).
     pub fn ops_on_public_port(&self) -> bool {
         self.shard.node.config.admin_port.is_none()

@@ -33,6 +33,13 @@ impl Shard {
         glommio::spawn_local(async move { hk.housekeeping().await }).detach();
 
         let _ = self.drain_signal.acquire(1).await;
+        // Unready first (the node's flag, set by the signal thread), still serving,
+        // so load balancers stop sending before anything is refused or closed.
+        let limits = self.settings().live.limits.clone();
+        let deadline = Instant::now() + limits.drain_timeout;
+        if !limits.drain_ready_delay.is_zero() {
+            glommio::timer::sleep(limits.drain_ready_delay).await;
+        }
         self.draining.set(true);
         for t in accept_tasks {
             t.cancel().await;
@@ -42,12 +49,16 @@ impl Shard {
             self.abandon(hello, Disconnect::Draining);
         }
         let sockets: Vec<Rc<SocketState>> = self.registry.borrow().all().cloned().collect();
-        tracing::info!(shard = self.id, sockets = sockets.len(), "draining");
-        for s in &sockets {
-            s.request_close(Disconnect::Draining);
-        }
-        drop(sockets);
-        let deadline = Instant::now() + self.settings().live.limits.drain_timeout;
+        let spread = limits
+            .drain_spread()
+            .min(deadline.saturating_duration_since(Instant::now()));
+        tracing::info!(
+            shard = self.id,
+            sockets = sockets.len(),
+            ?spread,
+            "draining"
+        );
+        self.clone().close_spread(sockets, spread).await;
         while self.registry.borrow().socket_count() > 0 && Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
@@ -170,7 +181,7 @@ impl Shard {
                 }
             }
             ShardMsg::Drain => {
-                self.draining.set(true);
+                // `run` stops taking new work after the ready delay.
                 self.drain_signal.signal(1);
             }
         }

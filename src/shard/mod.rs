@@ -87,7 +87,8 @@ pub const READ_CHUNK: usize = 16 * 1024;
 pub struct NodeShared {
     pub config: Config,
     pub router: Router,
-    /// Set on SIGTERM; `/readyz` answers 503 from then on.
+    /// Set on SIGTERM; `/readyz` answers 503 from then on (new work is refused
+    /// only after `RELAY_DRAIN_READY_DELAY`, shard by shard).
     pub draining: AtomicBool,
     /// Prefix of relay-generated event ids, random per process.
     pub node_tag: String,
@@ -199,7 +200,13 @@ impl Shard {
         }
     }
 
+    /// The shard takes nothing new: a drain passed its ready delay.
     pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// `/readyz` answers 503: a drain began (even while still serving).
+    pub fn is_unready(&self) -> bool {
         self.draining.get() || self.node.is_draining()
     }
 

@@ -1,7 +1,7 @@
-//! Moving subscribers off a transport the operator switched off
-//! (`RELAY_TRANSPORTS` on SIGHUP): each is closed with 1012, as in a drain, and
-//! the closes are spread in random order over most of the drain timeout, so the
-//! clients come back on another transport gradually, not in one stampede.
+//! Closing many subscribers without a stampede: on a drain (SIGTERM) and when
+//! the operator switches a transport off (`RELAY_TRANSPORTS` on SIGHUP), each is
+//! closed with 1012, in random order, spread over a window, so the clients come
+//! back (elsewhere, or on another transport) gradually, not in one burst.
 //!
 //! Owns only the schedule; closing is the subscriber task's (`request_close`).
 //! Runs on the shard's executor, sleeping with glommio's timer between steps.
@@ -22,7 +22,7 @@ impl Shard {
     /// Closes, spread over the drain window, every subscriber whose transport
     /// `offered` no longer includes.
     pub(super) fn retire_transports(self: &Rc<Self>, offered: Transports) {
-        let mut doomed: Vec<Rc<SocketState>> = self
+        let doomed: Vec<Rc<SocketState>> = self
             .registry
             .borrow()
             .welcomed()
@@ -32,7 +32,6 @@ impl Shard {
         if doomed.is_empty() {
             return;
         }
-        shuffle(&mut doomed, crate::clock::unix_now_ns() ^ self.id as u64);
         let window = self.settings().live.limits.drain_timeout.mul_f64(0.8);
         tracing::info!(
             shard = self.id,
@@ -40,18 +39,30 @@ impl Shard {
             ?window,
             "transport switched off; moving its subscribers"
         );
+        spawn_guarded(self.id, "retire", self.clone().close_spread(doomed, window));
+    }
+
+    /// Closes `doomed` with 1012 in random order, in [`STEPS`] steps spread over
+    /// `window` (all at once when it is zero). Returns when the last is asked.
+    pub(super) async fn close_spread(
+        self: Rc<Self>,
+        mut doomed: Vec<Rc<SocketState>>,
+        window: Duration,
+    ) {
+        if doomed.is_empty() {
+            return;
+        }
+        shuffle(&mut doomed, crate::clock::unix_now_ns() ^ self.id as u64);
         let step = window / STEPS;
         let per_step = doomed.len().div_ceil(STEPS as usize);
-        spawn_guarded(self.id, "retire", async move {
-            for (i, chunk) in doomed.chunks(per_step).enumerate() {
-                if i > 0 {
-                    glommio::timer::sleep(step.max(Duration::from_millis(1))).await;
-                }
-                for s in chunk {
-                    s.request_close(Disconnect::Draining);
-                }
+        for (i, chunk) in doomed.chunks(per_step).enumerate() {
+            if i > 0 && !step.is_zero() {
+                glommio::timer::sleep(step).await;
             }
-        });
+            for s in chunk {
+                s.request_close(Disconnect::Draining);
+            }
+        }
     }
 }
 
