@@ -468,3 +468,25 @@ fn a_drain_turns_unready_first_then_spreads_its_1012s_over_the_window() {
         .expect("node exits after its drain");
     assert!(status.success());
 }
+
+#[test]
+fn a_socket_task_that_panics_closes_with_1011_and_the_node_serves_on() {
+    let node = Node::builder().env("RELAY_DEBUG_FAULTS", "1").start();
+    let mut doomed = node.ws_welcomed("fault");
+    let mut other = node.ws_welcomed("fault");
+    doomed.send_text(r#"{"type":"debug-panic"}"#);
+    assert_eq!(doomed.expect_close(PROMPT), Some(1011));
+    assert_eq!(
+        node.wait_metric(
+            "relay_socket_disconnects_total",
+            &[("reason", "internal_error")],
+            PROMPT,
+            |v| v >= 1.0
+        ),
+        1.0
+    );
+    // The same session, on the same shard, goes on.
+    node.publish_ok(&event("fault", "e", "1"), 1);
+    assert_eq!(other.next_event(PROMPT)["data"], 1);
+    assert!(node.log().contains("connection task panicked"));
+}

@@ -444,7 +444,7 @@ impl Registry {
 pub struct SocketGuard {
     ctx: ConnCtx,
     pub state: Rc<SocketState>,
-    /// Set by the task when it ends normally; a panic leaves `IoError`.
+    /// Set by the task when it ends normally; a panic leaves `Internal`.
     pub reason: Disconnect,
     _permit: SocketPermit,
 }
@@ -454,7 +454,9 @@ impl SocketGuard {
         SocketGuard {
             ctx: ConnCtx::new(shard),
             state,
-            reason: Disconnect::IoError,
+            // Every task sets its ending; one that never does (it panicked) is
+            // ours to report as 1011.
+            reason: Disconnect::Internal,
             _permit: permit,
         }
     }
@@ -467,6 +469,9 @@ impl SocketGuard {
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
+        if self.reason == Disconnect::Internal {
+            tell_internal_error(&self.state);
+        }
         let shard = &self.ctx.shard;
         if let Ok(mut reg) = shard.registry.try_borrow_mut() {
             reg.remove(&self.state);
@@ -484,6 +489,39 @@ impl Drop for SocketGuard {
             socket = self.state.id,
             reason = self.reason.metric_reason(),
             "socket closed"
+        );
+    }
+}
+
+/// Best effort, for a subscriber whose task died (a panic): one non-blocking
+/// write of its transport's 1011 ending, unless something partly written or a
+/// close already queued would make it garbage. Its connection is still open
+/// here: the task's stream drops after its guard.
+fn tell_internal_error(state: &SocketState) {
+    if state.is_closing() || state.head_written.get() > 0 {
+        return;
+    }
+    let d = Disconnect::Internal;
+    let code = d.close_code().unwrap_or(1011);
+    let bytes = match state.transport {
+        Transport::Ws => crate::ws::frame::close_frame(code, d.close_reason()),
+        Transport::Sse => crate::sse::frame::close_block(code, d.close_reason()),
+        // A poll's answer is a whole HTTP response; its client sees the
+        // connection end and polls again.
+        Transport::Poll => return,
+    };
+    let fd = state.fd.get();
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: send(2) on the socket's own descriptor, still open (see above),
+    // from a buffer that outlives the call.
+    unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         );
     }
 }

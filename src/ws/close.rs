@@ -33,11 +33,14 @@ pub enum Disconnect {
     Overloaded,
     /// The client sent messages faster than its budget. 1008.
     Flood,
+    /// The relay failed: the subscriber's task ended without saying why (it
+    /// panicked). 1011; reconnect with `since`.
+    Internal,
 }
 
 impl Disconnect {
     /// Every variant, in the order of [`Disconnect::index`].
-    pub const ALL: [Disconnect; 12] = [
+    pub const ALL: [Disconnect; 13] = [
         Disconnect::ClientClosed,
         Disconnect::Timeout,
         Disconnect::SlowConsumer,
@@ -50,6 +53,7 @@ impl Disconnect {
         Disconnect::IoError,
         Disconnect::Overloaded,
         Disconnect::Flood,
+        Disconnect::Internal,
     ];
 
     pub fn index(self) -> usize {
@@ -70,6 +74,7 @@ impl Disconnect {
             Disconnect::Draining => Some(1012),
             Disconnect::Overloaded => Some(1013),
             Disconnect::Flood => Some(1008),
+            Disconnect::Internal => Some(1011),
         }
     }
 
@@ -88,6 +93,7 @@ impl Disconnect {
             Disconnect::IoError => "",
             Disconnect::Overloaded => "node overloaded",
             Disconnect::Flood => "message rate over budget",
+            Disconnect::Internal => "internal error",
         }
     }
 
@@ -106,6 +112,7 @@ impl Disconnect {
             Disconnect::IoError => "io_error",
             Disconnect::Overloaded => "overloaded",
             Disconnect::Flood => "flood",
+            Disconnect::Internal => "internal_error",
         }
     }
 

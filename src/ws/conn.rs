@@ -290,6 +290,8 @@ impl SocketTask {
             kind: &'a str,
             token: Option<&'a str>,
         }
+        #[cfg(debug_assertions)]
+        debug_fault(text);
         let Ok(msg) = serde_json::from_str::<ClientMsg<'_>>(text) else {
             return self.begin_close(Disconnect::Policy);
         };
@@ -330,5 +332,15 @@ impl SocketTask {
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let ctx = self.guard.ctx().clone();
         poll_flush(&self.guard.state, ctx.stats(), &mut self.stream, cx)
+    }
+}
+
+/// Debug builds only, and only with `RELAY_DEBUG_FAULTS` set: the client message
+/// `{"type":"debug-panic"}` makes this socket's task panic, so tests can see what
+/// a client gets when the relay fails (close 1011).
+#[cfg(debug_assertions)]
+fn debug_fault(text: &str) {
+    if text == r#"{"type":"debug-panic"}"# && std::env::var_os("RELAY_DEBUG_FAULTS").is_some() {
+        panic!("debug fault hook: a socket task panics on request");
     }
 }
