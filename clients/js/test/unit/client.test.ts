@@ -274,3 +274,44 @@ test('an exception in onEvent is reported and does not stop the stream', async (
   assert.deepEqual(seen, [1, 2, 3]);
   assert.equal(h.errors[0]!.message, 'app bug');
 });
+
+test('close() called from a callback stops for good (e.g. giving up after some attempts)', async () => {
+  let client!: RelayClient;
+  const h = setup({
+    onStateChange: (s) => {
+      if (s.state === 'disconnected' && s.attempt >= 2) client.close();
+    },
+  });
+  client = h.client;
+  client.connect();
+  for (let i = 0; i < 3; i++) {
+    await h.clock.advance(0);
+    h.last().serverClose(1006);
+    await h.clock.advance(30_000);
+  }
+  assert.equal(client.state.state, 'closed');
+  const made = h.sockets.length;
+  await h.clock.advance(600_000);
+  assert.equal(h.sockets.length, made, 'no try after close()');
+  assert.deepEqual(h.clock.pending(), []);
+
+  // close() from onStateChange('connected') and from onResync, likewise.
+  for (const where of ['connected', 'resync'] as const) {
+    const seen: number[] = [];
+    let c!: RelayClient;
+    const g = setup({
+      since: { epoch: 'old', seq: 1 },
+      onStateChange: (s) => void (where === 'connected' && s.state === 'connected' && c.close()),
+      onResync: () => void (where === 'resync' && c.close()),
+      onEvent: (e) => void seen.push(e.seq),
+    });
+    c = g.client;
+    c.connect();
+    await g.clock.advance(0);
+    g.last().welcome('new', 5);
+    g.last().event('new', 6); // an unannounced epoch: onResync, then the event
+    assert.equal(c.state.state, 'closed', where);
+    assert.deepEqual(seen, [], where);
+    assert.deepEqual(g.clock.pending(), [], where);
+  }
+});

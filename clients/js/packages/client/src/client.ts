@@ -112,6 +112,7 @@ export class RelayClient {
     this.clear('retry');
     const url = this.urls[this.urlIndex % this.urls.length]!;
     this.set({ state: 'connecting', url, attempt: this.attempt });
+    if (gen !== this.gen) return; // onStateChange called close()
     let token: string;
     try {
       token = await this.o.getToken();
@@ -168,7 +169,8 @@ export class RelayClient {
       case 'event': {
         const step = this.tracker.event(f.epoch, f.seq);
         if (step.resync) this.resynced(step.resync);
-        if (step.deliver) this.call(this.o.onEvent, f as RelayEvent);
+        // onResync may have called close(): nothing more reaches the application then.
+        if (step.deliver && ws === this.ws) this.call(this.o.onEvent, f as RelayEvent);
         return;
       }
       case 'welcome':
@@ -176,6 +178,7 @@ export class RelayClient {
         this.welcomed = true;
         this.tracker.welcome(f.epoch, f.seq);
         this.set({ state: 'connected', url: this.urls[this.urlIndex % this.urls.length]!, session: f.session, conn: f.conn });
+        if (ws !== this.ws) return; // onStateChange called close()
         this.after('stable', this.o.stableAfter ?? 10_000, () => (this.attempt = 0));
         this.scheduleRefresh();
         this.watch();
@@ -296,7 +299,10 @@ export class RelayClient {
       return;
     }
     const delay = backoff(this.attempt++, this.o.minDelay ?? 500, this.o.maxDelay ?? 20_000, this.random);
+    const gen = this.gen;
     this.set({ state: 'disconnected', code, reason, delay, attempt, error });
+    // onStateChange may have called close() (e.g. to give up after some attempts).
+    if (gen !== this.gen) return;
     this.after('retry', delay, () => void this.open());
   }
 
