@@ -49,10 +49,15 @@ for (let n = 0; n < count; n++) {
     n,
     t: Date.now(),
   };
-  const [r] = await relay.publish(
-    { session: values.session!, event: values.event!, data },
-    values.wait ? { wait: 'delivered' } : {},
-  );
+  let r;
+  try {
+    [r] = await relay.publish({ session: values.session!, event: values.event!, data }, values.wait ? { wait: 'delivered' } : {});
+  } catch (e) {
+    // A RelayError: status (0 for the network), the relay's code, retryable.
+    const err = e as { message?: string; status?: number; code?: string };
+    console.error(`mock-publish: ${baseUrl}: ${err.message} (status ${err.status}, code ${err.code})`);
+    process.exit(1);
+  }
   console.log(JSON.stringify(r));
   if (n + 1 < count) await new Promise((ok) => setTimeout(ok, Number(values.interval)));
 }
