@@ -211,6 +211,10 @@ pub struct ServeArgs {
     /// drain timeout less the ready delay and 1 s).
     #[arg(long, env = "RELAY_DRAIN_SPREAD")]
     pub drain_spread: Option<humantime::Duration>,
+    /// A subscriber whose queue is full: `close` it with 4008, or `skip` its
+    /// oldest queued events and tell it with a resync (reason `slow`).
+    #[arg(long, env = "RELAY_SLOW_CONSUMER", value_enum, default_value = "close")]
+    pub slow_consumer: config::SlowConsumer,
     /// How long a long-poll (`GET /poll`) waits for an event before answering none.
     #[arg(long, env = "RELAY_POLL_TIMEOUT", default_value = "25s")]
     pub poll_timeout: humantime::Duration,
@@ -371,6 +375,7 @@ impl ServeArgs {
             poll_timeout: args.poll_timeout.into(),
             drain_ready_delay: args.drain_ready_delay.into(),
             drain_spread: args.drain_spread.map(Into::into),
+            slow_consumer: args.slow_consumer,
             client_message_rate: if args.echo {
                 0
             } else {

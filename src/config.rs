@@ -119,6 +119,22 @@ pub struct Limits {
     /// The window the 1012s are spread over, in random order; `None`: the drain
     /// timeout less the ready delay and a one-second margin.
     pub drain_spread: Option<Duration>,
+    /// What happens to a subscriber whose queue is full (`RELAY_SLOW_CONSUMER`).
+    pub slow_consumer: SlowConsumer,
+}
+
+/// What the relay does with a subscriber that cannot keep up: its queue reached
+/// `RELAY_MAX_OUTBOUND_BYTES` and the kernel would take no more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SlowConsumer {
+    /// Close it with 4008; it reconnects with `since` (a replay, or a resync).
+    /// For streams where every event matters.
+    #[default]
+    Close,
+    /// Keep it, drop its oldest queued events, and tell it with a resync (reason
+    /// `slow`) naming the position it continues from. For dashboards that want
+    /// the latest state more than every step.
+    Skip,
 }
 
 impl Limits {
@@ -150,6 +166,7 @@ impl Default for Limits {
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             drain_ready_delay: DEFAULT_DRAIN_READY_DELAY,
             drain_spread: None,
+            slow_consumer: SlowConsumer::Close,
         }
     }
 }
@@ -392,6 +409,18 @@ impl Config {
                     l.drain_ready_delay = dur("RELAY_DRAIN_READY_DELAY", v)?
                 }
                 "RELAY_DRAIN_SPREAD" => l.drain_spread = Some(dur("RELAY_DRAIN_SPREAD", v)?),
+                "RELAY_SLOW_CONSUMER" => {
+                    l.slow_consumer = match v.trim() {
+                        "close" => SlowConsumer::Close,
+                        "skip" => SlowConsumer::Skip,
+                        _ => {
+                            return Err(ConfigError::Invalid {
+                                variable: "RELAY_SLOW_CONSUMER",
+                                why: format!("{v:?}: expected close or skip"),
+                            })
+                        }
+                    }
+                }
                 "RELAY_MAX_HEAD_BYTES" => l.max_head_bytes = num("RELAY_MAX_HEAD_BYTES", v)?,
                 "RELAY_MAX_BODY_BYTES" => l.max_body_bytes = num("RELAY_MAX_BODY_BYTES", v)?,
                 "RELAY_MAX_BATCH_EVENTS" => l.max_batch_events = num("RELAY_MAX_BATCH_EVENTS", v)?,
@@ -454,6 +483,7 @@ pub const RELOADABLE: &[&str] = &[
     "RELAY_TRANSPORTS",
     "RELAY_DRAIN_READY_DELAY",
     "RELAY_DRAIN_SPREAD",
+    "RELAY_SLOW_CONSUMER",
 ];
 
 /// A secret's value list: the file's content when a `*_FILE` is named (one value

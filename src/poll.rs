@@ -162,7 +162,7 @@ fn answer(guard: &SocketGuard, since: Option<StreamPos>, close: Option<Disconnec
                 }
             }
             // The relay's own messages: the welcome, or a resync.
-            Outgoing::Owned(json) if !json.is_empty() => {
+            Outgoing::Owned(json) | Outgoing::SlowResync(json) if !json.is_empty() => {
                 if let Some(pos) = position_of(json) {
                     next = Some(pos);
                 }

@@ -20,13 +20,17 @@ pub enum ResyncReason {
     History,
     /// This node missed events (a gap in the sequence, or Redis was away).
     Gap,
+    /// The subscriber could not keep up and `RELAY_SLOW_CONSUMER=skip` dropped
+    /// its oldest queued events.
+    Slow,
 }
 
 impl ResyncReason {
-    pub const ALL: [ResyncReason; 3] = [
+    pub const ALL: [ResyncReason; 4] = [
         ResyncReason::Epoch,
         ResyncReason::History,
         ResyncReason::Gap,
+        ResyncReason::Slow,
     ];
 
     pub fn metric_reason(self) -> &'static str {
@@ -34,6 +38,7 @@ impl ResyncReason {
             ResyncReason::Epoch => "epoch",
             ResyncReason::History => "history",
             ResyncReason::Gap => "gap",
+            ResyncReason::Slow => "slow",
         }
     }
 

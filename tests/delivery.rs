@@ -387,3 +387,98 @@ fn socket_churn_during_publishing_leaves_counts_and_delivery_intact() {
     node.publish_ok(&event("churn", "after", "0"), 1);
     assert_eq!(ws.next_event(PROMPT)["event"], "after");
 }
+
+#[test]
+fn with_the_skip_policy_a_slow_reader_loses_its_oldest_events_but_is_told_and_kept() {
+    let node = Node::builder()
+        .flag("--max-outbound-bytes", "65536")
+        .flag("--slow-consumer", "skip")
+        .start();
+    let mut healthy = node.ws_welcomed("skip");
+    let mut stuck = RawSocket::upgrade(node.addr, "skip");
+    let pad = "x".repeat(4000);
+    let mut conn = HttpConn::connect(node.addr);
+    let mut sent = 0u64;
+    let reader = std::thread::spawn(move || {
+        let mut n = 0u64;
+        loop {
+            let ev = healthy.next_event(Duration::from_secs(20));
+            if ev["event"] == "end" {
+                return n;
+            }
+            n += 1;
+            assert_eq!(
+                ev["seq"], n,
+                "the healthy socket lost or reordered an event"
+            );
+        }
+    });
+    let mut skipped = false;
+    for b in 0..2000 {
+        let events: Vec<String> = (0..4)
+            .map(|_| event("skip", "e", &format!("\"{pad}\"")))
+            .collect();
+        let resp = conn.request(post_events_request(&batch(&events), Some(API_KEY)).as_bytes());
+        assert_eq!(resp.status, 202, "batch {b}");
+        sent += 4;
+        if b % 8 == 7 && node.metric("relay_skipped_events_total", &[]) >= 1.0 {
+            skipped = true;
+            break;
+        }
+    }
+    assert!(skipped, "no event was ever skipped for the stuck reader");
+    node.publish_ok(&event("skip", "end", "0"), 1);
+    assert_eq!(reader.join().unwrap(), sent);
+    assert_eq!(
+        node.metric(
+            "relay_socket_disconnects_total",
+            &[("reason", "slow_consumer")]
+        ),
+        0.0,
+        "skip must not close"
+    );
+    assert!(node.metric("relay_resync_total", &[("reason", "slow")]) >= 1.0);
+
+    // The stuck reader now reads: every gap in its seqs comes right after a
+    // resync (reason slow) naming the last event before the gap.
+    let mut last_seq = 0u64;
+    let mut told: Option<u64> = None;
+    let mut resyncs = 0;
+    loop {
+        let (op, payload) = stuck
+            .read_frame(PROMPT)
+            .expect("the stuck reader is still open");
+        if op & 0x0f != 1 {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        match v["type"].as_str() {
+            Some("resync") => {
+                assert_eq!(v["reason"], "slow");
+                told = v["seq"].as_u64();
+                resyncs += 1;
+            }
+            Some("event") => {
+                if v["event"] == "end" {
+                    break;
+                }
+                let seq = v["seq"].as_u64().unwrap();
+                if seq != last_seq + 1 {
+                    assert_eq!(
+                        told,
+                        Some(seq - 1),
+                        "a silent gap before {seq} (last {last_seq})"
+                    );
+                }
+                told = None;
+                last_seq = seq;
+            }
+            _ => {}
+        }
+    }
+    assert!(resyncs >= 1);
+    assert!(
+        last_seq == sent,
+        "the stuck reader ends with the newest event"
+    );
+}

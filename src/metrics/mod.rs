@@ -34,6 +34,7 @@ pub const CAUGHT_UP_EVENTS_TOTAL: &str = "relay_caught_up_events_total";
 pub const HISTORY_BYTES: &str = "relay_history_bytes";
 pub const HISTORY_SESSIONS: &str = "relay_history_sessions";
 pub const LOG_LINES_DROPPED_TOTAL: &str = "relay_log_lines_dropped_total";
+pub const SKIPPED_EVENTS_TOTAL: &str = "relay_skipped_events_total";
 
 /// Transports a subscriber can use: the `transport` label's values.
 pub const TRANSPORTS: usize = Transport::ALL.len();
@@ -95,6 +96,7 @@ pub struct ShardStats {
     resyncs: [Cell<u64>; ResyncReason::ALL.len()],
     dedupe_hits: Cell<u64>,
     caught_up: Cell<u64>,
+    skipped: Cell<u64>,
     /// Set by the shard from its history before each snapshot.
     pub history_bytes: Cell<u64>,
     pub history_sessions: Cell<u64>,
@@ -158,6 +160,10 @@ impl ShardStats {
     pub fn resync(&self, reason: ResyncReason, sockets: u64) {
         bump(&self.resyncs[reason.index()], sockets);
     }
+    /// `events` queued events dropped for a slow subscriber (`RELAY_SLOW_CONSUMER=skip`).
+    pub fn skipped(&self, events: u64) {
+        bump(&self.skipped, events);
+    }
     pub fn dedupe_hit(&self) {
         bump(&self.dedupe_hits, 1);
     }
@@ -187,6 +193,7 @@ impl ShardStats {
             resyncs: self.resyncs.each_ref().map(Cell::get),
             dedupe_hits: self.dedupe_hits.get(),
             caught_up: self.caught_up.get(),
+            skipped: self.skipped.get(),
             history_bytes: self.history_bytes.get(),
             history_sessions: self.history_sessions.get(),
         }
@@ -214,6 +221,7 @@ pub struct StatsSnapshot {
     pub resyncs: [u64; ResyncReason::ALL.len()],
     pub dedupe_hits: u64,
     pub caught_up: u64,
+    pub skipped: u64,
     pub history_bytes: u64,
     pub history_sessions: u64,
 }
@@ -253,6 +261,7 @@ impl StatsSnapshot {
         add_arrays(&mut self.resyncs, &other.resyncs);
         self.dedupe_hits += other.dedupe_hits;
         self.caught_up += other.caught_up;
+        self.skipped += other.skipped;
         self.history_bytes += other.history_bytes;
         self.history_sessions += other.history_sessions;
     }

@@ -249,6 +249,12 @@ impl StatsSnapshot {
                 vec![gauge(self.history_sessions, vec![])],
             ),
             family(
+                SKIPPED_EVENTS_TOTAL,
+                "Queued events dropped for subscribers that could not keep up (RELAY_SLOW_CONSUMER=skip); each drop is told with a resync (reason slow).",
+                MetricType::COUNTER,
+                vec![counter(self.skipped, vec![])],
+            ),
+            family(
                 LOG_LINES_DROPPED_TOTAL,
                 "Log lines dropped because the log writer fell behind (logging never blocks a shard).",
                 MetricType::COUNTER,

@@ -8,6 +8,7 @@
 use super::history::{Arrival, ResyncReason, StreamPos};
 use super::registry::SocketState;
 use super::{event_parts, IdSource, Shard, CATCH_UP_HOLD};
+use crate::config::SlowConsumer;
 use crate::http::publish::PublishBatch;
 use crate::router::Receipt;
 use crate::subscribe::Transport;
@@ -128,7 +129,7 @@ impl Shard {
         let Some(sockets) = registry.sockets_of(session) else {
             return;
         };
-        let json = resync_json(session, pos);
+        let json = resync_json(session, pos, reason);
         for s in sockets {
             s.push_message("resync", Some(pos), &json);
         }
@@ -143,31 +144,32 @@ impl Shard {
         frame: &Rc<EncodedFrame>,
         wait: bool,
     ) -> (u32, u32, u32) {
-        let max = self.settings().live.limits.max_outbound_bytes;
+        let limits = &self.settings().live.limits;
+        let (max, policy) = (limits.max_outbound_bytes, limits.slow_consumer);
         let (mut written, mut queued, mut dropped) = (0, 0, 0);
         for s in sockets {
-            if s.transport == Transport::Poll {
-                // A long-poll's task reads its queue itself; nothing is written through.
-                if !s.push_event(frame, max) {
-                    s.request_close(Disconnect::SlowConsumer);
-                    dropped += u32::from(wait);
-                } else {
-                    queued += u32::from(wait);
-                }
-                continue;
-            }
             let mut slow = false;
             if !s.push_event(frame, max) {
-                // Full queue: write what the kernel takes now, then judge.
-                let flushed = crate::outbound::write_queue_now(s, &self.stats);
-                if flushed.is_err() || !s.push_event(frame, max) {
-                    s.request_close(Disconnect::SlowConsumer);
+                // Full queue: write what the kernel takes now (a long-poll's task
+                // reads its queue itself: nothing to write through), then judge.
+                let flushed = match s.transport {
+                    Transport::Poll => Ok(false),
+                    _ => crate::outbound::write_queue_now(s, &self.stats),
+                };
+                if flushed.is_err() {
                     slow = true;
+                } else if !s.push_event(frame, max) {
+                    slow = !self.skip_for(s, frame, max, policy);
+                }
+                if slow {
+                    s.request_close(Disconnect::SlowConsumer);
                 }
             }
             if wait {
                 if slow {
                     dropped += 1;
+                } else if s.transport == Transport::Poll {
+                    queued += 1;
                 } else {
                     match crate::outbound::write_queue_now(s, &self.stats) {
                         Ok(true) => written += 1,
@@ -178,5 +180,26 @@ impl Shard {
             }
         }
         (written, queued, dropped)
+    }
+
+    /// Under `RELAY_SLOW_CONSUMER=skip`, makes room for `frame` on a full queue by
+    /// dropping its oldest events (told with a resync) and queues it; false when
+    /// the subscriber must be closed instead.
+    fn skip_for(
+        &self,
+        s: &SocketState,
+        frame: &Rc<EncodedFrame>,
+        max: usize,
+        policy: SlowConsumer,
+    ) -> bool {
+        if policy != SlowConsumer::Skip {
+            return false;
+        }
+        let Some(skipped) = s.skip_oldest(frame, max) else {
+            return false;
+        };
+        self.stats.skipped(skipped);
+        self.stats.resync(ResyncReason::Slow, 1);
+        s.push_event(frame, max)
     }
 }

@@ -14,10 +14,11 @@ use std::time::Instant;
 use super::ctx::ConnCtx;
 use super::Shard;
 use crate::limiter::SocketPermit;
+use crate::stream::ResyncReason;
 use crate::stream::StreamPos;
 use crate::subscribe::Transport;
 use crate::ws::close::Disconnect;
-use crate::ws::frame::{text_frame, EncodedFrame, PING_FRAME};
+use crate::ws::frame::{resync_json, text_frame, EncodedFrame, PING_FRAME};
 
 /// First byte of an unfragmented pong frame (FIN + opcode 0xA).
 pub const PONG_OPCODE_BYTE: u8 = 0x8A;
@@ -39,6 +40,9 @@ pub enum Outgoing {
     SseEvent(Rc<EncodedFrame>),
     /// An event replayed to a resuming SSE subscriber.
     SseReplay(Rc<EncodedFrame>),
+    /// The resync that stands where `RELAY_SLOW_CONSUMER=skip` dropped events, in
+    /// the subscriber's transport's bytes; a later skip replaces it.
+    SlowResync(Box<[u8]>),
 }
 
 impl Outgoing {
@@ -46,7 +50,7 @@ impl Outgoing {
         match self {
             Outgoing::Event(f) | Outgoing::Replay(f) => f.bytes(),
             Outgoing::SseEvent(f) | Outgoing::SseReplay(f) => f.sse_bytes(),
-            Outgoing::Owned(v) => v,
+            Outgoing::Owned(v) | Outgoing::SlowResync(v) => v,
             Outgoing::Static(s) => s,
         }
     }
@@ -156,6 +160,99 @@ impl SocketState {
         }
         self.push(out, len);
         true
+    }
+
+    /// Makes room for `frame` by dropping the oldest queued events that have not
+    /// started to go out, and puts a resync (reason `slow`) where they were,
+    /// naming the last one dropped: the subscriber continues from there, told.
+    /// Returns how many events were dropped, or `None` (nothing changed) when even
+    /// dropping every queued event would not make room.
+    pub fn skip_oldest(&self, frame: &EncodedFrame, max_bytes: usize) -> Option<u64> {
+        let need = self.entry_len(frame);
+        let keep = usize::from(self.head_written.get() > 0);
+        let mut q = self.queue.borrow_mut();
+        let is_event = |o: &Outgoing| {
+            matches!(
+                o,
+                Outgoing::Event(_)
+                    | Outgoing::SseEvent(_)
+                    | Outgoing::Replay(_)
+                    | Outgoing::SseReplay(_)
+            )
+        };
+        let droppable: usize = q
+            .iter()
+            .skip(keep)
+            .filter(|o| is_event(o))
+            .map(|o| o.bytes().len())
+            .sum();
+        // A resync marker is at most this long (session names are short).
+        let marker_room = 160 + self.session.len();
+        if self.queued_bytes.get() - droppable + marker_room + need > max_bytes {
+            return None;
+        }
+        let mut bytes = self.queued_bytes.get();
+        let mut dropped = 0u64;
+        let mut last = None;
+        let mut kept: VecDeque<Outgoing> = VecDeque::with_capacity(q.len());
+        // Where the new resync goes: in place of an earlier one (it told of
+        // older drops; the new one covers them too), else where the drops began.
+        let mut marker_at = None;
+        let mut earlier = None;
+        for (i, out) in q.drain(..).enumerate() {
+            if i < keep {
+                kept.push_back(out);
+                continue;
+            }
+            if matches!(out, Outgoing::SlowResync(_)) && earlier.is_none() {
+                earlier = Some(kept.len());
+            }
+            if is_event(&out) && bytes + marker_room + need > max_bytes {
+                if let Outgoing::Event(f)
+                | Outgoing::SseEvent(f)
+                | Outgoing::Replay(f)
+                | Outgoing::SseReplay(f) = &out
+                {
+                    last = Some(StreamPos {
+                        epoch: f.epoch,
+                        seq: f.seq,
+                    });
+                }
+                bytes -= out.bytes().len();
+                dropped += 1;
+                marker_at.get_or_insert(kept.len());
+                continue;
+            }
+            kept.push_back(out);
+        }
+        if let (Some(at), Some(pos)) = (marker_at, last) {
+            let json = resync_json(&self.session, pos, ResyncReason::Slow);
+            let marker = match self.transport {
+                Transport::Ws => text_frame(&json),
+                Transport::Sse => crate::sse::frame::block(Some(pos), "resync", &json),
+                Transport::Poll => json,
+            };
+            bytes += marker.len();
+            let marker = Outgoing::SlowResync(marker.into_boxed_slice());
+            match earlier {
+                Some(i) => {
+                    bytes -= kept[i].bytes().len();
+                    kept[i] = marker;
+                }
+                None => kept.insert(at, marker),
+            }
+        }
+        *q = kept;
+        self.queued_bytes.set(bytes);
+        Some(dropped)
+    }
+
+    /// The bytes `frame` takes in this subscriber's queue.
+    fn entry_len(&self, frame: &EncodedFrame) -> usize {
+        match self.transport {
+            Transport::Ws | Transport::Poll => frame.len(),
+            Transport::Sse => frame.sse_bytes().len(),
+        }
     }
 
     /// Queues an event a resuming subscriber missed.
@@ -544,6 +641,73 @@ mod tests {
             },
             Instant::now(),
         ))
+    }
+
+    fn event(seq: u64, n: usize) -> Rc<EncodedFrame> {
+        let data = vec![b'1'; n];
+        Rc::new(encode_event(
+            &EventParts {
+                session: "s",
+                pos: StreamPos { epoch: 1, seq },
+                event: b"\"e\"",
+                id: Some(b"\"i\""),
+                generated_id: "",
+                data: &data,
+            },
+            Instant::now(),
+        ))
+    }
+
+    /// What the queue holds, as the client will read it: event seqs, and the
+    /// resync markers' seqs as negative numbers.
+    fn read_back(s: &SocketState) -> Vec<i64> {
+        s.queue()
+            .iter()
+            .map(|o| match o {
+                Outgoing::Event(f) => f.seq as i64,
+                Outgoing::SlowResync(b) => {
+                    let text = String::from_utf8_lossy(b);
+                    let at = text.find("\"seq\":").unwrap() + 6;
+                    let digits: String = text[at..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    assert!(text.contains("\"reason\":\"slow\""));
+                    -digits.parse::<i64>().unwrap()
+                }
+                _ => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn skipping_drops_the_oldest_events_and_says_so_once() {
+        let s = SocketState::new(1, Rc::from("s"), Transport::Ws, u64::MAX, mono_ms());
+        let max = 5_300;
+        let mut seq = 0;
+        while s.push_event(&event(seq + 1, 900), max) {
+            seq += 1;
+        }
+        assert_eq!(seq, 5);
+        let next = event(6, 900);
+        assert_eq!(s.skip_oldest(&next, max), Some(1));
+        assert!(s.push_event(&next, max));
+        assert_eq!(read_back(&s), vec![-1, 2, 3, 4, 5, 6]);
+        // A second skip replaces the resync: the client is told once, of the last.
+        let next = event(7, 900);
+        assert_eq!(s.skip_oldest(&next, max), Some(1));
+        assert!(s.push_event(&next, max));
+        assert_eq!(read_back(&s), vec![-2, 3, 4, 5, 6, 7]);
+        let bytes: usize = s.queue().iter().map(|o| o.bytes().len()).sum();
+        assert_eq!(s.queued_bytes(), bytes, "the byte count follows the queue");
+        assert!(s.queued_bytes() <= max);
+        // A frame larger than the whole cap cannot be made room for.
+        assert_eq!(s.skip_oldest(&event(8, 6_000), max), None);
+        assert_eq!(
+            read_back(&s),
+            vec![-2, 3, 4, 5, 6, 7],
+            "a refusal changes nothing"
+        );
     }
 
     #[test]

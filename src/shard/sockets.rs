@@ -280,7 +280,7 @@ impl Shard {
         if let Some(reason) = resync {
             hello
                 .socket
-                .push_message("resync", Some(pos), &resync_json(session, pos));
+                .push_message("resync", Some(pos), &resync_json(session, pos, reason));
             self.stats.resync(reason, 1);
         } else if !replay.is_empty() {
             for f in replay {

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use crate::stream::{push_decimal, push_hex16, StreamPos};
+use crate::stream::{push_decimal, push_hex16, ResyncReason, StreamPos};
 
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
@@ -241,15 +241,18 @@ pub fn frame_from_remote(
 
 /// `{"type":"resync","session":S,"epoch":E,"seq":N}`: events before this point may
 /// have been missed; reload state, and continue from `pos`.
-pub fn resync_frame(session: &str, pos: StreamPos) -> Vec<u8> {
-    text_frame(&resync_json(session, pos))
+pub fn resync_frame(session: &str, pos: StreamPos, reason: ResyncReason) -> Vec<u8> {
+    text_frame(&resync_json(session, pos, reason))
 }
 
-/// The resync message's JSON, for any transport.
-pub fn resync_json(session: &str, pos: StreamPos) -> Vec<u8> {
+/// The resync message's JSON, for any transport:
+/// `{"type":"resync","session":S,"epoch":E,"seq":N,"reason":R}`.
+pub fn resync_json(session: &str, pos: StreamPos, reason: ResyncReason) -> Vec<u8> {
     format!(
-        r#"{{"type":"resync","session":"{session}","epoch":"{:016x}","seq":{}}}"#,
-        pos.epoch, pos.seq
+        r#"{{"type":"resync","session":"{session}","epoch":"{:016x}","seq":{},"reason":"{}"}}"#,
+        pos.epoch,
+        pos.seq,
+        reason.metric_reason()
     )
     .into_bytes()
 }
