@@ -382,24 +382,8 @@ impl ServeArgs {
                 args.client_message_rate
             },
         };
-        let mut trusted_proxies = Vec::new();
-        for cidr in args
-            .trusted_proxies
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            let net = cidr
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| cidr.parse::<IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| ConfigError::Invalid {
-                    variable: "RELAY_TRUSTED_PROXIES",
-                    why: format!("{cidr:?} is not an address or CIDR network"),
-                })?;
-            trusted_proxies.push(net);
-        }
+        let trusted_proxies =
+            config::parse_trusted_proxies(args.trusted_proxies.as_deref().unwrap_or(""))?;
         let limiters = LimiterConfig {
             // Conformance suites open hundreds of sockets from one address.
             connects_per_sec: std::num::NonZeroU32::new(if args.echo {

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -311,6 +312,10 @@ impl Config {
             "RELAY_TRANSPORTS",
             next.live.transports != self.live.transports,
         );
+        note(
+            "rate limits and caps",
+            format!("{:?}", next.limiters) != format!("{:?}", self.limiters),
+        );
         Ok((next, changed))
     }
 
@@ -409,6 +414,31 @@ impl Config {
                     l.drain_ready_delay = dur("RELAY_DRAIN_READY_DELAY", v)?
                 }
                 "RELAY_DRAIN_SPREAD" => l.drain_spread = Some(dur("RELAY_DRAIN_SPREAD", v)?),
+                "RELAY_CONNECT_RATE" => {
+                    self.limiters.connects_per_sec =
+                        NonZeroU32::new(num("RELAY_CONNECT_RATE", v)? as u32)
+                }
+                "RELAY_PUBLISH_RATE" => {
+                    self.limiters.events_per_sec =
+                        NonZeroU32::new(num("RELAY_PUBLISH_RATE", v)? as u32)
+                }
+                "RELAY_TENANT_PUBLISH_RATE" => {
+                    self.limiters.tenant_events_per_sec =
+                        NonZeroU32::new(num("RELAY_TENANT_PUBLISH_RATE", v)? as u32)
+                }
+                "RELAY_MAX_SOCKETS_PER_TENANT" => {
+                    self.limiters.max_sockets_per_tenant = num("RELAY_MAX_SOCKETS_PER_TENANT", v)?
+                }
+                "RELAY_MAX_SOCKETS_PER_SESSION" => {
+                    self.limiters.max_sockets_per_session = num("RELAY_MAX_SOCKETS_PER_SESSION", v)?
+                }
+                "RELAY_TENANT_CLAIM" => {
+                    self.limiters.tenant_claim =
+                        Some(v.trim().to_string()).filter(|c| !c.is_empty())
+                }
+                "RELAY_TRUSTED_PROXIES" => {
+                    self.limiters.trusted_proxies = parse_trusted_proxies(v)?
+                }
                 "RELAY_SLOW_CONSUMER" => {
                     l.slow_consumer = match v.trim() {
                         "close" => SlowConsumer::Close,
@@ -458,6 +488,23 @@ impl Config {
     }
 }
 
+/// `RELAY_TRUSTED_PROXIES`: comma-separated addresses or CIDR networks.
+pub fn parse_trusted_proxies(value: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|cidr| {
+            cidr.parse::<ipnet::IpNet>()
+                .or_else(|_| cidr.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    variable: "RELAY_TRUSTED_PROXIES",
+                    why: format!("{cidr:?} is not an address or CIDR network"),
+                })
+        })
+        .collect()
+}
+
 /// Variables `RELAY_CONFIG_FILE` may set: the ones a running node can change.
 pub const RELOADABLE: &[&str] = &[
     "JWT_SIGNING_SECRET",
@@ -484,6 +531,13 @@ pub const RELOADABLE: &[&str] = &[
     "RELAY_DRAIN_READY_DELAY",
     "RELAY_DRAIN_SPREAD",
     "RELAY_SLOW_CONSUMER",
+    "RELAY_CONNECT_RATE",
+    "RELAY_PUBLISH_RATE",
+    "RELAY_TENANT_CLAIM",
+    "RELAY_MAX_SOCKETS_PER_TENANT",
+    "RELAY_TENANT_PUBLISH_RATE",
+    "RELAY_MAX_SOCKETS_PER_SESSION",
+    "RELAY_TRUSTED_PROXIES",
 ];
 
 /// A secret's value list: the file's content when a `*_FILE` is named (one value

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
@@ -50,13 +50,22 @@ pub struct LimiterConfig {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// The rates and caps in force, with their rate limiters. Replaced whole by a
+/// reload ([`Limiters::reconfigure`]); a limiter whose rate did not change is
+/// carried over with its state.
+struct Rates {
+    config: LimiterConfig,
+    connects: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    events: Option<Arc<DefaultKeyedRateLimiter<usize>>>,
+    tenant_events: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+}
+
 /// Node-wide limiter state. Shared by every shard (`NodeShared`).
 pub struct Limiters {
-    pub config: LimiterConfig,
-    connects: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    events: Option<DefaultKeyedRateLimiter<usize>>,
-    tenant_events: Option<DefaultKeyedRateLimiter<String>>,
-    /// Open sockets per tenant. Touched once per socket opened or closed.
+    /// Read once per connect or publish (never per frame); written by a reload.
+    rates: RwLock<Arc<Rates>>,
+    /// Open sockets per tenant: kept across reloads, so a new cap applies to the
+    /// sockets a tenant really holds. Touched once per socket opened or closed.
     tenants: Mutex<HashMap<String, usize>>,
     /// Open connections on the node, against `max_connections`.
     open: AtomicUsize,
@@ -103,29 +112,100 @@ impl Drop for SocketPermit {
 impl std::fmt::Debug for Limiters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiters")
-            .field("config", &self.config)
+            .field("config", &self.rates().config)
             .finish()
+    }
+}
+
+impl Rates {
+    /// Limiters for `config`, carrying over `old`'s where the rate is the same.
+    fn new(config: LimiterConfig, old: Option<&Rates>) -> Rates {
+        let two = NonZeroU32::MIN.saturating_add(1);
+        let keep = |same: bool| same && old.is_some();
+        let old_cfg = old.map(|o| &o.config);
+        Rates {
+            connects: match old {
+                Some(o)
+                    if keep(
+                        old_cfg.map(|c| c.connects_per_sec) == Some(config.connects_per_sec),
+                    ) =>
+                {
+                    o.connects.clone()
+                }
+                _ => config.connects_per_sec.map(|r| {
+                    Arc::new(RateLimiter::keyed(
+                        Quota::per_second(r).allow_burst(r.saturating_mul(two)),
+                    ))
+                }),
+            },
+            events: match old {
+                Some(o)
+                    if keep(old_cfg.map(|c| c.events_per_sec) == Some(config.events_per_sec)) =>
+                {
+                    o.events.clone()
+                }
+                _ => config
+                    .events_per_sec
+                    .map(|r| Arc::new(RateLimiter::keyed(Quota::per_second(r).allow_burst(r)))),
+            },
+            tenant_events: match old {
+                Some(o)
+                    if keep(
+                        old_cfg.map(|c| c.tenant_events_per_sec)
+                            == Some(config.tenant_events_per_sec),
+                    ) =>
+                {
+                    o.tenant_events.clone()
+                }
+                _ => config
+                    .tenant_events_per_sec
+                    .map(|r| Arc::new(RateLimiter::keyed(Quota::per_second(r).allow_burst(r)))),
+            },
+            config,
+        }
     }
 }
 
 impl Limiters {
     pub fn new(config: LimiterConfig, max_connections: usize) -> Limiters {
-        let two = NonZeroU32::MIN.saturating_add(1);
         Limiters {
-            connects: config.connects_per_sec.map(|r| {
-                RateLimiter::keyed(Quota::per_second(r).allow_burst(r.saturating_mul(two)))
-            }),
-            events: config
-                .events_per_sec
-                .map(|r| RateLimiter::keyed(Quota::per_second(r).allow_burst(r))),
-            tenant_events: config
-                .tenant_events_per_sec
-                .map(|r| RateLimiter::keyed(Quota::per_second(r).allow_burst(r))),
+            rates: RwLock::new(Arc::new(Rates::new(config, None))),
             tenants: Mutex::new(HashMap::new()),
             open: AtomicUsize::new(0),
             max_connections: AtomicUsize::new(max_connections),
-            config,
         }
+    }
+
+    fn rates(&self) -> Arc<Rates> {
+        match self.rates.read() {
+            Ok(r) => r.clone(),
+            // A writer never panics while holding it; if one did, its value stands.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Applies reloaded rates and caps. A limiter whose rate is unchanged keeps
+    /// its state; one whose rate changed starts afresh (every key with a full
+    /// burst, once: only an operator's SIGHUP does this). Open sockets per tenant
+    /// are kept: a lower cap refuses new sockets until the count is under it, and
+    /// never closes one.
+    pub fn reconfigure(&self, config: LimiterConfig) {
+        let old = self.rates();
+        let next = Arc::new(Rates::new(config, Some(&old)));
+        match self.rates.write() {
+            Ok(mut w) => *w = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+
+    /// The JWT claim naming a socket's tenant, if tenants are configured.
+    pub fn tenant_claim(&self) -> Option<String> {
+        self.rates().config.tenant_claim.clone()
+    }
+
+    /// Open sockets a session may have on the node.
+    pub fn max_sockets_per_session(&self) -> usize {
+        self.rates().config.max_sockets_per_session
     }
 
     /// Takes a connection's slots: its tenant's (when `tenant` is named) and one of
@@ -164,7 +244,8 @@ impl Limiters {
     /// The address a connect is charged to: the peer, unless the peer is a trusted
     /// proxy, then the right-most address in `X-Forwarded-For` that is not one.
     pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
-        let trusted = |ip: &IpAddr| self.config.trusted_proxies.iter().any(|n| n.contains(ip));
+        let rates = self.rates();
+        let trusted = |ip: &IpAddr| rates.config.trusted_proxies.iter().any(|n| n.contains(ip));
         if !trusted(&peer) {
             return peer;
         }
@@ -179,14 +260,16 @@ impl Limiters {
 
     /// Charges one upgrade to `ip`; false when over the rate.
     pub fn allow_connect(&self, ip: IpAddr) -> bool {
-        self.connects
+        self.rates()
+            .connects
             .as_ref()
             .is_none_or(|l| l.check_key(&ip).is_ok())
     }
 
     /// Charges `events` published events to API key number `key`.
     pub fn allow_events(&self, key: usize, events: usize) -> bool {
-        let Some(l) = &self.events else {
+        let rates = self.rates();
+        let Some(l) = &rates.events else {
             return true;
         };
         let n = NonZeroU32::new(events.min(u32::MAX as usize) as u32).unwrap_or(NonZeroU32::MIN);
@@ -195,7 +278,8 @@ impl Limiters {
 
     /// Charges `events` published events to `tenant`.
     pub fn allow_tenant_events(&self, tenant: &str, events: usize) -> bool {
-        let Some(l) = &self.tenant_events else {
+        let rates = self.rates();
+        let Some(l) = &rates.tenant_events else {
             return true;
         };
         let n = NonZeroU32::new(events.min(u32::MAX as usize) as u32).unwrap_or(NonZeroU32::MIN);
@@ -204,10 +288,9 @@ impl Limiters {
 
     /// Takes a socket slot for `tenant`; false when the tenant is at its cap.
     pub fn tenant_acquire(&self, tenant: &str) -> bool {
-        let max = self.config.max_sockets_per_tenant;
-        if max == 0 {
-            return true;
-        }
+        let max = self.rates().config.max_sockets_per_tenant;
+        // Counted even when uncapped, so a cap set by a reload sees real counts.
+        let max = if max == 0 { usize::MAX } else { max };
         let Ok(mut map) = self.tenants.lock() else {
             return true;
         };
@@ -220,9 +303,6 @@ impl Limiters {
     }
 
     pub fn tenant_release(&self, tenant: &str) {
-        if self.config.max_sockets_per_tenant == 0 {
-            return;
-        }
         if let Ok(mut map) = self.tenants.lock() {
             if let Some(n) = map.get_mut(tenant) {
                 *n = n.saturating_sub(1);
@@ -236,14 +316,15 @@ impl Limiters {
     /// Drops rate-limiter state of keys that are back to full credit, so memory
     /// follows the clients that are active now, not every client ever seen.
     pub fn forget_idle(&self) {
-        for l in self.connects.iter() {
+        let rates = self.rates();
+        for l in rates.connects.iter() {
             l.retain_recent();
             l.shrink_to_fit();
         }
-        for l in self.events.iter() {
+        for l in rates.events.iter() {
             l.retain_recent();
         }
-        for l in self.tenant_events.iter() {
+        for l in rates.tenant_events.iter() {
             l.retain_recent();
             l.shrink_to_fit();
         }

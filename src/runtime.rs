@@ -224,6 +224,7 @@ fn reload(node: &NodeShared, current: &mut Config, set_log_level: &SetLogLevel) 
     }
     node.limiters
         .set_max_connections(next.live.limits.max_connections);
+    node.limiters.reconfigure(next.limiters.clone());
     let shared = Arc::new(next.live.clone());
     for shard in 0..node.router.shards() {
         let msg = ShardMsg::Reload(shared.clone());

@@ -179,3 +179,63 @@ fn invalid_reload_is_refused_and_the_running_configuration_stays() {
     assert_eq!(ws.next_event(PROMPT)["event"], "still");
     assert!(connects(&node, &token("bad")));
 }
+
+#[test]
+fn rate_limits_and_caps_reload_on_sighup_without_dropping_a_socket_or_forgetting_counts() {
+    let dir = fresh_dir("reload-limits");
+    let file = dir.join("relay.env");
+    write(
+        &file,
+        "RELAY_CONNECT_RATE=1\nRELAY_TENANT_CLAIM=tenant\nRELAY_MAX_SOCKETS_PER_TENANT=2\n",
+    );
+    let node = Node::builder()
+        .env("RELAY_CONFIG_FILE", &file.display().to_string())
+        .start();
+    let tenant_token = |session: &str| {
+        sign(
+            Algorithm::HS256,
+            SECRET,
+            &json!({"session": session, "tenant": "t1", "exp": now() + 600}),
+        )
+    };
+    // Connect rate 1/s, burst 2: the third connect in a row is refused.
+    let a = ws_connect(node.addr, &format!("/ws?token={}", tenant_token("l1")), &[]);
+    let b = ws_connect(node.addr, &format!("/ws?token={}", tenant_token("l2")), &[]);
+    assert!(a.is_ok() && b.is_ok());
+    assert!(ws_connect(node.addr, &format!("/ws?token={}", token("l3")), &[]).is_err());
+
+    // Off, and the tenant cap up to 3: the tenant's two open sockets still count.
+    write(
+        &file,
+        "RELAY_CONNECT_RATE=0\nRELAY_TENANT_CLAIM=tenant\nRELAY_MAX_SOCKETS_PER_TENANT=3\n",
+    );
+    sighup(&node);
+    wait_log(&node, "configuration reloaded", 1);
+    assert!(node.log().contains("rate limits and caps"));
+    let c = ws_connect(node.addr, &format!("/ws?token={}", tenant_token("l4")), &[]);
+    assert!(c.is_ok(), "the tenant's third socket, under the new cap");
+    let refused = raw_upgrade_response(
+        node.addr,
+        &upgrade_request(&format!("/ws?token={}", tenant_token("l5")), &[]),
+    );
+    assert_eq!(
+        refused.status, 429,
+        "a fourth is over the cap: counts were kept"
+    );
+    for i in 0..20 {
+        assert!(
+            ws_connect(
+                node.addr,
+                &format!("/ws?token={}", token(&format!("free{i}"))),
+                &[]
+            )
+            .is_ok(),
+            "connect {i} refused with the rate off"
+        );
+    }
+    // The sockets opened before the reload are still served.
+    let (mut a, _) = a.unwrap();
+    assert_eq!(a.next_json(PROMPT)["type"], "welcome");
+    node.publish_ok(&event("l1", "e", "1"), 1);
+    assert_eq!(a.next_event(PROMPT)["seq"], 1);
+}

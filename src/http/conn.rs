@@ -536,10 +536,8 @@ fn admit_subscriber(
         ));
     }
     let tenant = limiters
-        .config
-        .tenant_claim
-        .as_deref()
-        .and_then(|claim| upgrade.claims.claim_text(claim));
+        .tenant_claim()
+        .and_then(|claim| upgrade.claims.claim_text(&claim));
     match limiters.admit_socket(tenant) {
         Ok(permit) => Action::Upgrade(upgrade, permit),
         Err(SlotRefusal::Tenant) => {

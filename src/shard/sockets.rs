@@ -94,7 +94,7 @@ impl Shard {
     ) {
         // Sockets per session: all of a session's sockets are here, so this count
         // is the node's.
-        let max = self.node.limiters.config.max_sockets_per_session;
+        let max = self.node.limiters.max_sockets_per_session();
         let in_session = self.registry.borrow().session_size(&upgrade.claims.session);
         if in_session >= max {
             self.stats.rate_limited("session");
