@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request and per-event hot paths: JWT verification
 //! (per handshake), publish-body parsing (per request), event-frame encoding (per
-//! event, once for all its sockets) and `shard_for` (per event and per handshake).
+//! event, once for all its sockets), `shard_for` (per event and per handshake), and
+//! a socket's close and join in sessions of 100 and 10,000 sockets (per churn).
 //!
 //! `cargo bench --bench hot_paths`; figures go to docs/benchmarks.md.
 
@@ -92,5 +93,52 @@ fn routing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, jwt, publish_parse, frame_encode, routing);
+/// One socket of a session leaving and another joining, with the session holding
+/// `n` sockets: the cost of churn should not depend on `n`.
+fn churn(c: &mut Criterion) {
+    use relay::shard::registry::{mono_ms, PendingHello, Registry, SocketState};
+    use relay::subscribe::Transport;
+    use std::rc::Rc;
+    let mut group = c.benchmark_group("registry_churn");
+    for n in [100u64, 10_000] {
+        let mut r = Registry::default();
+        let session = r.intern("big");
+        let join = |r: &mut Registry, id: u64| {
+            let s = Rc::new(SocketState::new(
+                id,
+                session.clone(),
+                Transport::Ws,
+                0,
+                mono_ms(),
+            ));
+            r.add_pending(PendingHello {
+                socket: s.clone(),
+                response: Box::new([]),
+                conn_id: "c".into(),
+                since: None,
+                fetching: false,
+            });
+            for h in r.take_pending("big", Some(id)) {
+                r.welcome(h.socket);
+            }
+            s
+        };
+        let mut live: std::collections::VecDeque<Rc<SocketState>> =
+            (0..n).map(|id| join(&mut r, id)).collect();
+        let mut next = n;
+        group.bench_function(format!("close_and_join_in_{n}"), |b| {
+            b.iter(|| {
+                // The oldest leaves (anywhere in the list after earlier swaps).
+                if let Some(s) = live.pop_front() {
+                    black_box(r.remove(&s));
+                }
+                live.push_back(join(&mut r, next));
+                next += 1;
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, jwt, publish_parse, frame_encode, routing, churn);
 criterion_main!(benches);

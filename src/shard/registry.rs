@@ -83,7 +83,13 @@ pub struct SocketState {
     pub expires_at: Cell<u64>,
     /// When a closing socket is dropped even if the peer never answered; 0: not set.
     pub close_deadline: Cell<u64>,
+    /// Where the socket sits in its session's welcomed list ([`NOT_WELCOMED`]
+    /// before): removal is a swap, O(1) whatever the session's size.
+    slot: Cell<u32>,
 }
+
+/// [`SocketState`]'s slot before it is welcomed.
+const NOT_WELCOMED: u32 = u32::MAX;
 
 /// Milliseconds on a monotonic clock that starts with the process (never 0).
 pub fn mono_ms() -> u64 {
@@ -115,6 +121,7 @@ impl SocketState {
             last_ping: Cell::new(now_ms),
             expires_at: Cell::new(expires_at),
             close_deadline: Cell::new(0),
+            slot: Cell::new(NOT_WELCOMED),
         }
     }
 
@@ -461,6 +468,7 @@ impl Registry {
     /// Makes a socket taken from the pending ones receive events from now on.
     pub fn welcome(&mut self, socket: Rc<SocketState>) {
         if let Some(entry) = self.sessions.get_mut(&socket.session) {
+            socket.slot.set(entry.sockets.len() as u32);
             entry.sockets.push(socket);
         }
     }
@@ -471,8 +479,20 @@ impl Registry {
             return false;
         };
         let before = entry.sockets.len() + entry.pending.len();
-        entry.sockets.retain(|s| s.id != socket.id);
-        entry.pending.retain(|p| p.socket.id != socket.id);
+        let slot = socket.slot.replace(NOT_WELCOMED);
+        if slot == NOT_WELCOMED {
+            // Still waiting for its welcome: the pending list is short-lived.
+            entry.pending.retain(|p| p.socket.id != socket.id);
+        } else if entry
+            .sockets
+            .get(slot as usize)
+            .is_some_and(|s| s.id == socket.id)
+        {
+            entry.sockets.swap_remove(slot as usize);
+            if let Some(moved) = entry.sockets.get(slot as usize) {
+                moved.slot.set(slot);
+            }
+        }
         let removed = before - entry.sockets.len() - entry.pending.len();
         self.sockets -= removed;
         self.by_transport[socket.transport.index()] -= removed;
@@ -708,6 +728,56 @@ mod tests {
             vec![-2, 3, 4, 5, 6, 7],
             "a refusal changes nothing"
         );
+    }
+
+    #[test]
+    fn removing_a_socket_is_a_swap_that_keeps_every_slot_true() {
+        let mut r = Registry::default();
+        let sockets: Vec<Rc<SocketState>> = (0..5)
+            .map(|i| {
+                Rc::new(SocketState::new(
+                    i,
+                    r.intern("s1"),
+                    Transport::Ws,
+                    0,
+                    mono_ms(),
+                ))
+            })
+            .collect();
+        for s in &sockets {
+            r.add_pending(PendingHello {
+                socket: s.clone(),
+                response: Box::new([]),
+                conn_id: "c".into(),
+                since: None,
+                fetching: false,
+            });
+            let hello = r.take_pending("s1", Some(s.id)).pop().unwrap();
+            r.welcome(hello.socket);
+        }
+        let check = |r: &Registry| {
+            for (i, s) in r.sockets_of("s1").unwrap_or(&[]).iter().enumerate() {
+                assert_eq!(
+                    s.slot.get() as usize,
+                    i,
+                    "socket {} thinks it is elsewhere",
+                    s.id
+                );
+            }
+        };
+        assert!(!r.remove(&sockets[1]));
+        check(&r);
+        assert!(!r.remove(&sockets[4]));
+        check(&r);
+        assert!(!r.remove(&sockets[1]), "removing twice changes nothing");
+        assert_eq!(r.socket_count(), 3);
+        let left: Vec<u64> = r.sockets_of("s1").unwrap().iter().map(|s| s.id).collect();
+        assert_eq!(left.len(), 3);
+        assert!(left.contains(&0) && left.contains(&2) && left.contains(&3));
+        assert!(!r.remove(&sockets[0]));
+        assert!(!r.remove(&sockets[3]));
+        assert!(r.remove(&sockets[2]), "the last one empties the session");
+        assert_eq!(r.socket_count(), 0);
     }
 
     #[test]
