@@ -776,9 +776,10 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     );
 }
 
-#[test]
-fn rediss_url_with_a_private_ca_carries_events_over_tls() {
-    let dir = fresh_dir("redis-tls");
+/// A private CA and a server certificate for 127.0.0.1 and localhost, in `dir`
+/// (`ca.crt`, `server.crt`, `server.key`).
+fn tls_certs(dir: &std::path::Path) {
+    let dir = dir.to_path_buf();
     openssl(
         &dir,
         &[
@@ -837,6 +838,12 @@ fn rediss_url_with_a_private_ca_carries_events_over_tls() {
             "ext.cnf",
         ],
     );
+}
+
+#[test]
+fn rediss_url_with_a_private_ca_carries_events_over_tls() {
+    let dir = fresh_dir("redis-tls");
+    tls_certs(&dir);
 
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -1167,4 +1174,110 @@ fn event_streams_and_sockets_on_different_nodes_see_the_same_seq() {
     for i in 40..50 {
         assert_eq!(back.next_event(PROMPT)["data"], i);
     }
+}
+
+#[test]
+fn a_redis_cluster_over_tls_carries_sharded_pubsub() {
+    let dir = fresh_dir("redis-cluster-tls");
+    tls_certs(&dir);
+    let ca = dir.join("ca.crt").display().to_string();
+    let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+    let mut servers: Vec<Child> = ports
+        .iter()
+        .map(|p| {
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &p.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .args([
+                    "--tls-cert-file",
+                    "server.crt",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+                .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server")
+        })
+        .collect();
+    let cli = |args: &[&str]| {
+        Command::new("redis-cli")
+            .args(["--tls", "--cacert", &ca])
+            .args(args)
+            .output()
+            .expect("redis-cli")
+    };
+    for p in &ports {
+        let up = wait_until(Duration::from_secs(5), || {
+            String::from_utf8_lossy(&cli(&["-p", &p.to_string(), "PING"]).stdout).contains("PONG")
+        });
+        assert!(up, "TLS cluster node {p} did not come up");
+    }
+    let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
+    create.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+    let create: Vec<&str> = create.iter().map(String::as_str).collect();
+    let out = cli(&create);
+    assert!(
+        out.status.success(),
+        "cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for p in &ports {
+        let ok = wait_until(Duration::from_secs(10), || {
+            String::from_utf8_lossy(&cli(&["-p", &p.to_string(), "CLUSTER", "INFO"]).stdout)
+                .contains("cluster_state:ok")
+        });
+        assert!(ok, "TLS cluster not ok on {p}");
+    }
+    let seeds = ports
+        .iter()
+        .map(|p| format!("rediss://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| {
+            Node::builder()
+                .env("REDIS_URL", &seeds)
+                .env("REDIS_CLUSTER", "true")
+                .env("REDIS_CA_FILE", &ca)
+                .start()
+        })
+        .collect();
+    let ready = nodes.iter().all(|n| wait_ready(n, PROMPT));
+    let delivered = ready && {
+        let sessions: Vec<String> = (0..6).map(|i| format!("tls-cl-{i}")).collect();
+        let mut sockets: Vec<Ws> = sessions.iter().map(|s| nodes[1].ws_welcomed(s)).collect();
+        for s in &sessions {
+            nodes[0].publish_ok(&event(s, "secure", "1"), 1);
+        }
+        sockets
+            .iter_mut()
+            .all(|ws| ws.next_event(PROMPT)["event"] == "secure")
+    };
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    assert!(
+        ready,
+        "nodes not ready on a TLS cluster:\n{}",
+        nodes[0].log()
+    );
+    assert!(
+        delivered,
+        "events did not cross nodes through the TLS cluster"
+    );
 }
