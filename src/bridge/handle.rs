@@ -84,6 +84,9 @@ pub enum BridgeError {
 pub struct BridgeStatus {
     pub connected: AtomicBool,
     pub reconnects: AtomicU64,
+    /// Messages from Redis shed because the bridge fell behind (each ends the
+    /// link, and its sessions are settled again): `relay_redis_shed_total`.
+    pub shed: Arc<AtomicU64>,
 }
 
 /// The shards' side of the bridge. Cheap to clone.

@@ -1,7 +1,7 @@
 //! One connected period to Redis, standalone or Cluster, behind one interface.
 //!
-//! - Standalone: a multiplexed connection for `PUBLISH` and `PING`, and a pub/sub
-//!   connection for `SUBSCRIBE` and incoming messages.
+//! - Standalone: one multiplexed RESP3 connection for `PUBLISH`, `PING` and
+//!   `SUBSCRIBE`; incoming messages arrive as pushes.
 //! - Cluster: one cluster connection (RESP3) using sharded pub/sub: `SPUBLISH` and
 //!   `SSUBSCRIBE` go to the shard that owns the channel's slot, so fan-out spreads
 //!   over the cluster instead of being broadcast to every node of it.
@@ -14,14 +14,16 @@
 
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::handle::{OutgoingEvent, PublishRules};
 use super::keys::{channel_of, dedupe_key, history_key, position_key};
+use super::pushes::{bounded, PushBuffer};
 use super::scripts::{
     bytes, placed, placed_all, Placed, EVENTS_PER_RUN, NEW_EPOCH_SCRIPT, POSITION_SCRIPT,
     POSITION_TTL_SECS, PUBLISH_SCRIPT,
@@ -77,8 +79,8 @@ pub struct Incoming {
 pub enum Link {
     Standalone {
         publisher: MultiplexedConnection,
-        sink: PubSubSink,
-        stream: PubSubStream,
+        /// What Redis pushes on `publisher` (it is subscribed too), bounded.
+        pushes: PushBuffer,
         /// SHA1s of the scripts, loaded when the link was made: `EVALSHA` spares
         /// Redis the script's text and its hash on every event (≈ 16 % more events
         /// per second than `EVAL` with redis-benchmark here).
@@ -87,17 +89,21 @@ pub enum Link {
     },
     Cluster {
         conn: ClusterConnection,
-        pushes: UnboundedReceiver<PushInfo>,
+        pushes: PushBuffer,
     },
 }
 
 impl Link {
-    pub async fn connect(target: &Target) -> Result<Link, Lost> {
+    /// Connects; messages shed because the bridge fell behind count into
+    /// `shed_total`.
+    pub async fn connect(target: &Target, shed_total: Arc<AtomicU64>) -> Result<Link, Lost> {
+        let (sender, pushes) = bounded(shed_total);
         match target {
             Target::Standalone(client) => {
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(REDIS_TIMEOUT))
-                    .set_response_timeout(Some(REDIS_TIMEOUT));
+                    .set_response_timeout(Some(REDIS_TIMEOUT))
+                    .set_push_sender(sender);
                 let publisher =
                     timed(client.get_multiplexed_async_connection_with_config(&config)).await?;
                 let load = |script: &'static str| {
@@ -114,20 +120,17 @@ impl Link {
                 };
                 let publish_sha = load(PUBLISH_SCRIPT).await?;
                 let position_sha = load(POSITION_SCRIPT).await?;
-                let (sink, stream) = timed(client.get_async_pubsub()).await?.split();
                 Ok(Link::Standalone {
                     publisher,
-                    sink,
-                    stream,
+                    pushes,
                     publish_sha,
                     position_sha,
                 })
             }
             Target::Cluster { seeds, certs } => {
-                let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
                 let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.clone())
                     .use_protocol(redis::ProtocolVersion::RESP3)
-                    .push_sender(tx)
+                    .push_sender(sender)
                     .connection_timeout(REDIS_TIMEOUT)
                     .response_timeout(REDIS_TIMEOUT);
                 if seeds.iter().any(|s| s.starts_with("rediss://")) {
@@ -143,7 +146,7 @@ impl Link {
     pub async fn subscribe(&mut self, sessions: &[String]) -> Result<(), Lost> {
         let channels: Vec<String> = sessions.iter().map(|s| channel_of(s)).collect();
         match self {
-            Link::Standalone { sink, .. } => timed(sink.subscribe(channels)).await,
+            Link::Standalone { publisher, .. } => timed(publisher.subscribe(channels)).await,
             // Sharded subscriptions must not cross slots: one channel per command,
             // sent together.
             Link::Cluster { conn, .. } => {
@@ -162,7 +165,7 @@ impl Link {
     pub async fn unsubscribe(&mut self, sessions: &[String]) -> Result<(), Lost> {
         let channels: Vec<String> = sessions.iter().map(|s| channel_of(s)).collect();
         match self {
-            Link::Standalone { sink, .. } => timed(sink.unsubscribe(channels)).await,
+            Link::Standalone { publisher, .. } => timed(publisher.unsubscribe(channels)).await,
             Link::Cluster { conn, .. } => {
                 let calls = channels.into_iter().map(|c| {
                     let mut conn = conn.clone();
@@ -378,12 +381,8 @@ impl Link {
 
     pub async fn ping(&mut self) -> Result<(), Lost> {
         match self {
-            Link::Standalone {
-                publisher, sink, ..
-            } => {
+            Link::Standalone { publisher, .. } => {
                 timed(redis::cmd("PING").query_async::<Value>(publisher)).await?;
-                // In subscribed mode PING answers ["pong", ""]: any answer will do.
-                timed(sink.ping::<Value>()).await?;
                 Ok(())
             }
             Link::Cluster { conn, .. } => {
@@ -393,45 +392,36 @@ impl Link {
         }
     }
 
+    fn pushes(&mut self) -> &mut PushBuffer {
+        match self {
+            Link::Standalone { pushes, .. } | Link::Cluster { pushes, .. } => pushes,
+        }
+    }
+
     /// The next incoming event; `None` when the link is lost.
     pub async fn next(&mut self) -> Option<Incoming> {
-        match self {
-            Link::Standalone { stream, .. } => stream.next().await.map(|m| Incoming {
-                channel: m.get_channel_name().to_string(),
-                payload: m.get_payload_bytes().to_vec(),
-            }),
-            Link::Cluster { pushes, .. } => loop {
-                let push = pushes.recv().await?;
-                match Self::from_push(push) {
-                    Ok(Some(i)) => return Some(i),
-                    Ok(None) => continue,
-                    Err(()) => return None,
-                }
-            },
+        loop {
+            let push = self.pushes().recv().await?;
+            match Self::from_push(push) {
+                Ok(Some(i)) => return Some(i),
+                Ok(None) => continue,
+                Err(()) => return None,
+            }
         }
     }
 
     /// An incoming event that is already buffered: `Some(None)` when the link is
     /// lost, `None` when nothing is waiting.
     pub fn try_next(&mut self) -> Option<Option<Incoming>> {
-        match self {
-            Link::Standalone { stream, .. } => stream.next().now_or_never().map(|m| {
-                m.map(|m| Incoming {
-                    channel: m.get_channel_name().to_string(),
-                    payload: m.get_payload_bytes().to_vec(),
-                })
-            }),
-            Link::Cluster { pushes, .. } => loop {
-                match pushes.try_recv() {
-                    Ok(push) => match Self::from_push(push) {
-                        Ok(Some(i)) => return Some(Some(i)),
-                        Ok(None) => continue,
-                        Err(()) => return Some(None),
-                    },
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return None,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return Some(None),
-                }
-            },
+        loop {
+            match self.pushes().try_recv()? {
+                Some(push) => match Self::from_push(push) {
+                    Ok(Some(i)) => return Some(Some(i)),
+                    Ok(None) => continue,
+                    Err(()) => return Some(None),
+                },
+                None => return Some(None),
+            }
         }
     }
 
@@ -439,8 +429,9 @@ impl Link {
     /// pushes that carry no event (subscription confirmations).
     fn from_push(push: PushInfo) -> Result<Option<Incoming>, ()> {
         match push.kind {
-            // The cluster client would resubscribe by itself, but events may have
-            // been missed: treat it as a lost link so sessions are resynced.
+            // The connection ended (a cluster client would resubscribe by itself,
+            // but events may have been missed): treat it as a lost link so
+            // sessions are settled against Redis.
             PushKind::Disconnection => Err(()),
             PushKind::SMessage | PushKind::Message => {
                 let channel = push.data.first().and_then(bytes);

@@ -49,6 +49,7 @@
 mod handle;
 mod keys;
 mod link;
+mod pushes;
 mod requests;
 mod run;
 mod scripts;

@@ -53,10 +53,22 @@ pub fn start(
             seeds,
             certs: certs(),
         }
-    } else if url.starts_with("rediss://") {
-        Target::Standalone(redis::Client::build_with_tls(url, certs()).map_err(BridgeError::Url)?)
     } else {
-        Target::Standalone(redis::Client::open(url).map_err(BridgeError::Url)?)
+        // RESP3, so one connection carries commands and the pushes of its
+        // subscriptions (bounded: see `pushes`).
+        use redis::IntoConnectionInfo;
+        let info = url.into_connection_info().map_err(BridgeError::Url)?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(settings);
+        let client = if url.starts_with("rediss://") {
+            redis::Client::build_with_tls(info, certs())
+        } else {
+            redis::Client::open(info)
+        };
+        Target::Standalone(client.map_err(BridgeError::Url)?)
     };
     let (tx, rx) = crossbeam_channel::bounded(BRIDGE_QUEUE);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -137,7 +149,7 @@ impl Bridge {
 
     /// Connects, resubscribes, and serves until Redis is lost.
     async fn connected_period(&mut self, backoff: &mut Duration) -> Result<(), Lost> {
-        let mut link = Link::connect(&self.target).await?;
+        let mut link = Link::connect(&self.target, self.status.shed.clone()).await?;
 
         // Resubscribe the whole current set before saying we are ready.
         let wanted: Vec<String> = self.wanted.keys().cloned().collect();

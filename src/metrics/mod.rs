@@ -26,6 +26,7 @@ pub const UPGRADE_REFUSALS_TOTAL: &str = "relay_upgrade_refusals_total";
 pub const SESSIONS: &str = "relay_sessions";
 pub const REDIS_CONNECTED: &str = "relay_redis_connected";
 pub const REDIS_RECONNECTS_TOTAL: &str = "relay_redis_reconnects_total";
+pub const REDIS_SHED_TOTAL: &str = "relay_redis_shed_total";
 pub const RESYNC_TOTAL: &str = "relay_resync_total";
 pub const REPLAYS_TOTAL: &str = "relay_replays_total";
 pub const REPLAYED_EVENTS_TOTAL: &str = "relay_replayed_events_total";
@@ -231,6 +232,8 @@ pub struct StatsSnapshot {
 pub struct RedisFigures {
     pub connected: bool,
     pub reconnects: u64,
+    /// Messages from Redis shed because the bridge fell behind.
+    pub shed: u64,
 }
 
 fn add_arrays<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {

@@ -200,6 +200,12 @@ impl StatsSnapshot {
                 MetricType::COUNTER,
                 vec![counter(r.reconnects, vec![])],
             ));
+            families.push(family(
+                REDIS_SHED_TOTAL,
+                "Messages from Redis shed because the bridge fell behind its bounded buffer; each overflow ends the link, and its sessions are caught up or resynced.",
+                MetricType::COUNTER,
+                vec![counter(r.shed, vec![])],
+            ));
         }
         families.extend([
             family(

@@ -202,6 +202,7 @@ impl Shard {
         merged.redis = self.node.bridge.as_ref().map(|b| RedisFigures {
             connected: b.is_connected(),
             reconnects: b.status.reconnects.load(Ordering::Relaxed),
+            shed: b.status.shed.load(Ordering::Relaxed),
         });
         let shards = self.node.router.shards();
         if shards == 1 {
