@@ -1281,3 +1281,88 @@ fn a_redis_cluster_over_tls_carries_sharded_pubsub() {
         "events did not cross nodes through the TLS cluster"
     );
 }
+
+#[test]
+fn a_batch_through_redis_is_placed_whole_or_not_at_all_when_redis_dies_mid_batch() {
+    let mut redis = Redis::start_persistent();
+    let node = Node::builder()
+        .env("REDIS_URL", &redis.url())
+        .flag("--history", "redis")
+        .flag("--history-events", "1000000")
+        .start();
+    assert!(wait_ready(&node, PROMPT));
+    // Four publishers, each sending batches of 200 events over five sessions, with
+    // ids naming the batch; Redis is killed while they run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
+    let publishers: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, answered, addr) = (stop.clone(), answered.clone(), node.addr);
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let batch_id = format!("b{t}x{n}");
+                    let events: Vec<String> = (0..200)
+                        .map(|k| {
+                            format!(
+                                r#"{{"session":"whole-{}","event":"e","id":"{batch_id}y{k}","data":{k}}}"#,
+                                k % 5
+                            )
+                        })
+                        .collect();
+                    let resp =
+                        http_request(addr, &post_events_request(&batch(&events), Some(API_KEY)));
+                    answered.lock().unwrap().push((batch_id, resp.status));
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        p.join().unwrap();
+    }
+    redis.spawn(); // from its append-only file: what Redis acknowledged, no more
+    assert!(wait_until(PROMPT, || redis.try_cmd(&["PING"]).is_some()));
+    let mut dump = String::new();
+    for s in 0..5 {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "XRANGE"])
+            .arg(format!("relay:v1:{{whole-{s}}}:h"))
+            .args(["-", "+"])
+            .output()
+            .expect("redis-cli");
+        dump.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    let answered = answered.lock().unwrap().clone();
+    let (mut whole, mut none) = (0, 0);
+    for (batch_id, status) in &answered {
+        let placed = dump.matches(&format!("\"{batch_id}y")).count();
+        assert!(
+            placed == 0 || placed == 200,
+            "batch {batch_id} (answered {status}) has {placed} of its 200 events in Redis"
+        );
+        if *status == 202 {
+            assert_eq!(
+                placed, 200,
+                "batch {batch_id} was answered 202 but is not all in Redis"
+            );
+        }
+        if placed == 200 {
+            whole += 1;
+        } else {
+            none += 1;
+        }
+    }
+    eprintln!(
+        "{} batches: {whole} placed whole, {none} not at all",
+        answered.len()
+    );
+    assert!(
+        whole > 0 && none > 0,
+        "Redis was not killed mid-run: {whole} whole, {none} none"
+    );
+}

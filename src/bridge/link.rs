@@ -70,6 +70,26 @@ pub enum Target {
     },
 }
 
+/// Script runs over requests ending at `ends`: consecutive requests share a run
+/// while it stays within `per_run` events, and a request is never split (one
+/// larger than `per_run` gets a run of its own). Yields `(start, end)` ranges.
+fn runs(ends: &[usize], per_run: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut run_start = 0;
+    let mut prev_end = 0;
+    for &end in ends {
+        if end - run_start > per_run && prev_end > run_start {
+            out.push((run_start, prev_end));
+            run_start = prev_end;
+        }
+        prev_end = end;
+    }
+    if prev_end > run_start {
+        out.push((run_start, prev_end));
+    }
+    out
+}
+
 /// An event that arrived on a session's channel.
 pub struct Incoming {
     pub channel: String,
@@ -180,9 +200,13 @@ impl Link {
     }
 
     /// Places and publishes events, in order per session; one answer per event.
+    /// `ends` closes each request's events (cumulative indexes into `events`): a
+    /// request's events always go in one script run, so on a standalone Redis a
+    /// request is placed whole or not at all.
     pub async fn publish(
         &mut self,
         events: &[(&OutgoingEvent, u64)],
+        ends: &[usize],
         rules: &PublishRules,
     ) -> Result<Vec<Placed>, Lost> {
         // A Cluster would need the script loaded on every master: it gets the text.
@@ -220,8 +244,8 @@ impl Link {
         let replies: Vec<Value> = match self {
             Link::Standalone { publisher, .. } => {
                 let mut pipe = redis::pipe();
-                for chunk in events.chunks(EVENTS_PER_RUN) {
-                    pipe.add_command(run(chunk));
+                for (start, end) in runs(ends, EVENTS_PER_RUN) {
+                    pipe.add_command(run(&events[start..end]));
                 }
                 timed(pipe.query_async::<Vec<Value>>(publisher)).await?
             }
@@ -446,5 +470,23 @@ impl Link {
             }
             _ => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::runs;
+
+    #[test]
+    fn requests_share_runs_up_to_the_limit_and_are_never_split() {
+        // Requests of 100, 100, 100, 600 and 10 events, 256 a run.
+        let ends = [100, 200, 300, 900, 910];
+        assert_eq!(
+            runs(&ends, 256),
+            vec![(0, 200), (200, 300), (300, 900), (900, 910)]
+        );
+        assert_eq!(runs(&[5], 256), vec![(0, 5)]);
+        assert_eq!(runs(&[], 256), Vec::<(usize, usize)>::new());
+        assert_eq!(runs(&[256, 512], 256), vec![(0, 256), (256, 512)]);
     }
 }

@@ -124,7 +124,14 @@ impl Bridge {
             .iter()
             .flat_map(|(_, _, evs, epoch)| evs.iter().map(move |e| (e, *epoch)))
             .collect();
-        let result = link.publish(&events, &self.rules).await;
+        let ends: Vec<usize> = publishes
+            .iter()
+            .scan(0, |end, (_, _, evs, _)| {
+                *end += evs.len();
+                Some(*end)
+            })
+            .collect();
+        let result = link.publish(&events, &ends, &self.rules).await;
         match result {
             Ok(placed) => {
                 let mut placed = placed.into_iter();
