@@ -70,6 +70,47 @@ pub enum Target {
     },
 }
 
+/// History reads in flight at once: a burst of resumes shares the link with
+/// publishes, never monopolises it.
+pub const FETCH_CONCURRENCY: usize = 16;
+
+/// One handle of a link's connection, for a read of its own.
+enum Conn {
+    Standalone(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+/// The payloads of an `XRANGE` reply that continues `after_seq` without a gap;
+/// `None` when the stream was trimmed past it (or has a hole).
+fn range_payloads(reply: Value, after_seq: u64) -> Result<Option<Vec<Vec<u8>>>, Lost> {
+    let Value::Array(entries) = reply else {
+        return Err(bad_reply());
+    };
+    let mut payloads = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let Value::Array(parts) = entry else {
+            return Err(bad_reply());
+        };
+        let id = parts.first().and_then(bytes).ok_or_else(bad_reply)?;
+        let seq: u64 = std::str::from_utf8(&id)
+            .ok()
+            .and_then(|id| id.split('-').next()?.parse().ok())
+            .ok_or_else(bad_reply)?;
+        if seq != after_seq + 1 + i as u64 {
+            // Trimmed, or a gap: the stream cannot bridge from `after_seq`.
+            return Ok(None);
+        }
+        let fields = match parts.get(1) {
+            Some(Value::Array(f)) => f.clone(),
+            Some(Value::Map(m)) => m.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect(),
+            _ => return Err(bad_reply()),
+        };
+        let payload = fields.get(1).and_then(bytes).ok_or_else(bad_reply)?;
+        payloads.push(payload);
+    }
+    Ok(Some(payloads))
+}
+
 /// Script runs over requests ending at `ends`: consecutive requests share a run
 /// while it stays within `per_run` events, and a request is never split (one
 /// larger than `per_run` gets a run of its own). Yields `(start, end)` ranges.
@@ -357,50 +398,42 @@ impl Link {
         }
     }
 
-    /// Events of `session`'s history stream after `after_seq`, at most `count`, as
-    /// published; `None` when the stream no longer reaches back that far.
-    pub async fn fetch(
+    /// Events of each `(session, after_seq)`'s history stream after `after_seq`,
+    /// at most `count` each, as published; `None` for a stream that no longer
+    /// reaches back that far. At most [`FETCH_CONCURRENCY`] reads are in flight at
+    /// once, each on its own handle of the connection, answers in request order.
+    pub async fn fetch_many(
         &mut self,
-        session: &str,
-        after_seq: u64,
+        requests: &[(String, u64)],
         count: usize,
-    ) -> Result<Option<Vec<Vec<u8>>>, Lost> {
-        let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(history_key(session))
-            .arg(format!("{}-0", after_seq + 1))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count);
-        let reply: Value = match self {
-            Link::Standalone { publisher, .. } => timed(cmd.query_async(publisher)).await?,
-            Link::Cluster { conn, .. } => timed(cmd.query_async(conn)).await?,
-        };
-        let Value::Array(entries) = reply else {
-            return Err(bad_reply());
-        };
-        let mut payloads = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
-            let Value::Array(parts) = entry else {
-                return Err(bad_reply());
+    ) -> Result<Vec<Option<Vec<Vec<u8>>>>, Lost> {
+        use futures_util::StreamExt;
+        let reads = requests.iter().map(|(session, after_seq)| {
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(history_key(session))
+                .arg(format!("{}-0", after_seq + 1))
+                .arg("+")
+                .arg("COUNT")
+                .arg(count);
+            let after_seq = *after_seq;
+            let conn = match self {
+                Link::Standalone { publisher, .. } => Conn::Standalone(publisher.clone()),
+                Link::Cluster { conn, .. } => Conn::Cluster(conn.clone()),
             };
-            let id = parts.first().and_then(bytes).ok_or_else(bad_reply)?;
-            let seq: u64 = std::str::from_utf8(&id)
-                .ok()
-                .and_then(|id| id.split('-').next()?.parse().ok())
-                .ok_or_else(bad_reply)?;
-            if seq != after_seq + 1 + i as u64 {
-                // Trimmed, or a gap: the stream cannot bridge from `after_seq`.
-                return Ok(None);
+            async move {
+                let reply: Value = match conn {
+                    Conn::Standalone(mut c) => timed(cmd.query_async(&mut c)).await?,
+                    Conn::Cluster(mut c) => timed(cmd.query_async(&mut c)).await?,
+                };
+                range_payloads(reply, after_seq)
             }
-            let fields = match parts.get(1) {
-                Some(Value::Array(f)) => f.clone(),
-                Some(Value::Map(m)) => m.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect(),
-                _ => return Err(bad_reply()),
-            };
-            let payload = fields.get(1).and_then(bytes).ok_or_else(bad_reply)?;
-            payloads.push(payload);
-        }
-        Ok(Some(payloads))
+        });
+        futures_util::stream::iter(reads)
+            .buffered(FETCH_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
     }
 
     pub async fn ping(&mut self) -> Result<(), Lost> {

@@ -113,10 +113,27 @@ impl Bridge {
             };
             self.tell(from, msg, "new epoch could not be delivered");
         }
-        for (from, session, after, purpose) in fetches {
-            let payloads = link.fetch(&session, after.seq, FETCH_MAX).await?;
-            self.answer_fetch(from, session, after, purpose, payloads);
+        // Publishes first: a burst of resumes must not hold up publishers.
+        self.publish(link, publishes).await?;
+        if !fetches.is_empty() {
+            let reads: Vec<(String, u64)> = fetches
+                .iter()
+                .map(|(_, s, after, _)| (s.clone(), after.seq))
+                .collect();
+            let results = link.fetch_many(&reads, FETCH_MAX).await?;
+            for ((from, session, after, purpose), payloads) in fetches.into_iter().zip(results) {
+                self.answer_fetch(from, session, after, purpose, payloads);
+            }
         }
+        Ok(())
+    }
+
+    /// Places and publishes the publishes taken from the queue, and answers each.
+    async fn publish(
+        &mut self,
+        link: &mut Link,
+        publishes: Vec<(usize, u64, Vec<OutgoingEvent>, u64)>,
+    ) -> Result<(), Lost> {
         if publishes.is_empty() {
             return Ok(());
         }
