@@ -9,9 +9,10 @@
 //! the JSON a WebSocket carries.
 //!
 //! "Open" is the first poll, without `since`: the node answers at once with the
-//! session's position, which is this subscriber's welcome. A resume opens the same way
-//! (to learn the welcome, as a WebSocket's resume does) and then polls from `since`, so
-//! what it missed comes as a replay.
+//! session's position, which is this subscriber's welcome; the next poll is then sent
+//! and left waiting, so an open poller is subscribed as an open socket is. A resume
+//! opens the same way (to learn the welcome, as a WebSocket's resume does) and then
+//! polls from `since`, so what it missed comes as a replay.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -46,8 +47,9 @@ pub struct PollConn {
 }
 
 impl PollConn {
-    /// Polls without `since` for the session's position (the welcome), within `deadline`;
-    /// the next poll asks from `since`, or from the welcome.
+    /// Polls without `since` for the session's position (the welcome), then sends the
+    /// next poll, from `since` or from the welcome, and leaves it waiting; all within
+    /// `deadline`.
     pub async fn open(
         target: &Target,
         src: Option<IpAddr>,
@@ -81,10 +83,13 @@ impl PollConn {
             Err(_) => return Err(ConnError::Timeout),
             Ok(r) => r?,
         };
-        c.inflight = None;
         c.welcome = welcome;
         c.next = since.unwrap_or(welcome);
-        Ok(c)
+        // A poller always has a poll waiting on the node: it is subscribed from here on.
+        match timeout_at(deadline, c.send(Some(c.next))).await {
+            Err(_) => Err(ConnError::Timeout),
+            Ok(r) => r.map(|()| c),
+        }
     }
 
     /// The position the first poll answered: the session's last seq when it joined.
