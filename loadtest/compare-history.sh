@@ -40,7 +40,7 @@ run_one() { # label relay name args...
     >"$OUT/$name.$label.node.out" 2>"$OUT/$name.$label.node.log" &
   local pid=$! port=
   for _ in $(seq 100); do
-    port=$(sed -n 's/^relay listening on .*:\([0-9]*\)$/\1/p' "$OUT/$name.$label.node.out" 2>/dev/null | head -1)
+    port=$(sed -n 's/^relay listening on .*:\([0-9]*\)$/\1/p' "$OUT/$name.$label.node.out" 2>/dev/null | head -1 || true)
     [ -n "$port" ] && break
     sleep 0.1
   done

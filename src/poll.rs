@@ -23,9 +23,9 @@ use crate::http::head::RequestHead;
 use crate::http::response::Refusal;
 use crate::shard::registry::Outgoing;
 use crate::shard::SocketGuard;
-use crate::sse::request::{allowed_origin, find_token};
-use crate::stream::{parse_since, push_decimal, push_hex16, StreamPos};
-use crate::subscribe::{AcceptedUpgrade, Answer, Transport};
+use crate::sse::request::{method_and_origin, verified};
+use crate::stream::{push_decimal, push_hex16, StreamPos};
+use crate::subscribe::{push_cors, resume_point, AcceptedUpgrade, Answer, Transport};
 use crate::ws::close::Disconnect;
 
 /// How long writing the answer may take.
@@ -39,21 +39,12 @@ pub fn decide(
     origins: &OriginPolicy,
     now: u64,
 ) -> Result<AcceptedUpgrade, Refusal> {
-    if head.method != "GET" {
-        return Err(Refusal::method_not_allowed("Allow: GET, OPTIONS\r\n"));
-    }
-    let origin = allowed_origin(head, origins)?;
+    let origin = method_and_origin(head, origins)?;
     let since = match head.query_param("since") {
         None => None,
-        Some(v) => Some(parse_since(v).ok_or_else(|| {
-            Refusal::bad_request(
-                "since must be EPOCH:SEQ (the epoch's 16 hex digits and a sequence number)",
-            )
-        })?),
+        Some(v) => Some(resume_point(v, "since")?),
     };
-    let claims = verifier
-        .verify(find_token(head).unwrap_or(""), now)
-        .map_err(|_| Refusal::unauthorized_token())?;
+    let claims = verified(head, verifier, now)?;
     Ok(AcceptedUpgrade {
         claims,
         since,
@@ -219,9 +210,7 @@ fn response_head(len: usize, allow_origin: Option<&str>) -> Vec<u8> {
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\n",
     );
     if let Some(origin) = allow_origin {
-        h.push_str("Access-Control-Allow-Origin: ");
-        h.push_str(origin);
-        h.push_str("\r\nVary: Origin\r\n");
+        push_cors(&mut h, origin);
     }
     h.push_str("Content-Length: ");
     h.push_str(itoa::Buffer::new().format(len));

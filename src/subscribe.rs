@@ -7,7 +7,25 @@
 //! subscriber. Owns no I/O and no state.
 
 use crate::auth::Claims;
-use crate::stream::StreamPos;
+use crate::http::response::Refusal;
+use crate::stream::{parse_since, StreamPos};
+
+/// A resume point as a request spells it (`since`, `Last-Event-ID`): `EPOCH:SEQ`,
+/// or 400 naming `name` and the form.
+pub fn resume_point(value: &str, name: &str) -> Result<StreamPos, Refusal> {
+    parse_since(value.trim()).ok_or_else(|| {
+        Refusal::bad_request(format!(
+            "{name} must be EPOCH:SEQ (the epoch's 16 hex digits and a sequence number)"
+        ))
+    })
+}
+
+/// Appends the CORS grant for an allowed origin to a response head.
+pub fn push_cors(head: &mut String, origin: &str) {
+    head.push_str("Access-Control-Allow-Origin: ");
+    head.push_str(origin);
+    head.push_str("\r\nVary: Origin\r\n");
+}
 
 /// How a subscriber receives its session's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,9 +179,7 @@ impl AcceptedUpgrade {
                     "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\nConnection: close\r\n",
                 );
                 if let Some(origin) = allow_origin {
-                    r.push_str("Access-Control-Allow-Origin: ");
-                    r.push_str(origin);
-                    r.push_str("\r\nVary: Origin\r\n");
+                    push_cors(&mut r, origin);
                 }
                 r.push_str("\r\n");
                 let mut out = r.into_bytes();

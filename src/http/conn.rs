@@ -374,7 +374,7 @@ fn route(
     let keep_alive = head.keep_alive();
     let ops_here = admin || ctx.ops_on_public_port();
     match head.path {
-        "/ws" if !admin => route_upgrade(ctx, head, peer, buffered_after),
+        "/ws" if !admin => route_subscriber(ctx, head, peer, buffered_after, Transport::Ws),
         "/sse" | "/poll" if !admin && head.method == "OPTIONS" => {
             let settings = ctx.settings();
             match crate::sse::request::preflight(head, &settings.live.origins, keep_alive) {
@@ -385,8 +385,8 @@ fn route(
                 },
             }
         }
-        "/sse" if !admin => route_sse(ctx, head, peer, buffered_after),
-        "/poll" if !admin => route_poll(ctx, head, peer, buffered_after),
+        "/sse" if !admin => route_subscriber(ctx, head, peer, buffered_after, Transport::Sse),
+        "/poll" if !admin => route_subscriber(ctx, head, peer, buffered_after, Transport::Poll),
         "/events" if !admin => route_publish(ctx, head, keep_alive),
         "/healthz" => Action::Respond {
             bytes: response(
@@ -434,60 +434,30 @@ fn route(
     }
 }
 
-fn route_upgrade(
+/// `GET /ws`, `GET /sse`, `GET /poll`: each transport's own decision, then what
+/// every subscription goes through (`admit_subscriber`). The subscriber is the
+/// session's shard's, handed over like a socket.
+fn route_subscriber(
     ctx: &ConnCtx,
     head: &RequestHead<'_, '_>,
     peer: Option<std::net::IpAddr>,
     buffered_after: usize,
+    transport: Transport,
 ) -> Action {
-    admit_subscriber(ctx, head, peer, buffered_after, Transport::Ws, |settings| {
-        decide(head, &settings.verifier, &settings.live.origins, unix_now())
-    })
-}
-
-/// `GET /poll`: one answer, from the session's shard, like a socket's greeting.
-fn route_poll(
-    ctx: &ConnCtx,
-    head: &RequestHead<'_, '_>,
-    peer: Option<std::net::IpAddr>,
-    buffered_after: usize,
-) -> Action {
-    admit_subscriber(
-        ctx,
-        head,
-        peer,
-        buffered_after,
-        Transport::Poll,
-        |settings| {
-            crate::poll::decide(head, &settings.verifier, &settings.live.origins, unix_now())
-        },
-    )
-}
-
-/// `GET /sse`: checked and counted like an upgrade; the stream is the session's
-/// shard's, handed over like a socket.
-fn route_sse(
-    ctx: &ConnCtx,
-    head: &RequestHead<'_, '_>,
-    peer: Option<std::net::IpAddr>,
-    buffered_after: usize,
-) -> Action {
-    admit_subscriber(
-        ctx,
-        head,
-        peer,
-        buffered_after,
-        Transport::Sse,
-        |settings| {
-            crate::sse::request::decide(
+    admit_subscriber(ctx, head, peer, buffered_after, transport, |settings| {
+        let (verifier, origins, now) = (&settings.verifier, &settings.live.origins, unix_now());
+        match transport {
+            Transport::Ws => decide(head, verifier, origins, now),
+            Transport::Sse => crate::sse::request::decide(
                 head,
-                &settings.verifier,
-                &settings.live.origins,
-                unix_now(),
+                verifier,
+                origins,
+                now,
                 crate::sse::request::RETRY_MS,
-            )
-        },
-    )
+            ),
+            Transport::Poll => crate::poll::decide(head, verifier, origins, now),
+        }
+    })
 }
 
 /// What every subscription request goes through, whatever its transport: the

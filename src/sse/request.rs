@@ -8,10 +8,12 @@
 //! `EventSource` sends by itself when it reconnects) or `?since=`. Pure: the
 //! caller passes the clock and does the I/O; node-wide limits are the caller's.
 
+use crate::auth::Claims;
 use crate::auth::{JwtVerifier, OriginPolicy};
 use crate::http::head::RequestHead;
 use crate::http::response::Refusal;
-use crate::stream::{parse_since, StreamPos};
+use crate::stream::StreamPos;
+use crate::subscribe::resume_point;
 use crate::subscribe::{AcceptedUpgrade, Answer};
 
 /// What the stream's `retry:` field tells browsers: reconnect after 1 s.
@@ -33,15 +35,11 @@ fn find_since(head: &RequestHead<'_, '_>) -> Result<Option<StreamPos>, Refusal> 
         (None, Some(v)) => (v, "since"),
         (None, None) => return Ok(None),
     };
-    parse_since(value).map(Some).ok_or_else(|| {
-        Refusal::bad_request(format!(
-            "{name} must be EPOCH:SEQ (the epoch's 16 hex digits and a sequence number)"
-        ))
-    })
+    resume_point(value, name).map(Some)
 }
 
 /// The token: `?token=`, else `Authorization: Bearer`.
-pub(crate) fn find_token<'b>(head: &RequestHead<'_, 'b>) -> Option<&'b str> {
+fn find_token<'b>(head: &RequestHead<'_, 'b>) -> Option<&'b str> {
     if let Some(t) = head.query_param("token") {
         return Some(t);
     }
@@ -51,7 +49,7 @@ pub(crate) fn find_token<'b>(head: &RequestHead<'_, 'b>) -> Option<&'b str> {
 }
 
 /// The request's `Origin` when it is allowed (`Ok(None)`: none sent), or 403.
-pub(crate) fn allowed_origin<'b>(
+fn allowed_origin<'b>(
     head: &RequestHead<'_, 'b>,
     origins: &OriginPolicy,
 ) -> Result<Option<&'b str>, Refusal> {
@@ -60,6 +58,29 @@ pub(crate) fn allowed_origin<'b>(
         Ok(Some(origin)) if origins.allows(origin.trim()) => Ok(Some(origin.trim())),
         _ => Err(Refusal::forbidden_origin()),
     }
+}
+
+/// What `GET /sse` and `GET /poll` check first, alike: the method and the
+/// origin. Answers the allowed origin (for CORS).
+pub(crate) fn method_and_origin<'b>(
+    head: &RequestHead<'_, 'b>,
+    origins: &OriginPolicy,
+) -> Result<Option<&'b str>, Refusal> {
+    if head.method != "GET" {
+        return Err(Refusal::method_not_allowed("Allow: GET, OPTIONS\r\n"));
+    }
+    allowed_origin(head, origins)
+}
+
+/// The request's token (`?token=` or `Authorization: Bearer`), verified.
+pub(crate) fn verified(
+    head: &RequestHead<'_, '_>,
+    verifier: &JwtVerifier,
+    now: u64,
+) -> Result<Claims, Refusal> {
+    verifier
+        .verify(find_token(head).unwrap_or(""), now)
+        .map_err(|_| Refusal::unauthorized_token())
 }
 
 /// Decides a `GET /sse` request. `now` is UNIX seconds; `retry_ms` is what the
@@ -71,14 +92,9 @@ pub fn decide(
     now: u64,
     retry_ms: u64,
 ) -> Result<AcceptedUpgrade, Refusal> {
-    if head.method != "GET" {
-        return Err(Refusal::method_not_allowed("Allow: GET, OPTIONS\r\n"));
-    }
-    let origin = allowed_origin(head, origins)?;
+    let origin = method_and_origin(head, origins)?;
     let since = find_since(head)?;
-    let claims = verifier
-        .verify(find_token(head).unwrap_or(""), now)
-        .map_err(|_| Refusal::unauthorized_token())?;
+    let claims = verified(head, verifier, now)?;
     Ok(AcceptedUpgrade {
         claims,
         since,

@@ -7,7 +7,8 @@
 use crate::auth::{JwtVerifier, OriginPolicy};
 use crate::http::head::RequestHead;
 use crate::http::response::Refusal;
-use crate::stream::{parse_since, StreamPos};
+use crate::stream::StreamPos;
+use crate::subscribe::resume_point;
 
 /// The subprotocol the relay speaks.
 pub const SUBPROTOCOL: &str = "relay.v1";
@@ -57,11 +58,7 @@ fn find_since(head: &RequestHead<'_, '_>) -> Result<Option<StreamPos>, Refusal> 
     });
     match value {
         None => Ok(None),
-        Some(v) => parse_since(v).map(Some).ok_or_else(|| {
-            Refusal::bad_request(
-                "since must be EPOCH:SEQ (the epoch's 16 hex digits and a sequence number)",
-            )
-        }),
+        Some(v) => resume_point(v, "since").map(Some),
     }
 }
 
