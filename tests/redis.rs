@@ -776,6 +776,30 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     );
 }
 
+/// A redis-server listening with TLS only on `port`, with `tls_certs`' files
+/// (run it in their directory); clients need not present certificates.
+fn tls_server_args(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    [
+        "--port",
+        "0",
+        "--tls-port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--tls-cert-file",
+        "server.crt",
+        "--tls-key-file",
+        "server.key",
+        "--tls-ca-cert-file",
+        "ca.crt",
+        "--tls-auth-clients",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A private CA and a server certificate for 127.0.0.1 and localhost, in `dir`
 /// (`ca.crt`, `server.crt`, `server.key`).
 fn tls_certs(dir: &std::path::Path) {
@@ -850,21 +874,7 @@ fn rediss_url_with_a_private_ca_carries_events_over_tls() {
         .map(|a| a.port())
         .expect("free port");
     let mut server = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args([
-            "--tls-cert-file",
-            "server.crt",
-            "--tls-key-file",
-            "server.key",
-        ])
-        .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+        .args(tls_server_args(port))
         .args(["--save", "", "--appendonly", "no"])
         .current_dir(&dir)
         .stdout(Stdio::null())
@@ -1186,21 +1196,7 @@ fn a_redis_cluster_over_tls_carries_sharded_pubsub() {
         .iter()
         .map(|p| {
             Command::new("redis-server")
-                .args([
-                    "--port",
-                    "0",
-                    "--tls-port",
-                    &p.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                ])
-                .args([
-                    "--tls-cert-file",
-                    "server.crt",
-                    "--tls-key-file",
-                    "server.key",
-                ])
-                .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+                .args(tls_server_args(*p))
                 .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
