@@ -55,10 +55,11 @@ export class RelayNode {
   private child: ChildProcess | null = null;
   private readonly dir = mkdtempSync(join(tmpdir(), 'relay-e2e-'));
   stderr = '';
-  constructor(readonly port: number, readonly env: Record<string, string> = {}) {}
+  constructor(readonly port: number, readonly env: Record<string, string> = {}, readonly args: string[] = []) {}
 
-  static async start(env: Record<string, string> = {}): Promise<RelayNode> {
-    const n = new RelayNode(await freePort(), env);
+  /** `args` are more `relay serve` flags, e.g. `['--drain-timeout', '2s']`. */
+  static async start(env: Record<string, string> = {}, args: string[] = []): Promise<RelayNode> {
+    const n = new RelayNode(await freePort(), env, args);
     await n.start();
     return n;
   }
@@ -71,7 +72,7 @@ export class RelayNode {
   }
 
   async start(): Promise<void> {
-    const child = spawn(relayBin(), ['serve', '--host', '127.0.0.1', '--port', String(this.port)], {
+    const child = spawn(relayBin(), ['serve', '--host', '127.0.0.1', '--port', String(this.port), ...this.args], {
       cwd: this.dir,
       env: {
         PATH: process.env.PATH ?? '/usr/bin:/bin',
@@ -102,6 +103,12 @@ export class RelayNode {
       });
     });
     child.stdout!.resume();
+  }
+
+  /** Sends a signal to the running process (e.g. SIGHUP: reload RELAY_CONFIG_FILE). */
+  signal(signal: NodeJS.Signals): void {
+    if (!this.child || this.child.exitCode !== null) throw new Error('relay is not running');
+    this.child.kill(signal);
   }
 
   /** SIGKILL (a crash) by default; resolves when the process is gone. */
@@ -184,6 +191,75 @@ export class Proxy {
   get ws(): string {
     return `ws://127.0.0.1:${this.port}/ws`;
   }
+  get http(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+  cut(): void {
+    this.down = true;
+    for (const s of this.sockets) s.destroy();
+  }
+  restore(): void {
+    this.down = false;
+  }
+  stop(): Promise<void> {
+    this.cut();
+    return new Promise((ok) => this.server.close(() => ok()));
+  }
+}
+
+/**
+ * A TCP proxy that looks at the HTTP requests going through it: it records each
+ * request's head (`heads`), `blockUpgrades` drops every connection that asks for a
+ * WebSocket upgrade (a middlebox that breaks them) while plain HTTP passes, and
+ * `cut()` drops every connection and refuses new ones until `restore()`.
+ */
+export class HttpProxy {
+  readonly heads: string[] = [];
+  blockUpgrades = false;
+  private readonly sockets = new Set<net.Socket>();
+  private down = false;
+  private constructor(private readonly server: net.Server, readonly port: number) {}
+
+  static async start(target: number): Promise<HttpProxy> {
+    const port = await freePort();
+    let proxy!: HttpProxy;
+    const server = net.createServer((client) => {
+      if (proxy.down) return void client.destroy();
+      const upstream = net.connect(target, '127.0.0.1');
+      for (const s of [client, upstream]) {
+        proxy.sockets.add(s);
+        s.on('close', () => proxy.sockets.delete(s));
+        s.on('error', () => {});
+      }
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+      let upgraded = false;
+      client.on('data', (d: Buffer) => {
+        if (!upgraded) {
+          const text = d.toString('latin1');
+          if (/^[A-Z]+ \S+ HTTP\/1\.1\r\n/.test(text)) {
+            const end = text.indexOf('\r\n\r\n');
+            proxy.heads.push(end < 0 ? text : text.slice(0, end + 2));
+            if (/^upgrade:\s*websocket/im.test(text)) {
+              if (proxy.blockUpgrades) return void client.destroy();
+              upgraded = true; // what follows is WebSocket frames
+            }
+          }
+        }
+        upstream.write(d);
+      });
+      upstream.pipe(client);
+    });
+    proxy = new HttpProxy(server, port);
+    await new Promise<void>((ok) => server.listen(port, '127.0.0.1', ok));
+    return proxy;
+  }
+  get ws(): string {
+    return `ws://127.0.0.1:${this.port}/ws`;
+  }
+  get http(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
   cut(): void {
     this.down = true;
     for (const s of this.sockets) s.destroy();
@@ -243,7 +319,9 @@ export interface AppView {
   duplicates: number;
   outOfOrder: number;
   resyncs: Array<{ epoch: string; seq: number; reason: string; at: number }>;
-  states: Array<{ state: string; code?: number; reason?: string; delay?: number; error?: string; conn?: string; url?: string; at: number }>;
+  states: Array<{
+    state: string; code?: number; reason?: string; delay?: number; error?: string; conn?: string; url?: string; transport?: string; at: number;
+  }>;
   refreshed: Array<{ exp: number; at: number }>;
   errors: string[];
 }

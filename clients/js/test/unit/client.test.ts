@@ -29,6 +29,10 @@ function setup(over: Partial<RelayClientOptions> = {}) {
     random: () => 0.5,
     events: win,
     isOnline: () => win.online,
+    // Plain HTTP does not reach the relay either: the client stays on WebSockets.
+    fetch: async () => {
+      throw new TypeError('Failed to fetch');
+    },
     ...over,
   };
   const client = new RelayClient(opts);
@@ -51,7 +55,7 @@ test('connects with the token in the subprotocol, never in the URL', async () =>
   assert.equal(ws.protocols.length, 2, 'no since on a first connect');
   assert.equal(h.client.state.state, 'connecting');
   ws.welcome('e1', 7);
-  assert.deepEqual(h.client.state, { state: 'connected', url: 'ws://relay.test/ws', session: 's1', conn: 'c1' });
+  assert.deepEqual(h.client.state, { state: 'connected', url: 'ws://relay.test/ws', session: 's1', conn: 'c1', transport: 'ws' });
   ws.event('e1', 8);
   assert.deepEqual(h.events.map((e) => e.seq), [8]);
   assert.deepEqual(h.client.position, { epoch: 'e1', seq: 8 });

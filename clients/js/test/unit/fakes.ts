@@ -103,3 +103,83 @@ export function fakeToken(claims: object): string {
   const b = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
   return b({ alg: 'HS256', typ: 'JWT' }) + '.' + b(claims) + '.sig';
 }
+
+/** Lets streams, fetches and promise chains run (a few turns of the event loop). */
+export async function flush(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+}
+
+/** One `GET /sse` the client made: the test plays the relay's side of the stream. */
+export class FakeStream {
+  readonly headers: Record<string, string>;
+  aborted = false;
+  private ctl!: ReadableStreamDefaultController<Uint8Array>;
+  readonly body = new ReadableStream<Uint8Array>({ start: (c) => void (this.ctl = c) });
+  constructor(readonly url: string, init: RequestInit) {
+    this.headers = { ...(init.headers as Record<string, string>) };
+    init.signal?.addEventListener('abort', () => {
+      this.aborted = true;
+      try {
+        this.ctl.error(new DOMException('aborted', 'AbortError'));
+      } catch {
+        /* already ended */
+      }
+    });
+  }
+  /** The relay writes; into a stream the client closed, it goes nowhere. */
+  write(text: string): void {
+    try {
+      this.ctl.enqueue(new TextEncoder().encode(text));
+    } catch {
+      /* closed */
+    }
+  }
+  block(event: string, f: object, id?: string): void {
+    this.write(`${id ? `id: ${id}\n` : ''}event: ${event}\ndata: ${JSON.stringify(f)}\n\n`);
+  }
+  welcome(epoch: string, seq: number, conn = 'c1'): void {
+    this.block('welcome', { type: 'welcome', session: 's1', conn, epoch, seq }, `${epoch}:${seq}`);
+  }
+  event(epoch: string, seq: number, data: unknown = seq): void {
+    this.block('event', { type: 'event', session: 's1', seq, epoch, event: 'e', id: 'id' + seq, data }, `${epoch}:${seq}`);
+  }
+  closeWith(code: number, reason = ''): void {
+    this.block('close', { type: 'close', code, reason });
+    this.end();
+  }
+  end(): void {
+    try {
+      this.ctl.close();
+    } catch {
+      /* already ended */
+    }
+  }
+}
+
+/**
+ * The relay's plain HTTP side, for `fetch`: `up` says whether HTTP reaches it (the
+ * probes resolve; when false every fetch fails as a browser's does); `transports`
+ * is an `X-Relay-Transports` the probe can read (as on the same origin);
+ * `refuse` makes event-stream requests fail (as a refused cross-origin request does).
+ */
+export class FakeHttp {
+  up = true;
+  refuse = false;
+  transports: string | null = null;
+  readonly probes: string[] = [];
+  readonly streams: FakeStream[] = [];
+  readonly fetch = async (url: string, init: RequestInit): Promise<Response> => {
+    if (init.mode === 'no-cors') {
+      this.probes.push(url);
+      if (!this.up) throw new TypeError('Failed to fetch');
+      return new Response('', { status: this.transports ? 503 : 400, headers: this.transports ? { 'X-Relay-Transports': this.transports } : {} });
+    }
+    if (!this.up || this.refuse) throw new TypeError('Failed to fetch');
+    const s = new FakeStream(url, init);
+    this.streams.push(s);
+    return new Response(s.body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+  };
+  last(): FakeStream {
+    return this.streams[this.streams.length - 1]!;
+  }
+}

@@ -1,10 +1,12 @@
 import { backoff } from './backoff.js';
 import { CLIENT_CODES, closeAction } from './codes.js';
+import { EventStream } from './sse.js';
 import { Tracker } from './stream.js';
 import { tokenExp } from './token.js';
 import type {
   Clock,
   EventSourceLike,
+  Fetch,
   Position,
   RelayClientOptions,
   RelayEvent,
@@ -12,6 +14,7 @@ import type {
   SocketFactory,
   SocketLike,
   State,
+  Transport,
 } from './types.js';
 
 /** A socket the relay refused for good (a `stop` close code), or a failed `getToken`. */
@@ -28,13 +31,19 @@ const defaultClock: Clock = {
   clearTimeout: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
 };
 
-type Timer = 'retry' | 'connect' | 'stable' | 'refresh' | 'live';
+type Timer = 'retry' | 'connect' | 'stable' | 'refresh' | 'live' | 'trial';
+
+/** The event stream's URL: the WebSocket's, with `http(s)` and `/sse` for its last `/ws`. */
+const sseUrl = (url: string) => httpUrl(url).replace(/\/ws(?=$|[?#])/, '/sse');
+const httpUrl = (url: string) => url.replace(/^ws/, 'http');
 
 /**
  * A browser client for one relay session: it connects with the token in the
  * subprotocol, hands every event to `onEvent` exactly once and in order across
  * reconnects, resumes with `since`, refreshes its token in-band, and reconnects by
- * itself with backoff.
+ * itself with backoff. Where WebSockets cannot be opened it reads the session's
+ * event stream instead (`GET /sse`), with the same guarantees, and goes back to a
+ * WebSocket when one opens again.
  */
 export class RelayClient {
   private st: State = { state: 'closed', code: 0, reason: 'not connected yet' };
@@ -43,10 +52,24 @@ export class RelayClient {
   private readonly clock: Clock;
   private readonly random: () => number;
   private readonly WS: SocketFactory;
+  private readonly fetch: Fetch;
   private readonly events: EventSourceLike | null;
   private readonly tracker: Tracker;
   private readonly timers: Partial<Record<Timer, unknown>> = {};
+  /** The connection events come from (a WebSocket or an EventStream). */
   private ws: SocketLike | null = null;
+  /** A WebSocket opened beside the event stream, to take over once welcomed. */
+  private trial: SocketLike | null = null;
+  /** The transport of the next try. */
+  private tr: Transport = 'ws';
+  /** `ws` is an event stream. */
+  private sse = false;
+  /** The URL `ws` was opened with. */
+  private cur = '';
+  /** WebSocket tries in a row that got no welcome. */
+  private fails = 0;
+  /** On the event stream: time to try a WebSocket again, at the next welcome. */
+  private due = false;
   private urlIndex = 0;
   private attempt = 0;
   private refreshAttempt = 0;
@@ -67,6 +90,7 @@ export class RelayClient {
     this.clock = options.clock ?? defaultClock;
     this.random = options.random ?? Math.random;
     this.WS = options.WebSocket ?? (globalThis as unknown as { WebSocket: SocketFactory }).WebSocket;
+    this.fetch = options.fetch ?? ((url, init) => fetch(url, init));
     const g = globalThis as unknown as Partial<EventSourceLike>;
     this.events =
       options.events !== undefined ? options.events : typeof g.addEventListener === 'function' ? (g as EventSourceLike) : null;
@@ -89,6 +113,8 @@ export class RelayClient {
     this.events?.addEventListener('online', this.onOnline);
     this.events?.addEventListener('offline', this.onOffline);
     this.attempt = 0;
+    this.fails = 0;
+    this.tr = this.can('ws') ? 'ws' : 'sse';
     void this.open();
   }
 
@@ -110,8 +136,10 @@ export class RelayClient {
   private async open(): Promise<void> {
     const gen = ++this.gen;
     this.clear('retry');
-    const url = this.urls[this.urlIndex % this.urls.length]!;
-    this.set({ state: 'connecting', url, attempt: this.attempt });
+    const sse = this.tr === 'sse';
+    const base = this.base();
+    const url = sse ? sseUrl(base) : base;
+    this.set({ state: 'connecting', url, attempt: this.attempt, transport: this.tr });
     if (gen !== this.gen) return; // onStateChange called close()
     let token: string;
     try {
@@ -126,25 +154,37 @@ export class RelayClient {
     if (gen !== this.gen) return;
     if (!this.online()) return this.retry(CLIENT_CODES.offline, 'offline');
     this.useToken(token);
-    const protocols = ['relay.v1', 'bearer.' + token];
     const pos = this.tracker.pos;
-    if (pos) protocols.push(`since.${pos.epoch}.${pos.seq}`);
     let ws: SocketLike;
     try {
-      ws = new this.WS(url, protocols);
+      ws = sse ? this.attach(new EventStream(url, token, pos ? pos.epoch + ':' + pos.seq : '', this.fetch)) : this.socket(url, token);
     } catch (e) {
       // A URL the browser refuses: no retry can help.
       this.report(new RelayClientError('cannot open ' + url, 1002, e));
       return this.stop(1002, 'bad url');
     }
     this.ws = ws;
+    this.sse = sse;
+    this.cur = url;
     this.welcomed = false;
-    ws.onmessage = (m) => this.frame(ws, m.data);
-    ws.onclose = (c) => this.closed(ws, c.code, c.reason);
-    ws.onerror = () => {};
     this.after('connect', this.o.connectTimeout ?? 10_000, () =>
       this.drop(ws, CLIENT_CODES.connectTimeout, 'no welcome within connectTimeout'),
     );
+  }
+
+  /** A WebSocket with the token, and the position to resume from, in its subprotocols. */
+  private socket(url: string, token: string): SocketLike {
+    const protocols = ['relay.v1', 'bearer.' + token];
+    const pos = this.tracker.pos;
+    if (pos) protocols.push(`since.${pos.epoch}.${pos.seq}`);
+    return this.attach(new this.WS(url, protocols));
+  }
+
+  private attach(ws: SocketLike): SocketLike {
+    ws.onmessage = (m) => this.frame(ws, m.data);
+    ws.onclose = (c) => this.closed(ws, c.code, c.reason);
+    ws.onerror = () => {};
+    return ws;
   }
 
   private useToken(token: string): void {
@@ -156,7 +196,7 @@ export class RelayClient {
   // ---- frames ------------------------------------------------------------------------
 
   private frame(ws: SocketLike, data: unknown): void {
-    if (ws !== this.ws) return;
+    if (ws !== this.ws && ws !== this.trial) return;
     this.lastFrameAt = this.clock.now();
     this.probed = false;
     let f: Record<string, any>;
@@ -164,6 +204,19 @@ export class RelayClient {
       f = JSON.parse(String(data));
     } catch {
       return;
+    }
+    if (ws === this.trial) {
+      if (f.type !== 'welcome') return;
+      // A WebSocket opens again: it takes over from the event stream. It resumes
+      // from the position the trial was opened with; what the stream delivered
+      // since is dropped from its replay as duplicates.
+      const stream = this.ws!;
+      this.trial = null;
+      this.detach();
+      stream.close();
+      this.ws = ws;
+      this.sse = false;
+      this.cur = this.base();
     }
     switch (f.type) {
       case 'event': {
@@ -177,11 +230,20 @@ export class RelayClient {
         this.clear('connect');
         this.welcomed = true;
         this.tracker.welcome(f.epoch, f.seq);
-        this.set({ state: 'connected', url: this.urls[this.urlIndex % this.urls.length]!, session: f.session, conn: f.conn });
+        if (!this.sse) {
+          this.tr = 'ws';
+          this.fails = 0;
+          this.due = false;
+          this.clear('trial');
+        }
+        this.set({ state: 'connected', url: this.cur, session: f.session, conn: f.conn, transport: this.sse ? 'sse' : 'ws' });
         if (ws !== this.ws) return; // onStateChange called close()
         this.after('stable', this.o.stableAfter ?? 10_000, () => (this.attempt = 0));
-        this.scheduleRefresh();
+        // An event stream has no in-band refresh: it ends with 4001 at exp, and the
+        // reconnect gets a new token.
+        if (!this.sse) this.scheduleRefresh();
         this.watch();
+        void this.tryWs();
         return;
       case 'resync':
         this.resynced(this.tracker.resync(f.epoch, f.seq));
@@ -192,6 +254,9 @@ export class RelayClient {
         this.scheduleRefresh();
         this.call(this.o.onRefreshed, f.exp);
         return;
+      case 'close':
+        // An event stream's last block: the code a WebSocket would have closed with.
+        return this.drop(ws, +f.code || 1006, String(f.reason ?? ''));
     }
   }
 
@@ -225,7 +290,7 @@ export class RelayClient {
       if (ws !== this.ws) return;
       this.report(new RelayClientError('getToken failed (refresh): ' + String((e as Error)?.message ?? e), 0, e));
       // Try again with backoff; if it keeps failing the relay closes with 4001 at exp.
-      const d = backoff(this.refreshAttempt++, this.o.minDelay ?? 500, this.o.maxDelay ?? 20_000, this.random);
+      const d = this.delay(this.refreshAttempt++);
       this.scheduleRefresh(d);
       return;
     }
@@ -275,13 +340,36 @@ export class RelayClient {
   }
 
   private closed(ws: SocketLike, code: number, reason: string): void {
+    if (ws === this.trial) {
+      // Still no WebSocket: stay on the event stream, try again later.
+      this.trial = null;
+      ws.onmessage = ws.onclose = null;
+      try {
+        ws.close(1000);
+      } catch {
+        /* already closing */
+      }
+      return this.later();
+    }
     if (ws !== this.ws) return;
     const welcomed = this.welcomed;
+    const sse = this.sse;
     this.detach();
     const action = closeAction(code);
     if (action === 'stop') {
       this.report(new RelayClientError(`relay closed the socket with ${code} (${reason || 'no reason'}): fix the client`, code));
       return this.stop(code, reason);
+    }
+    if (sse) {
+      // The event stream was not welcomed either: back to WebSockets.
+      if (!welcomed && this.can('ws')) {
+        this.tr = 'ws';
+        this.fails = 0;
+        this.clear('trial');
+      }
+    } else if (!welcomed || code === 1012) {
+      if (!welcomed) this.fails++;
+      this.probe(this.base());
     }
     // Stay on a node that was serving us (its history is there), unless it is going
     // away or did not answer; otherwise try the next URL.
@@ -298,7 +386,7 @@ export class RelayClient {
       this.set({ state: 'disconnected', code, reason, delay: Infinity, attempt, error });
       return;
     }
-    const delay = backoff(this.attempt++, this.o.minDelay ?? 500, this.o.maxDelay ?? 20_000, this.random);
+    const delay = this.delay(this.attempt++);
     const gen = this.gen;
     this.set({ state: 'disconnected', code, reason, delay, attempt, error });
     // onStateChange may have called close() (e.g. to give up after some attempts).
@@ -307,17 +395,113 @@ export class RelayClient {
   }
 
   private detach(): void {
-    const ws = this.ws;
-    if (ws) ws.onmessage = ws.onclose = ws.onerror = null;
-    this.ws = null;
+    const trial = this.trial;
+    for (const s of [this.ws, trial]) if (s) s.onmessage = s.onclose = s.onerror = null;
+    this.ws = this.trial = null;
     this.welcomed = false;
     for (const t of ['connect', 'stable', 'refresh', 'live'] as const) this.clear(t);
+    if (trial) {
+      try {
+        trial.close(1000);
+      } catch {
+        /* already closing */
+      }
+      this.later();
+    }
+  }
+
+  // ---- the event stream, and back ----------------------------------------------------
+
+  /**
+   * After a WebSocket try that got no welcome, or a 1012, a plain GET on the
+   * WebSocket's URL (no-cors: no preflight, nothing to expose) tells whether HTTP
+   * reaches the relay: it resolves when anything answers, and fails like the
+   * socket when nothing does (a node down, the network). The client moves to the
+   * event stream once `fallbackAfter` tries in a row failed and HTTP answers, or
+   * at once when the answer is readable (same origin) and its
+   * `X-Relay-Transports` offers `sse` but not `ws`. The next try is then the
+   * event stream, within the first backoff step; a welcome on a WebSocket
+   * meanwhile cancels the move.
+   */
+  private probe(url: string): void {
+    if (!this.can('sse')) return;
+    this.fetch(httpUrl(url), { mode: 'no-cors', cache: 'no-store' }).then(
+      (r) => {
+        const offered = r.headers.get('x-relay-transports');
+        if (
+          this.tr === 'ws' &&
+          !this.welcomed &&
+          this.st.state !== 'closed' &&
+          (offered ? !offered.includes('ws') && offered.includes('sse') : this.fails >= (this.o.fallbackAfter ?? 3))
+        ) {
+          this.tr = 'sse';
+          this.later();
+          // A different transport: the first backoff step, not the socket's next.
+          if (this.st.state === 'disconnected' && this.timers.retry !== undefined) {
+            const delay = this.delay(0);
+            this.after('retry', delay, () => void this.open());
+            this.set({ ...this.st, delay });
+          }
+        }
+      },
+      () => {},
+    );
+  }
+
+  /** On the event stream: try a WebSocket again after `wsRetryAfter`. */
+  private later(): void {
+    const ms = this.o.wsRetryAfter ?? 300_000;
+    if (this.can('ws') && ms < 2 ** 31)
+      this.after('trial', ms, () => {
+        this.due = true;
+        void this.tryWs();
+      });
+  }
+
+  /** Opens the trial WebSocket, when it is due and the event stream is up. */
+  private async tryWs(): Promise<void> {
+    const stream = this.ws;
+    if (!this.due || !this.sse || !this.welcomed || this.trial) return;
+    this.due = false;
+    let token = '';
+    try {
+      token = await this.o.getToken();
+    } catch {
+      /* try later */
+    }
+    if (stream !== this.ws) {
+      // The stream dropped meanwhile: at its next welcome.
+      this.due = true;
+      return this.tryWs();
+    }
+    if (typeof token !== 'string' || !token) return this.later();
+    this.useToken(token);
+    let ws: SocketLike;
+    try {
+      ws = this.trial = this.socket(this.base(), token);
+    } catch {
+      return this.later();
+    }
+    this.after('trial', this.o.connectTimeout ?? 10_000, () => this.closed(ws, CLIENT_CODES.connectTimeout, ''));
+  }
+
+  private delay(attempt: number): number {
+    return backoff(attempt, this.o.minDelay ?? 500, this.o.maxDelay ?? 20_000, this.random);
+  }
+
+  private can(t: Transport): boolean {
+    return (this.o.transports ?? ['ws', 'sse']).includes(t);
+  }
+
+  private base(): string {
+    return this.urls[this.urlIndex % this.urls.length]!;
   }
 
   private stop(code: number, reason: string): void {
     const ws = this.ws;
     this.detach();
     this.clear('retry');
+    this.clear('trial');
     this.gen++;
     if (ws) {
       try {

@@ -4,9 +4,11 @@ export type { CloseAction } from './codes.js';
 export { backoff } from './backoff.js';
 export { readClaims, tokenExp } from './token.js';
 export { Tracker } from './stream.js';
+export { EventStream, SseParser } from './sse.js';
 export type {
   Clock,
   EventSourceLike,
+  Fetch,
   Position,
   RelayClientOptions,
   RelayEvent,
@@ -16,4 +18,5 @@ export type {
   SocketLike,
   State,
   StateName,
+  Transport,
 } from './types.js';

@@ -31,9 +31,15 @@ export interface Resync {
 }
 
 /**
+ * How the client reaches the relay: a WebSocket (`GET /ws`), or an event stream
+ * (`GET /sse`, read with `fetch`) where WebSockets cannot be opened.
+ */
+export type Transport = 'ws' | 'sse';
+
+/**
  * The client's state: a closed union, changed in one place only.
- * - `connecting`: fetching a token or waiting for the socket's welcome;
- * - `connected`: the welcome arrived, events flow;
+ * - `connecting`: fetching a token or waiting for the welcome, over `transport`;
+ * - `connected`: the welcome arrived, events flow over `transport`;
  * - `disconnected`: waiting `delay` ms before the next try (`Infinity` while the
  *   browser is offline: the next try comes with the `online` event). `code` and
  *   `reason` are those of the last close; `error` is set when `getToken` failed;
@@ -41,8 +47,8 @@ export interface Resync {
  *   client must be fixed. Also the state before `connect()`.
  */
 export type State =
-  | { state: 'connecting'; url: string; attempt: number }
-  | { state: 'connected'; url: string; session: string; conn: string }
+  | { state: 'connecting'; url: string; attempt: number; transport: Transport }
+  | { state: 'connected'; url: string; session: string; conn: string; transport: Transport }
   | { state: 'disconnected'; code: number; reason: string; delay: number; attempt: number; error?: unknown }
   | { state: 'closed'; code: number; reason: string };
 
@@ -65,6 +71,9 @@ export interface SocketLike {
 }
 
 export type SocketFactory = new (url: string, protocols: string[]) => SocketLike;
+
+/** The part of the browser's `fetch` the client uses (the event stream and the probe). */
+export type Fetch = (url: string, init: RequestInit) => Promise<Response>;
 
 /** Where `online` and `offline` events come from (the window, by default). */
 export interface EventSourceLike {
@@ -99,8 +108,26 @@ export interface RelayClientOptions {
   connectTimeout?: number;
   /** Refresh this long before `exp`, at most a third of the token's life (ms, default 30,000). */
   refreshMargin?: number;
+  /**
+   * The transports the client may use (default both). The WebSocket comes first;
+   * `['ws']` never falls back, `['sse']` never tries a WebSocket.
+   */
+  transports?: Transport[];
+  /**
+   * Move to the event stream after this many WebSocket tries in a row that got no
+   * welcome, while the relay answers plain HTTP (default 3). Sooner when the
+   * relay's refusal says WebSockets are switched off and can be read.
+   */
+  fallbackAfter?: number;
+  /**
+   * On the event stream, open a WebSocket again after this long (ms, default
+   * 300,000); it takes over when it is welcomed, and is tried again as long
+   * after each failure.
+   */
+  wsRetryAfter?: number;
   /** Injected for tests; default the global ones. */
   WebSocket?: SocketFactory;
+  fetch?: Fetch;
   clock?: Clock;
   random?: () => number;
   events?: EventSourceLike | null;
