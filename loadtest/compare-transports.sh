@@ -27,6 +27,7 @@ SCENARIOS=(
   "fanout-1x1000-100|ws sse poll|$S/fanout.toml --set sessions=1 --set sockets_per_session=1000 --set rate=100"
   "fanout-1x1000-300|ws sse|$S/fanout.toml --set sessions=1 --set sockets_per_session=1000 --set rate=300"
   "fanout-100x10-1k|ws sse poll|$S/fanout.toml"
+  "fanout-100x10-5k|ws sse poll|$S/fanout.toml --set rate=5000 --set publishers=32"
   "fanout-100x10-10k|ws sse|$S/fanout.toml --set rate=10000 --set publishers=32"
   "idle-10k|ws sse poll|$S/idle-hold.toml"
 )
