@@ -63,6 +63,9 @@ pub struct PollRequest {
 
 /// Serves one accepted poll: waits for something to say, answers, closes.
 pub async fn run(mut guard: SocketGuard, mut stream: TcpStream, req: PollRequest) {
+    // The request head was read under the handshake deadline; the wait is
+    // bounded by `req.timeout` instead.
+    let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let waited = glommio::timer::timeout(req.timeout, async {
         Ok(futures_lite::future::poll_fn(|cx| wait(&guard, &mut stream, cx)).await)

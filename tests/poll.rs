@@ -94,6 +94,25 @@ fn an_idle_poll_answers_empty_at_its_timeout() {
 }
 
 #[test]
+fn a_poll_outlives_the_request_head_deadline_and_answers_at_its_own_timeout() {
+    let node = Node::builder()
+        .flag("--handshake-timeout", "1s")
+        .flag("--poll-timeout", "3s")
+        .start();
+    let (_, v) = poll(&node, "poll-long", None);
+    let since = next(&v);
+    let started = Instant::now();
+    let (status, v) = poll(&node, "poll-long", Some(&since));
+    let took = started.elapsed();
+    assert_eq!(status, 200, "the poll was dropped after {took:?}");
+    assert!(
+        took >= Duration::from_millis(2900),
+        "answered after {took:?}"
+    );
+    assert_eq!(v["events"], serde_json::json!([]));
+}
+
+#[test]
 fn a_loop_of_polls_sees_every_event_once_in_order_through_bursts() {
     let node = Node::start();
     let (_, v) = poll(&node, "poll-loop", None);
