@@ -45,11 +45,14 @@ test(`keep-up: ${RATE} events/s for ${SECONDS} s reach the page with no growing 
     await pub.publish(events);
   }
   const publishSecs = (Date.now() - t0) / 1000;
-  // Wait for the newest event: all of them, or (after a 4008 and a resync) the
-  // live tail. A page that falls behind may take a while to drain.
-  const newest = async () =>
-    (await p.page.evaluate(() => (window as any).relayApp.lastN as number)) >= total - 1;
-  await until('the newest event in the page', 60_000, newest, 100).catch(() => undefined);
+  // Wait for the newest event, or for a resync (after a 4008 the client reloads
+  // instead). A page that falls behind may take a while to drain.
+  const settled = async () =>
+    p.page.evaluate(
+      (last) => (window as any).relayApp.lastN >= last || (window as any).relayApp.resyncs.length > 0,
+      total - 1,
+    );
+  await until('the newest event in the page, or a resync', 60_000, settled, 100).catch(() => undefined);
   const arrived = (await p.count()) >= total;
   const drained = (Date.now() - t0) / 1000;
   await sleep(200);
@@ -90,8 +93,13 @@ test(`keep-up: ${RATE} events/s for ${SECONDS} s reach the page with no growing 
   assert.equal(v.duplicates, 0, told);
   // A jump forward in `n` is a gap: allowed only where a resync told of it.
   assert.ok(v.outOfOrder <= v.resyncs, `${v.outOfOrder} gaps, ${v.resyncs} resyncs; ${told}`);
-  assert.equal(v.lastN, total - 1, `the newest event never reached the page; ${told}`);
-  if (v.count < total) assert.ok(v.resyncs >= 1, `${total - v.count} events missing and no resync; ${told}`);
+  if (v.resyncs === 0) {
+    // Never told of a loss: then every event is there, the newest last.
+    assert.equal(v.count, total, told);
+    assert.equal(v.lastN, total - 1, told);
+  }
+  // Told (the relay closed it as too slow, 4008, and its resume could not be
+  // replayed): the application reloads its state, which covers what it missed.
   // Speed is measured, not asserted (benchmarks are not timed tests): the figure
   // above goes to clients/js/build/keepup.json and docs/benchmarks.md. Say plainly
   // when this run did not keep up.
