@@ -15,13 +15,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use crate::auth::{JwtVerifier, OriginPolicy};
 use crate::http::head::RequestHead;
 use crate::http::response::Refusal;
-use crate::shard::registry::Outgoing;
+use crate::shard::registry::{mono_ms, Outgoing};
 use crate::shard::SocketGuard;
 use crate::sse::request::{method_and_origin, verified};
 use crate::stream::{push_decimal, push_hex16, StreamPos};
@@ -62,34 +62,82 @@ pub struct PollRequest {
 }
 
 /// Serves one accepted poll: waits for something to say, answers, closes.
-pub async fn run(mut guard: SocketGuard, mut stream: TcpStream, req: PollRequest) {
+///
+/// A plain `poll_fn` over a small struct, like a socket's task, and no timer of
+/// its own: its deadline sits in its `SocketState` (`last_ping`, which a poll
+/// does not otherwise use) and housekeeping wakes it once that has passed, so a
+/// waiting poll costs what an idle socket costs.
+pub fn run(
+    guard: SocketGuard,
+    stream: TcpStream,
+    req: PollRequest,
+) -> impl std::future::Future<Output = ()> {
     // The request head was read under the handshake deadline; the wait is
     // bounded by `req.timeout` instead.
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let waited = glommio::timer::timeout(req.timeout, async {
-        Ok(futures_lite::future::poll_fn(|cx| wait(&guard, &mut stream, cx)).await)
-    })
-    .await;
-    let ended = match waited {
-        Ok(Some(gone)) => {
-            guard.reason = gone;
-            return;
+    let deadline = mono_ms() + req.timeout.as_millis() as u64;
+    guard.state.last_ping.set(deadline);
+    let mut task = PollTask {
+        guard,
+        stream,
+        since: req.since,
+        allow_origin: req.allow_origin,
+        deadline,
+        out: None,
+    };
+    futures_lite::future::poll_fn(move |cx| task.poll(cx))
+}
+
+struct PollTask {
+    guard: SocketGuard,
+    stream: TcpStream,
+    since: Option<StreamPos>,
+    allow_origin: Option<Box<str>>,
+    /// When the wait ends with an empty answer ([`mono_ms`] time).
+    deadline: u64,
+    /// The answer being written, how much of it is out, and how the poll ends.
+    out: Option<(Vec<u8>, usize, Disconnect)>,
+}
+
+impl PollTask {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.out.is_none() {
+            match wait(&self.guard, &mut self.stream, cx) {
+                Poll::Ready(Some(gone)) => {
+                    self.guard.reason = gone;
+                    return Poll::Ready(());
+                }
+                Poll::Ready(None) => {}
+                Poll::Pending if mono_ms() < self.deadline => return Poll::Pending,
+                // Nothing came in time: an empty answer.
+                Poll::Pending => {}
+            }
+            let close = self.guard.state.take_close_request();
+            let body = answer(&self.guard, self.since, close);
+            let mut bytes = response_head(body.len(), self.allow_origin.as_deref());
+            bytes.extend_from_slice(&body);
+            let ending = close.unwrap_or(Disconnect::ClientClosed);
+            self.out = Some((bytes, 0, ending));
         }
-        Ok(None) => None,
-        // Nothing came in time: an empty answer.
-        Err(_) => None,
-    };
-    let close = ended.or_else(|| guard.state.take_close_request());
-    let body = answer(&guard, req.since, close);
-    let head = response_head(body.len(), req.allow_origin.as_deref());
-    let sent = stream.write_all(&head).await.is_ok() && stream.write_all(&body).await.is_ok();
-    let _ = stream.close().await;
-    guard.reason = match (sent, close) {
-        (false, _) => Disconnect::IoError,
-        (true, Some(reason)) => reason,
-        (true, None) => Disconnect::ClientClosed,
-    };
+        let Some((bytes, written, ending)) = &mut self.out else {
+            return Poll::Ready(());
+        };
+        while *written < bytes.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.guard.reason = Disconnect::IoError;
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // All written: dropping the stream closes the connection (the answer's
+        // length and `Connection: close` tell the client where it ends).
+        self.guard.reason = *ending;
+        Poll::Ready(())
+    }
 }
 
 /// Ready when the poll has something to answer: a queued event or message, or

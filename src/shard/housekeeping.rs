@@ -56,6 +56,10 @@ impl Shard {
                     // A long-poll ends within its own timeout.
                     Transport::Poll => 0,
                 };
+                if s.transport == Transport::Poll && s.last_ping.get() <= now {
+                    // A waiting poll's deadline (see `poll::run`): it answers empty.
+                    s.wake();
+                }
                 if s.expires_at.get() <= unix {
                     s.request_close(Disconnect::TokenExpired);
                 } else if s.transport == Transport::Ws && silent >= ping_timeout {
