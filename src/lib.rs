@@ -22,6 +22,7 @@
 //! - [`logging`]: the non-blocking log writer; lines dropped, never waited for.
 //! - [`stream`]: a position in a session's stream and its wire spellings.
 //! - [`clock`]: the wall clock, read in one place.
+//! - [`offcore`]: sending to a shard, retrying, from threads that are not shards.
 //! - [`latency`]: per-shard HdrHistogram of accepted→written latency, merged into `/latency`.
 //!
 //! - [`bridge`]: with `REDIS_URL`, the thread that carries events between nodes
@@ -53,6 +54,7 @@ pub mod latency;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;
+pub mod offcore;
 pub mod outbound;
 pub mod poll;
 pub mod router;

@@ -380,31 +380,6 @@ impl Router {
             .inspect_err(|_| self.links[to].budget.release(0))
     }
 
-    /// Sends a control message, retrying while the inbox is full: for messages that
-    /// must arrive (a drain, a reload). Gives up after `attempts`. It sleeps between
-    /// attempts, so only threads that are not shards call it (the signal thread, the
-    /// bridge); clippy.toml forbids it elsewhere.
-    pub fn send_retrying(
-        &self,
-        to: usize,
-        mut msg: ShardMsg,
-        attempts: usize,
-        pause: std::time::Duration,
-    ) -> Result<(), ShardMsg> {
-        for _ in 0..attempts {
-            match self.send(to, msg) {
-                Ok(()) => return Ok(()),
-                Err((RouteError::Stopped(_), m)) => return Err(m),
-                Err((RouteError::InboxFull(_), m)) => {
-                    msg = m;
-                    #[allow(clippy::disallowed_methods)] // not a shard thread: see above
-                    std::thread::sleep(pause);
-                }
-            }
-        }
-        Err(msg)
-    }
-
     /// Sends a message whose inbox room was reserved when the message it answers
     /// was admitted (see [`Router::dispatch`]): it cannot find the inbox full, so a
     /// shard never waits to send it.

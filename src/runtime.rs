@@ -229,7 +229,7 @@ fn reload(node: &NodeShared, current: &mut Config, set_log_level: &SetLogLevel) 
     for shard in 0..node.router.shards() {
         let msg = ShardMsg::Reload(shared.clone());
         let pause = std::time::Duration::from_millis(5);
-        if node.router.send_retrying(shard, msg, 1000, pause).is_err() {
+        if crate::offcore::send_retrying(&node.router, shard, msg, 1000, pause).is_err() {
             tracing::error!(shard, "reload not delivered to a shard");
         }
     }
@@ -263,9 +263,13 @@ fn install_signal_thread(
                     // The inbox may be momentarily full; the drain must get through.
                     let pause = std::time::Duration::from_millis(5);
                     #[allow(clippy::disallowed_methods)] // the signal thread
-                    let sent = node
-                        .router
-                        .send_retrying(shard, ShardMsg::Drain, 1000, pause);
+                    let sent = crate::offcore::send_retrying(
+                        &node.router,
+                        shard,
+                        ShardMsg::Drain,
+                        1000,
+                        pause,
+                    );
                     if sent.is_err() {
                         tracing::error!(shard, "drain request not delivered");
                     }

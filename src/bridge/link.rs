@@ -507,7 +507,7 @@ impl Link {
 }
 
 #[cfg(test)]
-mod run_tests {
+mod tests {
     use super::runs;
 
     #[test]

@@ -64,11 +64,7 @@ impl Bridge {
     /// full (it drains continuously); logs `failure` if it never fits.
     #[allow(clippy::disallowed_methods)] // the bridge thread, never a shard core
     pub(super) fn tell(&self, shard: usize, msg: ShardMsg, failure: &str) {
-        if self
-            .router
-            .send_retrying(shard, msg, 100, SEND_PAUSE)
-            .is_err()
-        {
+        if crate::offcore::send_retrying(&self.router, shard, msg, 100, SEND_PAUSE).is_err() {
             tracing::error!(shard, "{failure}");
         }
     }

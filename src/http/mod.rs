@@ -10,3 +10,4 @@ pub mod head;
 pub mod publish;
 pub mod receipts;
 pub mod response;
+pub mod route;

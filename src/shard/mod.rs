@@ -33,6 +33,7 @@ mod pending;
 mod publish;
 pub mod registry;
 mod retire;
+mod socket;
 mod sockets;
 mod tasks;
 
