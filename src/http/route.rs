@@ -159,7 +159,8 @@ fn admit_subscriber(
     transport: Transport,
     decide: impl FnOnce(&Settings) -> Result<AcceptedUpgrade, Refusal>,
 ) -> Action {
-    let offered = ctx.settings().live.transports;
+    let settings = ctx.settings();
+    let offered = settings.live.transports;
     if !offered.allows(transport) {
         return Action::RefuseUpgrade(Refusal {
             headers: offered.header(),
@@ -178,7 +179,6 @@ fn admit_subscriber(
             ));
         }
     }
-    let settings = ctx.settings();
     let upgrade = match decide(&settings) {
         Ok(u) => u,
         Err(refusal) => return Action::RefuseUpgrade(refusal),

@@ -157,13 +157,14 @@ impl SocketState {
         if self.closing.get() || self.close_request_pending() {
             return true;
         }
-        let (out, len) = match self.transport {
-            Transport::Ws | Transport::Poll => (Outgoing::Event(frame.clone()), frame.len()),
-            Transport::Sse => (Outgoing::SseEvent(frame.clone()), frame.sse_bytes().len()),
-        };
+        let len = self.entry_len(frame);
         if self.queued_bytes.get() + len > max_bytes {
             return false;
         }
+        let out = match self.transport {
+            Transport::Ws | Transport::Poll => Outgoing::Event(frame.clone()),
+            Transport::Sse => Outgoing::SseEvent(frame.clone()),
+        };
         self.push(out, len);
         true
     }
