@@ -71,6 +71,39 @@ pub struct Receipt {
     pub written: u32,
     pub queued: u32,
     pub dropped: u32,
+    /// Through Redis: the nodes subscribed to the session when Redis published the
+    /// event (`PUBLISH`'s answer), each owing a [`DeliveredCounts`] under
+    /// `?wait=delivered`. 0 without Redis and for a duplicate.
+    pub receivers: u32,
+}
+
+/// One node's delivery of one event, for a publisher waiting with
+/// `?wait=delivered` through Redis: the same three counts as a [`Receipt`]'s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveredCounts {
+    pub written: u32,
+    pub queued: u32,
+    pub dropped: u32,
+}
+
+/// Where a node that received an event from Redis sends its [`DeliveredCounts`]:
+/// the publishing node's reply channel, and the waiting request there (its shard,
+/// its id in that shard's table, the event's index in the request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub channel: Box<str>,
+    pub shard: u32,
+    pub id: u64,
+    pub index: u32,
+}
+
+/// One event's counts on the node that delivered it, as the waiting shard folds
+/// them: which node, which event of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDelivery {
+    pub node: Arc<str>,
+    pub index: u32,
+    pub counts: DeliveredCounts,
 }
 
 /// A socket that authenticated on one shard, moving to its session's owner before
@@ -89,6 +122,8 @@ pub struct RemoteEvent {
     pub session: Box<str>,
     /// As the publish script sent it: see `ws::frame::remote_parts`.
     pub payload: Vec<u8>,
+    /// The publisher waits for this node's counts (`?wait=delivered`).
+    pub reply: Option<Box<ReplyTo>>,
 }
 
 /// Why the shard asked the bridge for events from a session's Redis Stream.
@@ -113,6 +148,12 @@ pub enum ShardMsg {
     Sequenced {
         id: u64,
         receipts: Vec<Receipt>,
+    },
+    /// Other nodes' (and this node's) deliveries of events of publish `id` of this
+    /// shard, waiting with `?wait=delivered` through Redis.
+    Delivered {
+        id: u64,
+        deliveries: Vec<NodeDelivery>,
     },
     /// The bridge's answer to a publish: Redis took all its events (with these
     /// receipts), or not (`None`).

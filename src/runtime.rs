@@ -106,6 +106,7 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
         Router::with_capacity(shards, config.inbox_messages).map_err(RuntimeError::Channels)?;
     let config_limiters = config.limiters.clone();
     let max_connections = config.live.limits.max_connections;
+    let node_tag = random_hex(3);
     let bridge = match &config.redis_url {
         Some(url) => {
             let url = String::from_utf8_lossy(url.expose()).into_owned();
@@ -121,6 +122,7 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
                     },
                 },
                 router.clone(),
+                &node_tag,
             )?)
         }
         None => None,
@@ -129,7 +131,7 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
         config,
         router: router.clone(),
         draining: AtomicBool::new(false),
-        node_tag: random_hex(3),
+        node_tag,
         bridge,
         limiters: Arc::new(crate::limiter::Limiters::new(
             config_limiters,

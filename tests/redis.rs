@@ -17,109 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A `redis-server` of our own, killed on drop.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-    /// With a directory, Redis keeps an append-only file there, fsynced before
-    /// every reply, and reloads it when respawned.
-    aof_dir: Option<PathBuf>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Redis::start_with(None)
-    }
-
-    /// A Redis that survives `kill` + `spawn` with its data (AOF, fsync always).
-    fn start_persistent() -> Redis {
-        Redis::start_with(Some(fresh_dir("redis-aof")))
-    }
-
-    fn start_with(aof_dir: Option<PathBuf>) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let mut r = Redis {
-            port,
-            child: None,
-            aof_dir,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let port = self.port.to_string();
-        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
-        let dir = self.aof_dir.as_ref().map(|d| d.display().to_string());
-        match &dir {
-            Some(d) => args.extend(["--appendonly", "yes", "--appendfsync", "always", "--dir", d]),
-            None => args.extend(["--appendonly", "no"]),
-        }
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/test installs it)");
-        self.child = Some(child);
-        assert!(
-            wait_until(Duration::from_secs(5), || self
-                .try_cmd(&["PING"])
-                .is_some_and(|r| r.starts_with("+PONG"))),
-            "redis-server did not answer on port {}",
-            self.port
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// One RESP command; the raw reply, or `None` if Redis is not there.
-    fn try_cmd(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).ok()?;
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-    }
-
-    /// Subscribers of a session's channel, from `PUBSUB NUMSUB`.
-    fn subscribers(&self, session: &str) -> Option<u64> {
-        let reply = self.try_cmd(&["PUBSUB", "NUMSUB", &format!("relay:v1:s:{{{session}}}")])?;
-        reply.lines().last()?.trim_start_matches(':').parse().ok()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn node_on(redis: &Redis) -> Node {
-    Node::builder().env("REDIS_URL", &redis.url()).start()
-}
-
-fn wait_ready(node: &Node, timeout: Duration) -> bool {
-    wait_until(timeout, || node.get("/readyz").status == 200)
-}
-
 /// Reads events until `n` have arrived (skipping resyncs); returns each one's id,
 /// epoch and seq.
 fn collect_ids(ws: &mut Ws, n: usize) -> Vec<String> {
@@ -620,11 +517,7 @@ impl RedisCluster {
             _dir: dir,
         };
         for &p in &cluster.ports {
-            let r = Redis {
-                port: p,
-                child: None,
-                aof_dir: None,
-            };
+            let r = Redis::at(p);
             assert!(wait_until(Duration::from_secs(5), || r
                 .try_cmd(&["PING"])
                 .is_some_and(|x| x.starts_with("+PONG"))));
@@ -644,11 +537,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         for &p in &cluster.ports {
-            let r = Redis {
-                port: p,
-                child: None,
-                aof_dir: None,
-            };
+            let r = Redis::at(p);
             assert!(
                 wait_until(Duration::from_secs(10), || r
                     .try_cmd(&["CLUSTER", "INFO"])
@@ -672,11 +561,7 @@ impl RedisCluster {
         self.ports
             .iter()
             .map(|&p| {
-                let r = Redis {
-                    port: p,
-                    child: None,
-                    aof_dir: None,
-                };
+                let r = Redis::at(p);
                 r.try_cmd(&["PUBSUB", "SHARDCHANNELS"])
                     .map(|x| x.matches("relay:v1:s:").count())
                     .unwrap_or(0)
@@ -760,6 +645,23 @@ fn redis_cluster_carries_sharded_pubsub_across_nodes() {
         .map(|_| back.next_event(PROMPT)["seq"].as_u64().expect("seq"))
         .collect();
     assert_eq!(seqs, vec![6, 7, 8, 9, 10]);
+
+    // `?wait=delivered` over sharded pub/sub: each session's two nodes (plus the
+    // resumed one for session 0) answer on the publisher's reply channel, which
+    // lives on its own slot's master.
+    for (i, s) in sessions.iter().enumerate() {
+        let req = post_events_request(&event(s, "e", "99"), Some(API_KEY)).replacen(
+            "POST /events ",
+            "POST /events?wait=delivered ",
+            1,
+        );
+        let resp = http_request(nodes[i % 2].addr, &req);
+        assert_eq!(resp.status, 202, "{}", resp.body_str());
+        let r = &resp.json()["events"][0];
+        let expected = if i == 0 { 3 } else { 2 };
+        assert_eq!(r["nodes"].as_array().map(Vec::len), Some(expected), "{r}");
+        assert_eq!(r["nodes_late"], 0, "{r}");
+    }
 }
 
 /// Runs openssl with `args` in `dir`; panics with its output on failure.

@@ -5,8 +5,13 @@
 //!   its parts gives the same position.
 //! - `parse_since`: an accepted value names a position that, printed the way the
 //!   relay prints positions, parses back to itself.
+//! - `split_request` (a `?wait=delivered` request block before a payload) and
+//!   `decode_receipts` (another node's counts on the reply channel): what they
+//!   accept, written back with `request_block` / `encode_receipts`, gives the bytes
+//!   that came in.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use relay::bridge::{decode_receipts, encode_receipts, request_block, split_request};
 use relay::stream::{parse_since, StreamPos};
 use relay::ws::frame::{frame_from_remote, join_remote};
 
@@ -25,6 +30,18 @@ fuzz_target!(|data: &[u8]| {
             let rebuilt = join_remote(&data[..h], pos, &data[t..]);
             assert_eq!(frame_from_remote(&rebuilt, u64::MAX, now).map(|(_, p)| p), Some(pos));
         }
+    }
+    let (rest, reply) = split_request(data.to_vec());
+    match reply {
+        Some(r) => {
+            let mut again = request_block(&r.channel, r.shard, r.id, r.index);
+            again.extend_from_slice(&rest);
+            assert_eq!(again, data, "a request block round-trips");
+        }
+        None => assert_eq!(rest, data, "a payload without a block is left whole"),
+    }
+    if let Some((node, receipts)) = decode_receipts(data) {
+        assert_eq!(encode_receipts(node, &receipts), data, "receipts round-trip");
     }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Some(pos) = parse_since(text) {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
 
+use super::delivered::WireReceipt;
 use crate::router::FetchPurpose;
 use crate::stream::StreamPos;
 
@@ -27,6 +28,9 @@ pub struct OutgoingEvent {
     pub tail: Vec<u8>,
     /// The publisher's id (its JSON literal), for dedupe.
     pub id: Option<Vec<u8>>,
+    /// With `?wait=delivered`: the request block published before the payload (see
+    /// `delivered`); empty otherwise. Never kept in the history stream.
+    pub reply: Vec<u8>,
 }
 
 /// What the publish script needs from the configuration.
@@ -68,6 +72,12 @@ pub enum BridgeMsg {
     Subscribe { from: usize, session: String },
     /// The session's last local socket left.
     Unsubscribe { session: String },
+    /// This node's counts for events a publisher elsewhere (or here) waits on:
+    /// publish them on that node's reply `channel`.
+    Delivered {
+        channel: Box<str>,
+        receipts: Vec<WireReceipt>,
+    },
 }
 
 /// Why the bridge could not start.
@@ -95,9 +105,16 @@ pub struct BridgeHandle {
     pub(super) tx: Sender<BridgeMsg>,
     pub(super) wake: Arc<tokio::sync::Notify>,
     pub status: Arc<BridgeStatus>,
+    /// This node's reply channel, where other nodes send `?wait=delivered` counts.
+    pub(super) reply_channel: Arc<str>,
 }
 
 impl BridgeHandle {
+    /// This node's reply channel (for the request blocks of waiting publishes).
+    pub fn reply_channel(&self) -> &str {
+        &self.reply_channel
+    }
+
     /// Queues a message; hands it back when the bridge is behind.
     pub fn send(&self, msg: BridgeMsg) -> Result<(), BridgeMsg> {
         match self.tx.try_send(msg) {

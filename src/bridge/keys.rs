@@ -12,6 +12,16 @@ pub const CHANNEL_PREFIX: &str = "relay:v1:s:";
 /// (history stream), `relay:v1:{S}:d:ID` (a dedupe id).
 pub const KEY_PREFIX: &str = "relay:v1:";
 
+/// Every node's reply channel (`?wait=delivered` receipts) is this prefix plus a
+/// name of its own in braces; never a session channel.
+pub const REPLY_PREFIX: &str = "relay:v1:r:";
+
+/// The reply channel of a node: its tag and a random nonce (tags are short and
+/// could repeat across a fleet).
+pub fn reply_channel(node_tag: &str, nonce: u64) -> String {
+    format!("{REPLY_PREFIX}{{{node_tag}-{nonce:016x}}}")
+}
+
 /// The channel of a session.
 pub fn channel_of(session: &str) -> String {
     format!("{CHANNEL_PREFIX}{{{session}}}")
@@ -52,5 +62,8 @@ mod tests {
         assert_eq!(session_of("relay:v1:s:{s1}"), Some("s1"));
         assert_eq!(session_of("relay:v1:s:s1"), None);
         assert_eq!(position_key("a:b"), "relay:v1:{a:b}");
+        let reply = reply_channel("ab12cd", 255);
+        assert_eq!(reply, "relay:v1:r:{ab12cd-00000000000000ff}");
+        assert_eq!(session_of(&reply), None);
     }
 }

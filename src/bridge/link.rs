@@ -206,6 +206,11 @@ impl Link {
 
     pub async fn subscribe(&mut self, sessions: &[String]) -> Result<(), Lost> {
         let channels: Vec<String> = sessions.iter().map(|s| channel_of(s)).collect();
+        self.subscribe_channels(channels).await
+    }
+
+    /// Subscribes channels by name (sessions' or the reply channel).
+    pub async fn subscribe_channels(&mut self, channels: Vec<String>) -> Result<(), Lost> {
         match self {
             Link::Standalone { publisher, .. } => timed(publisher.subscribe(channels)).await,
             // Sharded subscriptions must not cross slots: one channel per command,
@@ -219,6 +224,31 @@ impl Link {
                     .await
                     .into_iter()
                     .collect()
+            }
+        }
+    }
+
+    /// Publishes raw messages (`?wait=delivered` receipts) on their channels.
+    pub async fn publish_raw(&mut self, messages: &[(Box<str>, Vec<u8>)]) -> Result<(), Lost> {
+        match self {
+            Link::Standalone { publisher, .. } => {
+                let mut pipe = redis::pipe();
+                for (channel, payload) in messages {
+                    pipe.cmd("PUBLISH").arg(&**channel).arg(payload).ignore();
+                }
+                timed(pipe.query_async::<()>(publisher)).await
+            }
+            Link::Cluster { conn, .. } => {
+                let calls = messages.iter().map(|(channel, payload)| {
+                    let mut conn = conn.clone();
+                    let mut cmd = redis::cmd("SPUBLISH");
+                    cmd.arg(&**channel).arg(payload);
+                    async move { timed(cmd.query_async::<Value>(&mut conn)).await }
+                });
+                for r in futures_util::future::join_all(calls).await {
+                    r?;
+                }
+                Ok(())
             }
         }
     }
@@ -278,7 +308,8 @@ impl Link {
                 cmd.arg(channel_of(&ev.session))
                     .arg(&ev.head)
                     .arg(&ev.tail)
-                    .arg(if ev.id.is_some() { "1" } else { "0" });
+                    .arg(if ev.id.is_some() { "1" } else { "0" })
+                    .arg(&ev.reply);
             }
             cmd
         };

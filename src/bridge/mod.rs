@@ -27,12 +27,18 @@
 //!   resyncs its sockets (`{"type":"resync",…}`).
 //! - **History.** `Fetch` reads a session's Redis Stream after a position, for a
 //!   resuming socket or a catch-up.
+//! - **Delivery receipts across nodes.** A publish with `?wait=delivered` puts a
+//!   request block before each event it publishes (not in the history stream). A
+//!   node that delivers such an event sends its counts back with `Delivered`; the
+//!   bridge publishes them on the publishing node's reply channel, which every
+//!   bridge subscribes to, and hands the ones it receives to the waiting shard.
 //!
 //! Every queue is bounded: the shard→bridge channel, and what the bridge keeps per
 //! pending publish. Incoming events that a full shard inbox cannot take become a
 //! resync for their session, never a silent loss.
 //!
 //! Rooms (one-way: a room uses only those listed before it):
+//! - `delivered`: the request block and receipt formats of `?wait=delivered`;
 //! - `handle`: what shards hold and send ([`BridgeHandle`], [`BridgeMsg`],
 //!   [`OutgoingEvent`], [`PublishRules`], [`BridgeStatus`], [`BridgeError`]);
 //! - `keys`: channel and key names; `scripts`: the Lua scripts and their replies;
@@ -46,6 +52,7 @@
 //! (`crate::bridge::start`, `crate::bridge::BridgeMsg`, ...). No room touches
 //! shard state: shards hear from the bridge only through the `Router`.
 
+mod delivered;
 mod handle;
 mod keys;
 mod link;
@@ -56,10 +63,14 @@ mod scripts;
 mod state;
 mod subscriptions;
 
+pub use self::delivered::{
+    decode_receipts, encode_receipts, request_block, split_request, WireReceipt,
+};
 pub use self::handle::{
     BridgeError, BridgeHandle, BridgeMsg, BridgeStatus, OutgoingEvent, PublishRules, BRIDGE_QUEUE,
 };
 pub use self::keys::{
-    channel_of, dedupe_key, history_key, position_key, CHANNEL_PREFIX, KEY_PREFIX,
+    channel_of, dedupe_key, history_key, position_key, reply_channel, CHANNEL_PREFIX, KEY_PREFIX,
+    REPLY_PREFIX,
 };
 pub use self::run::start;

@@ -1,11 +1,15 @@
 //! What shards queued for the bridge: served against a live link
-//! ([`Bridge::serve_queue`]: subscription changes, new epochs, history fetches,
-//! then one batch with every pending publish), or, while Redis is away, failed
-//! fast or remembered for the reconnect.
+//! ([`Bridge::serve_queue`]: subscription changes, new epochs, one batch with
+//! every pending publish, the delivery receipts owed to waiting publishers, then
+//! history fetches), or, while Redis is away, failed fast or remembered for the
+//! reconnect.
 //!
 //! Owns the handling of each [`BridgeMsg`]; the Redis commands are `link`'s, the
 //! answers to shards `state`'s. Runs on the bridge thread, never on a shard core.
 
+use std::collections::HashMap;
+
+use super::delivered::{encode_receipts, WireReceipt};
 use super::handle::{BridgeMsg, OutgoingEvent};
 use super::link::{Link, Lost};
 use super::state::Bridge;
@@ -39,6 +43,8 @@ impl Bridge {
                     self.wanted.remove(&session);
                     self.owed_resync.remove(&session);
                 }
+                // Their publisher counts them late (it waits no longer than that).
+                BridgeMsg::Delivered { .. } => {}
             }
         }
     }
@@ -52,6 +58,7 @@ impl Bridge {
         let mut fetches = Vec::new();
         let mut new_epochs = Vec::new();
         let mut publishes: Vec<(usize, u64, Vec<OutgoingEvent>, u64)> = Vec::new();
+        let mut delivered: HashMap<Box<str>, Vec<WireReceipt>> = HashMap::new();
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 BridgeMsg::Publish {
@@ -81,6 +88,9 @@ impl Bridge {
                     } else {
                         confirm_only.push(session);
                     }
+                }
+                BridgeMsg::Delivered { channel, receipts } => {
+                    delivered.entry(channel).or_default().extend(receipts);
                 }
                 BridgeMsg::Unsubscribe { session } => {
                     subscribe.retain(|s| s != &session);
@@ -115,6 +125,16 @@ impl Bridge {
         }
         // Publishes first: a burst of resumes must not hold up publishers.
         self.publish(link, publishes).await?;
+        if !delivered.is_empty() {
+            let messages: Vec<(Box<str>, Vec<u8>)> = delivered
+                .into_iter()
+                .map(|(channel, rs)| {
+                    let payload = encode_receipts(&self.node_tag, &rs);
+                    (channel, payload)
+                })
+                .collect();
+            link.publish_raw(&messages).await?;
+        }
         if !fetches.is_empty() {
             let reads: Vec<(String, u64)> = fetches
                 .iter()
@@ -162,6 +182,7 @@ impl Bridge {
                             written: 0,
                             queued: 0,
                             dropped: 0,
+                            receivers: p.receivers,
                         })
                         .collect();
                     self.answer(*from, *id, Some(receipts));

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::handle::{BridgeError, BridgeHandle, BridgeStatus, PublishRules, BRIDGE_QUEUE};
+use super::keys::reply_channel;
 use super::link::{Link, Lost, Target};
 use super::state::Bridge;
+use super::subscriptions::new_epoch;
 use crate::router::Router;
 
 /// How often an idle bridge checks that Redis still answers.
@@ -31,12 +33,14 @@ const SUBSCRIBE_CHUNK: usize = 1000;
 /// `cluster`: `url` is a comma-separated list of seed nodes of a Redis Cluster,
 /// and the bridge uses sharded pub/sub.
 /// `ca_pem`: CA certificates to trust for `rediss://` (else the system's roots).
+/// `node_tag`: the node's name in `?wait=delivered` receipts.
 pub fn start(
     url: &str,
     cluster: bool,
     ca_pem: Option<Vec<u8>>,
     rules: PublishRules,
     router: Router,
+    node_tag: &str,
 ) -> Result<BridgeHandle, BridgeError> {
     // rustls needs one process-wide crypto provider; a second install is a no-op error.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -73,10 +77,12 @@ pub fn start(
     let (tx, rx) = crossbeam_channel::bounded(BRIDGE_QUEUE);
     let wake = Arc::new(tokio::sync::Notify::new());
     let status = Arc::new(BridgeStatus::default());
+    let reply_channel: Arc<str> = reply_channel(node_tag, new_epoch()).into();
     let handle = BridgeHandle {
         tx,
         wake: wake.clone(),
         status: status.clone(),
+        reply_channel: reply_channel.clone(),
     };
     let mut bridge = Bridge {
         target,
@@ -88,6 +94,8 @@ pub fn start(
         wanted: HashMap::new(),
         subscribed: HashSet::new(),
         owed_resync: HashSet::new(),
+        node_tag: node_tag.into(),
+        reply_channel,
     };
     std::thread::Builder::new()
         .name("redis-bridge".into())
@@ -150,6 +158,9 @@ impl Bridge {
     /// Connects, resubscribes, and serves until Redis is lost.
     async fn connected_period(&mut self, backoff: &mut Duration) -> Result<(), Lost> {
         let mut link = Link::connect(&self.target, self.status.shed.clone()).await?;
+        // Receipts for this node's waiting publishes come on its reply channel.
+        link.subscribe_channels(vec![self.reply_channel.to_string()])
+            .await?;
 
         // Resubscribe the whole current set before saying we are ready.
         let wanted: Vec<String> = self.wanted.keys().cloned().collect();

@@ -22,14 +22,16 @@ use crate::stream::StreamPos;
 /// the dedupe key of the event's id, the session's history stream.
 /// ARGV: 1 the epoch to start a stream with if it has none, 2 the dedupe window
 /// (s), 3 the position's time to live (s), 4 the history stream's length (`0`: no
-/// stream), 5 `PUBLISH` or `SPUBLISH`; then four per event: its channel, the payload
-/// before the seq, the payload after the epoch, `1` when it has an id.
-/// Returns `{epoch, seq, duplicate}` per event, flattened.
+/// stream), 5 `PUBLISH` or `SPUBLISH`; then five per event: its channel, the payload
+/// before the seq, the payload after the epoch, `1` when it has an id, and a block
+/// to publish before the payload (`?wait=delivered`; usually empty, never kept).
+/// Returns `{epoch, seq, duplicate, receivers}` per event, flattened: `receivers`
+/// is what `PUBLISH` answered (the nodes subscribed), 0 for a duplicate.
 pub(super) const PUBLISH_SCRIPT: &str = r#"
 local out = {}
 for i = 0, #KEYS / 3 - 1 do
   local pos, dedupe, hist = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local a = 5 + 4 * i
+  local a = 5 + 5 * i
   local e = redis.call('HGET', pos, 'e')
   if not e then
     e = ARGV[1]
@@ -44,6 +46,7 @@ for i = 0, #KEYS / 3 - 1 do
     out[#out + 1] = e
     out[#out + 1] = tonumber(prev)
     out[#out + 1] = 1
+    out[#out + 1] = 0
   else
     local n = redis.call('HINCRBY', pos, 'n', 1)
     redis.call('EXPIRE', pos, ARGV[3])
@@ -55,10 +58,15 @@ for i = 0, #KEYS / 3 - 1 do
       redis.call('XADD', hist, 'MAXLEN', '~', ARGV[4], n .. '-1', 'm', msg)
       redis.call('EXPIRE', hist, ARGV[3])
     end
-    redis.call(ARGV[5], ARGV[a + 1], msg)
+    local sent = msg
+    if ARGV[a + 5] ~= '' then
+      sent = ARGV[a + 5] .. msg
+    end
+    local receivers = redis.call(ARGV[5], ARGV[a + 1], sent)
     out[#out + 1] = e
     out[#out + 1] = n
     out[#out + 1] = 0
+    out[#out + 1] = receivers
   end
 end
 return out
@@ -107,6 +115,8 @@ pub(super) const POSITION_TTL_SECS: u64 = 24 * 3600;
 pub struct Placed {
     pub pos: StreamPos,
     pub duplicate: bool,
+    /// Nodes subscribed to the session's channel when it was published.
+    pub receivers: u32,
 }
 
 pub(super) fn int(v: &Value) -> Option<u64> {
@@ -123,20 +133,25 @@ pub(super) fn placed(items: &[Value]) -> Option<Placed> {
     let epoch = u64::from_str_radix(std::str::from_utf8(&bytes(items.first()?)?).ok()?, 16).ok()?;
     let seq = int(items.get(1)?)?;
     let duplicate = items.get(2).and_then(int) == Some(1);
+    let receivers = items.get(3).and_then(int).unwrap_or(0);
     Some(Placed {
         pos: StreamPos { epoch, seq },
         duplicate,
+        receivers: u32::try_from(receivers).unwrap_or(u32::MAX),
     })
 }
 
-/// Every event's `{epoch, seq, duplicate}` from a publish run's flat reply.
+/// Every event's `{epoch, seq, duplicate, receivers}` from a publish run's flat
+/// reply.
 pub(super) fn placed_all(v: &Value, out: &mut Vec<Placed>) -> Option<()> {
     let Value::Array(items) = v else { return None };
-    if items.len() % 3 != 0 {
+    if items.len() % 4 != 0 {
         return None;
     }
-    for triple in items.chunks(3) {
-        out.push(placed(triple)?);
+    for four in items.chunks(4) {
+        // Every event answers its receivers (0 for a duplicate).
+        int(&four[3])?;
+        out.push(placed(four)?);
     }
     Some(())
 }
@@ -163,18 +178,23 @@ mod tests {
             epoch(b"00000000000000ff"),
             Value::Int(7),
             Value::Int(0),
+            Value::Int(3),
             epoch(b"00000000000000ff"),
             Value::BulkString(b"3".to_vec()),
             Value::Int(1),
+            Value::Int(0),
         ]);
         let mut out = Vec::new();
         assert_eq!(placed_all(&reply, &mut out), Some(()));
-        let got: Vec<(StreamPos, bool)> = out.iter().map(|p| (p.pos, p.duplicate)).collect();
+        let got: Vec<(StreamPos, bool, u32)> = out
+            .iter()
+            .map(|p| (p.pos, p.duplicate, p.receivers))
+            .collect();
         assert_eq!(
             got,
             [
-                (StreamPos { epoch: 255, seq: 7 }, false),
-                (StreamPos { epoch: 255, seq: 3 }, true),
+                (StreamPos { epoch: 255, seq: 7 }, false, 3),
+                (StreamPos { epoch: 255, seq: 3 }, true, 0),
             ]
         );
         // A position script's `{epoch, seq}`: no duplicate flag.
@@ -186,13 +206,14 @@ mod tests {
     fn a_malformed_reply_is_refused() {
         let mut out = Vec::new();
         let short = Value::Array(vec![epoch(b"ff"), Value::Int(1)]);
-        assert_eq!(
-            placed_all(&short, &mut out),
-            None,
-            "not a multiple of three"
-        );
+        assert_eq!(placed_all(&short, &mut out), None, "not a multiple of four");
         assert_eq!(placed_all(&Value::Int(1), &mut out), None, "not an array");
-        let not_hex = Value::Array(vec![epoch(b"zz"), Value::Int(1), Value::Int(0)]);
+        let not_hex = Value::Array(vec![
+            epoch(b"zz"),
+            Value::Int(1),
+            Value::Int(0),
+            Value::Int(0),
+        ]);
         assert_eq!(placed_all(&not_hex, &mut out), None);
         assert_eq!(int(&Value::Int(-1)), None, "a negative seq");
     }

@@ -36,6 +36,10 @@ pub(super) struct Bridge {
     /// Sessions that may have missed events and whose resync did not reach their
     /// shard yet (its inbox was full).
     pub(super) owed_resync: HashSet<String>,
+    /// This node's name in the receipts it sends.
+    pub(super) node_tag: Arc<str>,
+    /// Where this node's receipts come (subscribed on every connection).
+    pub(super) reply_channel: Arc<str>,
 }
 
 impl Bridge {

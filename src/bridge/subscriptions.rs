@@ -9,10 +9,13 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
+use super::delivered::{decode_receipts, split_request};
 use super::keys::session_of;
 use super::link::{Incoming, Link, Lost};
 use super::state::Bridge;
-use crate::router::{RemoteEvent, ShardMsg};
+use crate::router::{NodeDelivery, RemoteEvent, ShardMsg};
 use crate::stream::StreamPos;
 
 impl Bridge {
@@ -37,19 +40,26 @@ impl Bridge {
         Ok(())
     }
 
-    /// Routes incoming events to their sessions' owners, one message per shard.
+    /// Routes incoming events to their sessions' owners, one message per shard,
+    /// and receipts for this node's waiting publishes to their shards.
     pub(super) fn route_incoming(&mut self, incoming: Vec<Incoming>) {
         let mut by_shard: HashMap<usize, Vec<RemoteEvent>> = HashMap::new();
         for msg in incoming {
+            if *msg.channel == *self.reply_channel {
+                self.route_receipts(&msg.payload);
+                continue;
+            }
             let Some(session) = session_of(&msg.channel) else {
                 continue;
             };
             let Some(&shard) = self.wanted.get(session) else {
                 continue;
             };
+            let (payload, reply) = split_request(msg.payload);
             by_shard.entry(shard).or_default().push(RemoteEvent {
                 session: session.into(),
-                payload: msg.payload,
+                payload,
+                reply: reply.map(Box::new),
             });
         }
         for (shard, events) in by_shard {
@@ -60,6 +70,37 @@ impl Bridge {
                 for ev in events {
                     self.owed_resync.insert(ev.session.into());
                 }
+            }
+        }
+    }
+
+    /// Hands a node's receipts to the shards waiting for them. A shard whose inbox
+    /// stays full misses them: its publisher counts those nodes late.
+    fn route_receipts(&self, payload: &[u8]) {
+        let Some((node, receipts)) = decode_receipts(payload) else {
+            tracing::warn!("malformed delivery receipts from redis dropped");
+            return;
+        };
+        let node: Arc<str> = node.into();
+        let mut by_request: HashMap<(u32, u64), Vec<NodeDelivery>> = HashMap::new();
+        for r in receipts {
+            by_request
+                .entry((r.shard, r.id))
+                .or_default()
+                .push(NodeDelivery {
+                    node: node.clone(),
+                    index: r.index,
+                    counts: r.counts,
+                });
+        }
+        for ((shard, id), deliveries) in by_request {
+            let msg = ShardMsg::Delivered { id, deliveries };
+            if (shard as usize) < self.router.shards() {
+                self.tell(
+                    shard as usize,
+                    msg,
+                    "delivery receipts could not be delivered",
+                );
             }
         }
     }

@@ -36,6 +36,7 @@ pub const HISTORY_BYTES: &str = "relay_history_bytes";
 pub const HISTORY_SESSIONS: &str = "relay_history_sessions";
 pub const LOG_LINES_DROPPED_TOTAL: &str = "relay_log_lines_dropped_total";
 pub const SKIPPED_EVENTS_TOTAL: &str = "relay_skipped_events_total";
+pub const DELIVERY_RECEIPTS_LATE_TOTAL: &str = "relay_delivery_receipts_late_total";
 
 /// Transports a subscriber can use: the `transport` label's values.
 pub const TRANSPORTS: usize = Transport::ALL.len();
@@ -98,6 +99,7 @@ pub struct ShardStats {
     dedupe_hits: Cell<u64>,
     caught_up: Cell<u64>,
     skipped: Cell<u64>,
+    receipts_late: Cell<u64>,
     /// Set by the shard from its history before each snapshot.
     pub history_bytes: Cell<u64>,
     pub history_sessions: Cell<u64>,
@@ -165,6 +167,11 @@ impl ShardStats {
     pub fn skipped(&self, events: u64) {
         bump(&self.skipped, events);
     }
+    /// `n` nodes' counts that a `?wait=delivered` publish through Redis did not get
+    /// in time.
+    pub fn receipts_late(&self, n: u64) {
+        bump(&self.receipts_late, n);
+    }
     pub fn dedupe_hit(&self) {
         bump(&self.dedupe_hits, 1);
     }
@@ -195,6 +202,7 @@ impl ShardStats {
             dedupe_hits: self.dedupe_hits.get(),
             caught_up: self.caught_up.get(),
             skipped: self.skipped.get(),
+            receipts_late: self.receipts_late.get(),
             history_bytes: self.history_bytes.get(),
             history_sessions: self.history_sessions.get(),
         }
@@ -223,6 +231,7 @@ pub struct StatsSnapshot {
     pub dedupe_hits: u64,
     pub caught_up: u64,
     pub skipped: u64,
+    pub receipts_late: u64,
     pub history_bytes: u64,
     pub history_sessions: u64,
 }
@@ -265,6 +274,7 @@ impl StatsSnapshot {
         self.dedupe_hits += other.dedupe_hits;
         self.caught_up += other.caught_up;
         self.skipped += other.skipped;
+        self.receipts_late += other.receipts_late;
         self.history_bytes += other.history_bytes;
         self.history_sessions += other.history_sessions;
     }

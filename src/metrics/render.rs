@@ -261,6 +261,12 @@ impl StatsSnapshot {
                 vec![counter(self.skipped, vec![])],
             ),
             family(
+                DELIVERY_RECEIPTS_LATE_TOTAL,
+                "Nodes whose delivery counts a ?wait=delivered publish through Redis did not get within its wait (1 s), per event.",
+                MetricType::COUNTER,
+                vec![counter(self.receipts_late, vec![])],
+            ),
+            family(
                 LOG_LINES_DROPPED_TOTAL,
                 "Log lines dropped because the log writer fell behind (logging never blocks a shard).",
                 MetricType::COUNTER,

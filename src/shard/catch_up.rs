@@ -178,7 +178,7 @@ impl Shard {
                     break;
                 }
                 read_back += 1;
-                self.deliver_remote(session, frame, pos, now);
+                self.deliver_remote(session, frame, pos, now, false);
             }
         }
         self.stats.caught_up(read_back);
@@ -192,7 +192,7 @@ impl Shard {
             }
         }
         for (frame, pos) in held {
-            self.deliver_remote(session, frame, pos, now);
+            self.deliver_remote(session, frame, pos, now, false);
         }
     }
 }

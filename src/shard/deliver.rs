@@ -10,7 +10,7 @@ use super::registry::SocketState;
 use super::{event_parts, IdSource, Shard, CATCH_UP_HOLD};
 use crate::config::SlowConsumer;
 use crate::http::publish::PublishBatch;
-use crate::router::Receipt;
+use crate::router::{DeliveredCounts, Receipt};
 use crate::subscribe::Transport;
 use crate::ws::close::Disconnect;
 use crate::ws::frame::{encode_event, resync_json, EncodedFrame};
@@ -44,6 +44,7 @@ impl Shard {
             written: 0,
             queued: 0,
             dropped: 0,
+            receivers: 0,
         };
         if placed.duplicate {
             self.stats.dedupe_hit();
@@ -75,18 +76,30 @@ impl Shard {
 
     /// An event from Redis: delivered when it is the session's next one, dropped
     /// when already seen; a gap before it resyncs the session's sockets first.
+    /// With `wait` (its publisher waits with `?wait=delivered`) it is written
+    /// through, and the counts are answered: an event held behind a catch-up counts
+    /// as queued on every socket, one already seen counts nothing.
     pub(super) fn deliver_remote(
         &self,
         session: &str,
         frame: EncodedFrame,
         pos: StreamPos,
         now: Instant,
-    ) {
+        wait: bool,
+    ) -> DeliveredCounts {
+        let held_counts = || DeliveredCounts {
+            queued: self
+                .registry
+                .borrow()
+                .sockets_of(session)
+                .map_or(0, |s| s.len() as u32),
+            ..DeliveredCounts::default()
+        };
         if let Some(held) = self.catching_up.borrow_mut().get_mut(session) {
             // Behind this event are events being read back from Redis: it waits.
             if held.len() < CATCH_UP_HOLD {
                 held.push((frame, pos));
-                return;
+                return held_counts();
             }
         }
         if self.catching_up.borrow().contains_key(session) {
@@ -96,13 +109,13 @@ impl Shard {
             self.start_catch_up(session, pos.seq - 1);
             if let Some(held) = self.catching_up.borrow_mut().get_mut(session) {
                 held.push((frame, pos));
-                return;
+                return held_counts();
             }
         }
         let mut history = self.history.borrow_mut();
         let key = history.key(session);
         match history.arrival(&key, pos, now) {
-            Arrival::Old => return,
+            Arrival::Old => return DeliveredCounts::default(),
             Arrival::Next => {}
             Arrival::Gap(reason) => {
                 drop(history);
@@ -114,8 +127,16 @@ impl Shard {
         let frame = Rc::new(frame);
         history.retain(&key, &frame);
         drop(history);
-        if let Some(sockets) = self.registry.borrow().sockets_of(session) {
-            self.fan_out(sockets, &frame, false);
+        match self.registry.borrow().sockets_of(session) {
+            Some(sockets) => {
+                let (written, queued, dropped) = self.fan_out(sockets, &frame, wait);
+                DeliveredCounts {
+                    written,
+                    queued,
+                    dropped,
+                }
+            }
+            None => DeliveredCounts::default(),
         }
     }
 

@@ -6,9 +6,11 @@
 //! (`deliver`, `catch_up`, `sockets`, `publish`). Runs only on the shard's own
 //! executor.
 
+use super::publish::owe_receipt;
 use super::registry::SocketState;
 use super::tasks::spawn_guarded;
 use super::{IdSource, Settings, Shard, SNAPSHOT_TIMEOUT};
+use crate::bridge::WireReceipt;
 use crate::clock::unix_now_ns;
 use crate::metrics::{RedisFigures, StatsSnapshot};
 use crate::router::ShardMsg;
@@ -127,14 +129,23 @@ impl Shard {
             ShardMsg::Remote { events } => {
                 let now = Instant::now();
                 let now_ns = unix_now_ns();
+                let mut owed: Vec<(Box<str>, Vec<WireReceipt>)> = Vec::new();
                 for ev in events {
-                    match frame_from_remote(&ev.payload, now_ns, now) {
-                        Some((frame, pos)) => self.deliver_remote(&ev.session, frame, pos, now),
-                        None => {
-                            tracing::warn!(shard = self.id, "malformed event from redis dropped")
-                        }
+                    let Some((frame, pos)) = frame_from_remote(&ev.payload, now_ns, now) else {
+                        tracing::warn!(shard = self.id, "malformed event from redis dropped");
+                        continue;
+                    };
+                    let counts =
+                        self.deliver_remote(&ev.session, frame, pos, now, ev.reply.is_some());
+                    if let Some(reply) = ev.reply {
+                        owe_receipt(&mut owed, *reply, counts);
                     }
                 }
+                self.send_receipts(owed);
+            }
+            ShardMsg::Delivered { id, deliveries } => {
+                let n = deliveries.len();
+                self.deliveries.answer_many(id, n, |d| d.extend(deliveries));
             }
             ShardMsg::Sequenced { id, receipts } => {
                 self.publishes.answer(id, |r| r.extend(receipts));

@@ -54,7 +54,7 @@ use crate::bridge::BridgeHandle;
 use crate::config::{Config, LiveConfig};
 use crate::http::publish::{EventSpans, PublishBatch, PublishParser};
 use crate::metrics::{ShardStats, StatsSnapshot};
-use crate::router::{Inbox, Receipt, Router};
+use crate::router::{Inbox, NodeDelivery, Receipt, Router};
 use crate::ws::frame::{EncodedFrame, EventParts};
 use history::{History, StreamPos};
 use pending::Pending;
@@ -115,6 +115,10 @@ struct IdSource {
 
 /// How long a publish waits for Redis before answering 503.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a publish through Redis with `?wait=delivered` waits for the nodes'
+/// counts once Redis placed its events; a node that has not answered by then is
+/// counted late.
+const DELIVERED_WAIT: Duration = Duration::from_secs(1);
 
 /// What a shard reads from the configuration that SIGHUP may change. Replaced
 /// whole by a `Reload` message, never mutated: readers hold an `Rc` for as long as
@@ -153,6 +157,9 @@ pub struct Shard {
     snapshots: Pending<StatsSnapshot>,
     /// Publishes waiting for receipts (from owning shards, or the bridge).
     publishes: Pending<Vec<Receipt>>,
+    /// Publishes through Redis waiting for the nodes' delivery counts
+    /// (`?wait=delivered`).
+    deliveries: Pending<Vec<NodeDelivery>>,
     draining: Cell<bool>,
     drain_signal: glommio::sync::Semaphore,
 }
@@ -196,6 +203,7 @@ impl Shard {
             next_event: Cell::new(0),
             snapshots: Pending::default(),
             publishes: Pending::default(),
+            deliveries: Pending::default(),
             draining: Cell::new(false),
             drain_signal: glommio::sync::Semaphore::new(0),
         }

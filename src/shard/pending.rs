@@ -17,6 +17,8 @@ use std::time::Duration;
 struct Waiting<T> {
     /// Answers still to come.
     remaining: usize,
+    /// Answers in so far.
+    answered: usize,
     value: T,
     failed: bool,
     waker: Option<Waker>,
@@ -56,6 +58,7 @@ impl<T> Pending<T> {
             id,
             Waiting {
                 remaining,
+                answered: 0,
                 value,
                 failed: false,
                 waker: None,
@@ -67,10 +70,29 @@ impl<T> Pending<T> {
     /// Folds one answer into request `id`; the last one wakes its waiter. An answer
     /// for a request that is gone (timed out, cancelled) is dropped.
     pub fn answer(&self, id: u64, fold: impl FnOnce(&mut T)) {
+        self.answer_many(id, 1, fold);
+    }
+
+    /// Folds `n` answers that came together into request `id`.
+    pub fn answer_many(&self, id: u64, n: usize, fold: impl FnOnce(&mut T)) {
         let mut table = self.table.borrow_mut();
         if let Some(w) = table.get_mut(&id) {
             fold(&mut w.value);
-            w.remaining = w.remaining.saturating_sub(1);
+            w.answered = w.answered.saturating_add(n);
+            w.remaining = w.remaining.saturating_sub(n);
+            if w.remaining == 0 {
+                wake(w);
+            }
+        }
+    }
+
+    /// Sets how many answers request `id` waits for in all, once that is known
+    /// (answers may come before it is: they count). Opened with `usize::MAX` until
+    /// then.
+    pub fn expect(&self, id: u64, total: usize) {
+        let mut table = self.table.borrow_mut();
+        if let Some(w) = table.get_mut(&id) {
+            w.remaining = total.saturating_sub(w.answered);
             if w.remaining == 0 {
                 wake(w);
             }
@@ -164,6 +186,32 @@ mod tests {
     fn waker() -> (Arc<Count>, Waker) {
         let c = Arc::new(Count(AtomicUsize::new(0)));
         (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn answers_before_the_expected_total_is_known_count_toward_it() {
+        let p: Pending<Vec<u32>> = Pending::default();
+        let id = p.open(usize::MAX, Vec::new());
+        let (woken, w) = waker();
+        p.answer_many(id, 2, |v| v.extend([1, 2]));
+        assert!(p.poll_settled(id, &w).is_pending());
+        p.expect(id, 3);
+        assert!(p.poll_settled(id, &w).is_pending());
+        p.answer(id, |v| v.push(3));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        let s = p.take(id).expect("settled");
+        assert!(s.complete);
+        assert_eq!(s.value, [1, 2, 3]);
+        // Everything came before the total was known: settled at once.
+        let id = p.open(usize::MAX, Vec::new());
+        p.answer(id, |v| v.push(9));
+        p.expect(id, 1);
+        assert!(p.poll_settled(id, &w).is_ready());
+        assert!(p.take(id).expect("settled").complete);
+        // Nothing to wait for.
+        let id = p.open(usize::MAX, Vec::new());
+        p.expect(id, 0);
+        assert!(p.poll_settled(id, &w).is_ready());
     }
 
     #[test]

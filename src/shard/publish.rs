@@ -1,18 +1,19 @@
 //! The publish front end on the accepting shard: ids for events published
 //! without one, grouping a batch by owning shard, all-or-nothing dispatch, the
 //! Redis publish path, and waiting for the receipts (in the shard's `Pending`
-//! table).
+//! tables); and, as a receiving node, sending the delivery counts that waiting
+//! publishers elsewhere asked for back through the bridge.
 //!
 //! It sequences nothing itself (owners do that in `deliver`), and it speaks no
 //! HTTP: it answers a [`Published`] or a [`AcceptError`], and `http` renders the
 //! 202 or the refusal.
 
 use super::history::StreamPos;
-use super::{event_parts, IdSource, Shard, PUBLISH_TIMEOUT};
-use crate::bridge::{BridgeHandle, BridgeMsg, OutgoingEvent};
+use super::{event_parts, IdSource, Shard, DELIVERED_WAIT, PUBLISH_TIMEOUT};
+use crate::bridge::{request_block, BridgeHandle, BridgeMsg, OutgoingEvent, WireReceipt};
 use crate::clock::unix_now_ns;
 use crate::http::publish::{EventSpans, PublishBatch};
-use crate::router::{shard_for, DeliverMsg, Receipt};
+use crate::router::{shard_for, DeliverMsg, DeliveredCounts, NodeDelivery, Receipt, ReplyTo};
 use crate::ws::frame::remote_parts;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -27,8 +28,12 @@ pub struct Published {
     /// Relay-made ids are `{node_tag}-{id_shard}-{id_base + index}`.
     pub id_shard: usize,
     pub id_base: u64,
-    /// With `?wait=delivered`: from acceptance to the end of the fan-out.
+    /// With `?wait=delivered`: from acceptance to the end of the fan-out (through
+    /// Redis: to the last node's counts, or the wait's end).
     pub took: Option<Duration>,
+    /// With `?wait=delivered` through Redis: each node's counts per event, as they
+    /// came in time (a receipt's `receivers` says how many were owed).
+    pub nodes: Option<Vec<NodeDelivery>>,
 }
 
 /// Why a publish was not accepted, or not answered. Every case is worth a retry
@@ -82,19 +87,20 @@ impl Shard {
         let started = Instant::now();
         let ids = self.reserve_ids(batch.events.len());
         let batch = Arc::new(batch);
-        let (receipts, took) = match &self.node.bridge {
-            Some(bridge) => (self.publish_via_redis(bridge, &batch, ids).await?, None),
-            None => (
-                self.publish_local(&batch, ids, wait_delivered).await?,
-                wait_delivered.then(|| started.elapsed()),
-            ),
+        let (receipts, nodes) = match &self.node.bridge {
+            Some(bridge) => {
+                self.publish_via_redis(bridge, &batch, ids, wait_delivered)
+                    .await?
+            }
+            None => (self.publish_local(&batch, ids, wait_delivered).await?, None),
         };
         Ok(Published {
             batch,
             receipts,
             id_shard: ids.shard,
             id_base: ids.base,
-            took,
+            took: wait_delivered.then(|| started.elapsed()),
+            nodes,
         })
     }
 
@@ -106,16 +112,22 @@ impl Shard {
     }
 
     /// Hands the batch to the bridge and waits until Redis took all of it: the 202
-    /// promises that every node holding the session will see the events.
+    /// promises that every node holding the session will see the events. With
+    /// `wait`, then waits (at most [`DELIVERED_WAIT`]) for every node that Redis
+    /// published to to send its counts, and answers them too.
     pub(super) async fn publish_via_redis(
         self: &Rc<Self>,
         bridge: &BridgeHandle,
         batch: &PublishBatch,
         ids: IdSource,
-    ) -> Result<Vec<Receipt>, AcceptError> {
+        wait: bool,
+    ) -> Result<(Vec<Receipt>, Option<Vec<NodeDelivery>>), AcceptError> {
         if !bridge.is_connected() {
             return Err(AcceptError::RedisUnavailable);
         }
+        // Opened before the events leave: counts may come back before Redis's
+        // answer reaches this shard.
+        let waiting = wait.then(|| self.deliveries.open(usize::MAX, Vec::new()));
         let n = batch.events.len();
         let accepted_ns = unix_now_ns();
         let unplaced = StreamPos { epoch: 0, seq: 0 };
@@ -132,6 +144,12 @@ impl Shard {
                     head,
                     tail,
                     id: ev.id.as_ref().map(|r| batch.bytes(r).to_vec()),
+                    reply: match waiting {
+                        Some(w) => {
+                            request_block(bridge.reply_channel(), self.id as u32, w, i as u32)
+                        }
+                        None => Vec::new(),
+                    },
                 }
             })
             .collect();
@@ -146,18 +164,37 @@ impl Shard {
         });
         if sent.is_err() {
             self.publishes.cancel(id);
+            if let Some(w) = waiting {
+                self.deliveries.cancel(w);
+            }
             return Err(AcceptError::RedisUnavailable);
         }
-        match self.answers(id).await {
-            Some(receipts) => {
-                self.stats.add_events(n as u64);
-                for _ in receipts.iter().filter(|r| r.duplicate) {
-                    self.stats.dedupe_hit();
-                }
-                Ok(receipts)
+        let Some(receipts) = self.answers(id).await else {
+            if let Some(w) = waiting {
+                self.deliveries.cancel(w);
             }
-            None => Err(AcceptError::RedisUnavailable),
+            return Err(AcceptError::RedisUnavailable);
+        };
+        self.stats.add_events(n as u64);
+        for _ in receipts.iter().filter(|r| r.duplicate) {
+            self.stats.dedupe_hit();
         }
+        let Some(w) = waiting else {
+            return Ok((receipts, None));
+        };
+        let owed: usize = receipts.iter().map(|r| r.receivers as usize).sum();
+        self.deliveries.expect(w, owed);
+        let nodes = self
+            .deliveries
+            .wait(w, DELIVERED_WAIT)
+            .await
+            .map(|s| s.value)
+            .unwrap_or_default();
+        let late = owed.saturating_sub(nodes.len());
+        if late > 0 {
+            self.stats.receipts_late(late as u64);
+        }
+        Ok((receipts, Some(nodes)))
     }
 
     /// Routes a validated batch: local events now, others to their owners, all or
@@ -240,5 +277,43 @@ impl Shard {
             // late. A retry with the same ids is deduplicated.
             None => Err(AcceptError::ReceiptsLate),
         }
+    }
+
+    /// Sends this node's counts for events whose publishers wait
+    /// (`?wait=delivered`) to the bridge, one message per reply channel. A full
+    /// bridge queue drops them: their publishers count this node late.
+    pub(super) fn send_receipts(&self, owed: Vec<(Box<str>, Vec<WireReceipt>)>) {
+        let Some(bridge) = &self.node.bridge else {
+            return;
+        };
+        for (channel, receipts) in owed {
+            if bridge
+                .send(BridgeMsg::Delivered { channel, receipts })
+                .is_err()
+            {
+                tracing::warn!(
+                    shard = self.id,
+                    "delivery receipts not sent: bridge queue full"
+                );
+            }
+        }
+    }
+}
+
+/// Adds one event's counts to what is owed to its reply channel.
+pub(super) fn owe_receipt(
+    owed: &mut Vec<(Box<str>, Vec<WireReceipt>)>,
+    reply: ReplyTo,
+    counts: DeliveredCounts,
+) {
+    let receipt = WireReceipt {
+        shard: reply.shard,
+        id: reply.id,
+        index: reply.index,
+        counts,
+    };
+    match owed.iter_mut().find(|(c, _)| *c == reply.channel) {
+        Some((_, rs)) => rs.push(receipt),
+        None => owed.push((reply.channel, vec![receipt])),
     }
 }

@@ -13,6 +13,7 @@
 //! - `ws`     the well-behaved WebSocket client (tungstenite)
 //! - `raw`    raw upgrade requests and [`RawSocket`] for hostile clients, with frame bytes
 //!   from `loadtest::ws`
+//! - `redis`  a `redis-server` of the test's own ([`Redis`]) and nodes pointed at it
 //! - `sse`    an event-stream reader over raw TCP ([`SseStream`])
 //! - `prom`   the Prometheus text parser (pure)
 //! - `json`   the raw JSON member scanner (pure)
@@ -41,6 +42,8 @@ mod prom;
 #[allow(dead_code)]
 mod raw;
 #[allow(dead_code)]
+mod redis;
+#[allow(dead_code)]
 mod sse;
 #[allow(dead_code)]
 mod token;
@@ -61,6 +64,8 @@ pub use node::*;
 pub use prom::*;
 #[allow(unused_imports)]
 pub use raw::*;
+#[allow(unused_imports)]
+pub use redis::*;
 #[allow(unused_imports)]
 pub use sse::*;
 #[allow(unused_imports)]
