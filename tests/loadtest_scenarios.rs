@@ -209,7 +209,14 @@ fn non_loopback_targets_are_refused_before_any_traffic() {
     let scn = scenario::from_str("kind = \"fanout\"\nurl = \"http://10.1.2.3:3000\"\n", &[])
         .expect("scenario");
     let err = run(&scn, &opts()).expect_err("refused");
-    assert!(err.to_string().contains("not a loopback address"), "{err}");
+    assert!(err.to_string().contains("is not on this machine"), "{err}");
+    assert!(err.to_string().contains("--allow-remote"), "{err}");
+    // The flag accepts it (checked only: no test sends traffic off the machine).
+    let remote = loadtest::target::TargetOptions {
+        reach: loadtest::target::Reach::Remote,
+        ca_file: None,
+    };
+    loadtest::run::check_targets(&scn, &remote).expect("allowed with --allow-remote");
 }
 
 #[test]

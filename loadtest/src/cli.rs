@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::target::{Reach, TargetOptions};
+
 /// Load generator for relay nodes (open loop, HDR latency, loss accounting).
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", version, about)]
@@ -18,7 +20,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a scenario file against local relay nodes and report.
+    /// Run a scenario file against relay nodes (loopback unless --allow-remote) and report.
     Run(RunArgs),
     /// Validate a scenario (with overrides) and print it fully resolved, as TOML.
     Check(ScenarioArgs),
@@ -39,7 +41,8 @@ pub struct ScenarioArgs {
     /// Override any scenario field: `--set rate=5000 --set duration=30s` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Node URL to publish to and (without `nodes`) connect to, e.g. http://127.0.0.1:3000.
+    /// Node URL to publish to and (without `nodes`) connect to, e.g. http://127.0.0.1:3000
+    /// or (with --allow-remote) wss://relay.staging.example.com.
     #[arg(long)]
     pub url: Option<String>,
     /// Comma-separated node URLs to spread sockets over (cross-node).
@@ -48,9 +51,29 @@ pub struct ScenarioArgs {
     /// Scenario duration (publish window, or hold time), e.g. 30s.
     #[arg(long)]
     pub duration: Option<String>,
+    /// Allow node URLs off this machine (any address or host name). Without it only
+    /// 127.0.0.0/8, ::1 and localhost are accepted. Point it only at a relay you run.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// PEM file of CA certificates trusted for wss:// and https:// nodes, besides the
+    /// system's roots (a private or staging CA).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ScenarioArgs {
+    /// The target flags, as the run and every load process take them.
+    pub fn targets(&self) -> TargetOptions {
+        TargetOptions {
+            reach: if self.allow_remote {
+                Reach::Remote
+            } else {
+                Reach::Loopback
+            },
+            ca_file: self.ca_file.clone(),
+        }
+    }
+
     /// The `--set` list with the dedicated flags appended (they win).
     pub fn overrides(&self) -> Vec<String> {
         let mut o = self.set.clone();

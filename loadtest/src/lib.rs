@@ -6,13 +6,15 @@
 //! Layout:
 //! - `cli`       clap commands: run, check, child
 //! - `scenario`  the TOML schema, `--set` overrides, validation (pure)
-//! - `target`    node URLs, the loopback-only rule, source addresses (pure)
+//! - `target`    node URLs, the loopback-only rule and `--allow-remote`, resolving, source addresses
+//! - `tls`       rustls client config for wss/https: system roots + `--ca-file`, SNI name
 //! - `token`     HS256 JWT minting
 //! - `event`     event `data` with the scheduled timestamp; the receiver's fast scan (pure)
 //! - `ws`        RFC 6455 client bytes: upgrade, frame parser, masked frames (sans-IO)
 //! - `sse`       `text/event-stream` client bytes: request, head check, block parser (sans-IO)
 //! - `poll`      long-poll client bytes: request, answer `{events, next, …}` (sans-IO)
 //! - `net`       TCP connect with source address; the keep-alive HTTP publisher client
+//! - `stream`    one connection: plain TCP or TLS over it ([`stream::Stream`]), and `dial`
 //! - `conn/`     one subscriber on tokio over ws, sse or poll: open, read batches, close
 //! - `engine/`   one process's run: plan (pure), worker threads, publisher, one file per kind
 //! - `resume`    the resume kind's check: drop schedule, stream continuity, end positions (pure)
@@ -41,8 +43,10 @@ pub mod run;
 pub mod scenario;
 pub mod sse;
 pub mod stats;
+pub mod stream;
 pub mod sys;
 pub mod target;
+pub mod tls;
 pub mod token;
 pub mod ws;
 

@@ -1,7 +1,8 @@
 //! Thin entry: parse the CLI, run, print, choose the exit status.
 //!
 //! Exit status: 0 the run passed; 1 it ran but failed (lost events, errors over budget);
-//! 2 it was refused or could not run (bad scenario, non-loopback target, limits, no node).
+//! 2 it was refused or could not run (bad scenario, a non-loopback target without
+//! `--allow-remote`, a bad `--ca-file`, limits, no node).
 
 use std::process::ExitCode;
 
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
 
 fn check(args: &loadtest::cli::ScenarioArgs) -> anyhow::Result<ExitCode> {
     let scn = loadtest::scenario::load(&args.file, &args.overrides())?;
-    loadtest::run::check_targets(&scn)?;
+    loadtest::run::check_targets(&scn, &args.targets())?;
     print!("{}", toml::to_string(&scn).context("print scenario")?);
     Ok(ExitCode::SUCCESS)
 }
@@ -68,6 +69,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         threads: args.threads.map(usize::from),
         cpus,
         progress: !args.quiet,
+        targets: args.scenario.targets(),
     };
     let report = loadtest::run(&scn, &opts)?;
     print!("{}", output::table(&report));

@@ -1,14 +1,18 @@
 //! TCP connect with a chosen source address, and the small HTTP/1.1 client the publisher uses.
 //!
-//! Owns: socket options and the `POST /events` round trip on a keep-alive connection. The
-//! response parser is sans-IO ([`parse_response`]) and unit-tested.
+//! Owns: socket options and the `POST /events` round trip on a keep-alive connection,
+//! plain or TLS (through [`crate::stream`]). The response parser is sans-IO
+//! ([`parse_response`]) and unit-tested.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::stream::{self, DialError, Stream};
+use crate::target::Target;
 
 /// Largest response head the publisher accepts.
 const MAX_HEAD: usize = 16 * 1024;
@@ -82,6 +86,10 @@ pub enum HttpError {
     /// The connection failed or was closed by the server: reconnect, the outcome is unknown.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+    /// The TLS handshake (or the blocking client's TLS session) failed: the certificate is
+    /// not trusted or does not name the host. Reconnecting will not help.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The response is not HTTP/1.1 we understand: a bug on one side or the other.
     #[error("malformed response")]
     Malformed,
@@ -95,6 +103,7 @@ impl HttpError {
     pub fn kind(&self) -> &'static str {
         match self {
             HttpError::Io(_) => "publish_io",
+            HttpError::Tls(_) => "publish_tls",
             HttpError::Malformed => "publish_malformed_response",
             HttpError::Closed => "publish_closed",
         }
@@ -170,21 +179,38 @@ pub fn post_events_request(out: &mut Vec<u8>, host: &str, api_key: &str, body: &
 }
 
 /// A one-off blocking `GET path` (used once per run, for the node's `/latency`): returns
-/// status and body. Bounded by `timeout` on connect, each write and each read.
+/// status and body. Bounded by `timeout` on connect, each write and each read. Speaks TLS
+/// to a TLS target, through rustls's blocking stream.
 pub fn get_blocking(
-    addr: SocketAddr,
-    host: &str,
+    target: &Target,
     path: &str,
     timeout: std::time::Duration,
 ) -> Result<(u16, Vec<u8>), HttpError> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let s = std::net::TcpStream::connect_timeout(&target.addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        target.host
+    );
+    match &target.tls {
+        None => get_on(s, request.as_bytes()),
+        Some(t) => {
+            let session =
+                rustls::ClientConnection::new(t.connector.config().clone(), t.name.clone())
+                    .map_err(|e| HttpError::Tls(e.to_string()))?;
+            get_on(rustls::StreamOwned::new(session, s), request.as_bytes())
+        }
+    }
+}
+
+/// [`get_blocking`]'s exchange on an open stream.
+fn get_on(
+    mut s: impl std::io::Read + std::io::Write,
+    request: &[u8],
+) -> Result<(u16, Vec<u8>), HttpError> {
+    s.write_all(request)?;
+    s.flush()?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -207,7 +233,7 @@ pub fn get_blocking(
 
 /// One keep-alive HTTP/1.1 connection.
 pub struct HttpConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Where the last response's body starts in `buf`.
     body_at: usize,
@@ -216,9 +242,14 @@ pub struct HttpConn {
 }
 
 impl HttpConn {
-    pub async fn connect(addr: SocketAddr, src: Option<IpAddr>) -> io::Result<Self> {
+    /// Connects to `target` from `src` (with the TLS handshake for a TLS target).
+    pub async fn connect(target: &Target, src: Option<IpAddr>) -> Result<Self, HttpError> {
+        let stream = stream::dial(target, src, None).await.map_err(|e| match e {
+            DialError::Connect(e) => HttpError::Io(e),
+            DialError::Tls(e) => HttpError::Tls(e.to_string()),
+        })?;
         Ok(HttpConn {
-            stream: connect(addr, src, None).await?,
+            stream,
             buf: Vec::with_capacity(1024),
             body_at: 0,
             closed: false,
@@ -232,7 +263,7 @@ impl HttpConn {
 
     /// Sends `request` and reads one response; returns its status.
     pub async fn round_trip(&mut self, request: &[u8]) -> Result<u16, HttpError> {
-        self.stream.write_all(request).await?;
+        self.stream.send(request).await?;
         self.buf.clear();
         self.body_at = usize::MAX;
         let mut chunk = [0u8; 4096];

@@ -57,7 +57,7 @@ pub fn response(buf: &[u8]) -> Result<Option<(u16, Range<usize>)>, PollError> {
     let head = match parse_response_limited(buf, MAX_ANSWER) {
         Ok(Some(h)) => h,
         Ok(None) => return Ok(None),
-        Err(HttpError::Malformed | HttpError::Closed | HttpError::Io(_)) => {
+        Err(HttpError::Malformed | HttpError::Closed | HttpError::Io(_) | HttpError::Tls(_)) => {
             return Err(PollError::Malformed)
         }
     };

@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub cpus: Option<Vec<usize>>,
     /// Show the progress line on stderr.
     pub progress: bool,
+    /// `--allow-remote` and `--ca-file`: how far the run may reach, whom TLS trusts.
+    pub targets: target::TargetOptions,
 }
 
 /// Why a run could not produce a report.
@@ -76,6 +78,9 @@ pub struct ChildConfig {
     /// Print a progress line (plain lines, labelled with the process index).
     #[serde(default)]
     pub progress: bool,
+    /// The parent's `--allow-remote` and `--ca-file`.
+    #[serde(default)]
+    pub targets: target::TargetOptions,
 }
 
 fn dotenv(key: &str) -> Option<String> {
@@ -114,12 +119,13 @@ fn resolve(scn: &Scenario, opts: &RunOptions) -> Result<(String, String), RunErr
     Ok((secret, api_key))
 }
 
-/// Checks every URL of the scenario is loopback.
-pub fn check_targets(scn: &Scenario) -> Result<(), RunError> {
-    target::parse(&scn.url)?;
-    for n in &scn.nodes {
-        target::parse(n)?;
-    }
+/// Checks every URL of the scenario parses and is within reach: loopback, unless
+/// `targets` says `--allow-remote`; and that a `--ca-file` loads when a URL uses TLS.
+/// Resolves no name.
+pub fn check_targets(scn: &Scenario, targets: &target::TargetOptions) -> Result<(), RunError> {
+    let mut urls = vec![scn.url.as_str()];
+    urls.extend(scn.nodes.iter().map(String::as_str));
+    target::check_all(&urls, targets)?;
     Ok(())
 }
 
@@ -134,7 +140,7 @@ fn sample(pid: Option<u32>) -> Result<Option<u64>, RunError> {
 
 /// Runs a scenario to its report: the library entry the CLI (and tests) use.
 pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
-    check_targets(scn)?;
+    check_targets(scn, &opts.targets)?;
     let (secret, api_key) = resolve(scn, opts)?;
     let procs = opts.procs.max(1);
     let slice0 = Slice {
@@ -168,6 +174,7 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
             run_id,
             slice: Slice::WHOLE,
             threads: opts.threads.unwrap_or_else(sys::allowed_cpus),
+            targets: opts.targets.clone(),
         };
         let pid = opts.server_pid;
         let hold_slot = &mut hold;
@@ -213,16 +220,17 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
     };
     let mut report = Report::build(scn, &part, procs, rss, server_cpu);
     if scn.kind.publishes() {
-        report.node_latency_ms = node_latency(scn);
+        report.node_latency_ms = node_latency(scn, &opts.targets);
     }
     Ok(report)
 }
 
 /// The publishing node's `/latency` JSON, if it serves it on the public port.
-fn node_latency(scn: &Scenario) -> Option<serde_json::Value> {
-    let t = target::parse(&scn.url).ok()?;
-    let (status, body) =
-        crate::net::get_blocking(t.addr, &t.host, "/latency", Duration::from_secs(2)).ok()?;
+fn node_latency(scn: &Scenario, targets: &target::TargetOptions) -> Option<serde_json::Value> {
+    let t = target::resolve_all(&[scn.url.as_str()], targets)
+        .ok()?
+        .pop()?;
+    let (status, body) = crate::net::get_blocking(&t, "/latency", Duration::from_secs(2)).ok()?;
     let v: serde_json::Value = (status == 200).then(|| serde_json::from_slice(&body).ok())??;
     // A node that delivered nothing (cross-node publisher) has nothing to say.
     (v.get("count").and_then(|c| c.as_u64()) != Some(0)).then_some(v)
@@ -291,6 +299,7 @@ fn run_children(
             threads: opts.threads,
             cpus,
             progress: opts.progress,
+            targets: opts.targets.clone(),
         };
         let mut c = ChildProc {
             child,
@@ -374,6 +383,7 @@ pub fn child_main() -> Result<(), RunError> {
         run_id: cfg.run_id,
         slice: cfg.slice,
         threads: cfg.threads.unwrap_or_else(sys::allowed_cpus),
+        targets: cfg.targets,
     };
     let mut line = ProgressLine::lines(format!("{kind} #{index}"), cfg.progress);
     let part = engine::run_process(engine_cfg, Arc::new(Progress::default()), &mut line, || {

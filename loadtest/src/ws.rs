@@ -262,7 +262,9 @@ pub fn parse_upgrade_response(
     Ok(Some(n))
 }
 
-/// xorshift64*: masks and keys need to vary, not to be secret (the tool talks to loopback).
+/// xorshift64*: masks and keys need to vary, not to be secret. Masking guards proxies
+/// against attacker-chosen payloads; this tool sends only its own, to loopback or (with
+/// `--allow-remote`) to a relay its user runs.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 

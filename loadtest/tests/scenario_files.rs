@@ -15,7 +15,7 @@ fn shipped_scenarios_parse_and_have_a_header_comment() {
         let header = text.lines().take_while(|l| l.starts_with('#')).count();
         assert!(header >= 5, "{} needs a header comment", path.display());
         let scn = loadtest::scenario::load(&path, &[]).expect("valid scenario");
-        loadtest::run::check_targets(&scn).expect("loopback targets");
+        loadtest::run::check_targets(&scn, &Default::default()).expect("loopback targets");
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         assert_eq!(scn.kind.to_string(), stem, "file name is the kind");
         kinds.push(scn.kind);

@@ -8,6 +8,7 @@ use std::io;
 
 use crate::poll::PollError;
 use crate::sse::SseError;
+use crate::stream::DialError;
 use crate::ws::{FrameError, HandshakeError};
 
 /// How opening or reading a subscriber failed. `kind()` names it in the report.
@@ -17,6 +18,10 @@ pub enum ConnError {
     /// ephemeral ports — add `source_addrs`.
     #[error("connect: {0}")]
     Connect(io::Error),
+    /// The TLS handshake failed (`wss://`, `https://`): the certificate is not trusted
+    /// (pass `--ca-file`), does not name the host, or the port does not speak TLS.
+    #[error("tls: {0}")]
+    Tls(io::Error),
     /// The server refused or botched the upgrade (or the `/sse`, `/poll` request).
     #[error("upgrade: {0}")]
     Handshake(#[from] HandshakeError),
@@ -43,6 +48,15 @@ pub enum ConnError {
     Timeout,
 }
 
+impl From<DialError> for ConnError {
+    fn from(e: DialError) -> Self {
+        match e {
+            DialError::Connect(e) => ConnError::Connect(e),
+            DialError::Tls(e) => ConnError::Tls(e),
+        }
+    }
+}
+
 impl From<SseError> for ConnError {
     /// A refused `/sse` counts as a refused upgrade (`handshake_http_401` …).
     fn from(e: SseError) -> Self {
@@ -63,6 +77,7 @@ impl ConnError {
                 Some(libc::ECONNRESET) => "connect_reset".into(),
                 _ => "connect_io".into(),
             },
+            ConnError::Tls(_) => "tls_handshake".into(),
             ConnError::Handshake(h) => h.kind(),
             ConnError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => "socket_reset".into(),
             ConnError::Io(_) => "socket_io".into(),

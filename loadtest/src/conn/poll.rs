@@ -1,6 +1,6 @@
-//! One long-poll subscriber on tokio: a loop of `GET /poll` requests, one TCP connection
-//! each (the node answers with `Connection: close`), every one asking `since=` the
-//! previous answer's `next`.
+//! One long-poll subscriber on tokio: a loop of `GET /poll` requests, one connection each
+//! (the node answers with `Connection: close`; TLS for an `https://` node), every one
+//! asking `since=` the previous answer's `next`.
 //!
 //! Owns: the subscriber's position between polls and the poll in flight (its connection
 //! and the answer read so far), so a read that reaches its deadline leaves the poll
@@ -18,12 +18,12 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use super::outcome::{ConnError, ReadOutcome};
 use crate::event::Pos;
 use crate::poll::{self, PollError};
+use crate::stream::{self, Stream};
 use crate::target::Target;
 use crate::ws::HandshakeError;
 
@@ -41,7 +41,7 @@ pub struct PollConn {
     next: Pos,
     welcome: Pos,
     /// The poll in flight, if any.
-    inflight: Option<TcpStream>,
+    inflight: Option<Stream>,
     /// Its answer so far.
     buf: Vec<u8>,
 }
@@ -130,10 +130,8 @@ impl PollConn {
         self.buf.clear();
         let req = poll::request(&self.target.host, &self.token, since);
         let sent = timeout(self.connect_timeout, async {
-            let mut s = crate::net::connect(self.target.addr, self.src, None)
-                .await
-                .map_err(ConnError::Connect)?;
-            s.write_all(&req).await?;
+            let mut s = stream::dial(&self.target, self.src, None).await?;
+            s.send(&req).await?;
             Ok::<_, ConnError>(s)
         })
         .await;
@@ -215,7 +213,7 @@ impl PollConn {
     /// Drops the poll in flight with a reset, as when a client's network goes away.
     pub fn abort(mut self) {
         if let Some(s) = self.inflight.take() {
-            crate::net::reset_on_close(&s);
+            crate::net::reset_on_close(s.tcp());
         }
     }
 }

@@ -1,5 +1,6 @@
-//! One client event stream (`GET /sse`) on a tokio `TcpStream`: open (TCP, request,
-//! `200 text/event-stream`, welcome), read blocks in batches, end.
+//! One client event stream (`GET /sse`) on a [`Stream`] (TCP, or TLS over it for
+//! `https://`): open (connect, request, `200 text/event-stream`, welcome), read blocks in
+//! batches, end.
 //!
 //! Owns: the stream's read buffer. Blocks are parsed in place with [`crate::sse`]; a
 //! block's JSON (its `data:`) is handed to a callback without copying unless it spans
@@ -10,12 +11,12 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use super::outcome::{ConnError, ReadOutcome};
 use crate::event::{self, Pos, ServerFrame};
 use crate::sse;
+use crate::stream::{self, Stream};
 use crate::target::Target;
 
 /// Initial read buffer; grows for larger blocks. Small so 10k idle streams stay cheap.
@@ -25,7 +26,7 @@ const MAX_BLOCK: usize = 16 << 20;
 
 /// An open, welcomed event stream.
 pub struct SseConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Unprocessed bytes are `buf[start..end]`.
     start: usize,
@@ -36,7 +37,7 @@ pub struct SseConn {
 }
 
 impl SseConn {
-    /// TCP connect from `src`, `GET /sse?token=` (with `Last-Event-ID` to resume after
+    /// Connect from `src` (TLS handshake included for a TLS target), `GET /sse?token=` (with `Last-Event-ID` to resume after
     /// `since`), wait for the welcome block. Blocks after it (a replay, a resync) stay
     /// buffered for the first [`SseConn::read_some`].
     pub async fn open(
@@ -47,10 +48,9 @@ impl SseConn {
         since: Option<Pos>,
         deadline: Instant,
     ) -> Result<SseConn, ConnError> {
-        let stream = match timeout_at(deadline, crate::net::connect(target.addr, src, rcvbuf)).await
-        {
+        let stream = match timeout_at(deadline, stream::dial(target, src, rcvbuf)).await {
             Err(_) => return Err(ConnError::Timeout),
-            Ok(r) => r.map_err(ConnError::Connect)?,
+            Ok(r) => r?,
         };
         let mut c = SseConn {
             stream,
@@ -61,7 +61,7 @@ impl SseConn {
             welcome: None,
         };
         let req = sse::request(&format!("/sse?token={token}"), &target.host, since);
-        match timeout_at(deadline, c.stream.write_all(&req)).await {
+        match timeout_at(deadline, c.stream.send(&req)).await {
             Err(_) => return Err(ConnError::Timeout),
             Ok(r) => r?,
         }
@@ -206,7 +206,7 @@ impl SseConn {
 
     /// Drops the stream with a reset, as when a client's network goes away.
     pub fn abort(self) {
-        crate::net::reset_on_close(&self.stream);
+        crate::net::reset_on_close(self.stream.tcp());
         drop(self.stream);
     }
 }

@@ -1,5 +1,5 @@
-//! One client WebSocket on a tokio `TcpStream`: open (TCP, upgrade, welcome), read frames in
-//! batches, answer pings, close.
+//! One client WebSocket on a [`Stream`] (TCP, or TLS over it for `wss://`): open (connect,
+//! upgrade, welcome), read frames in batches, answer pings, close.
 //!
 //! Owns: the socket's read buffer. Frames are parsed in place with [`crate::ws`]; text
 //! payloads are handed to a callback without copying.
@@ -8,11 +8,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use super::outcome::{ConnError, ReadOutcome};
 use crate::event::{self, Pos, ServerFrame};
+use crate::stream::{self, Stream};
 use crate::target::Target;
 use crate::ws::{self, FrameError, HandshakeError, Rng};
 
@@ -23,7 +23,7 @@ const MAX_FRAME: usize = 16 << 20;
 
 /// An open, welcomed WebSocket.
 pub struct WsConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Unprocessed bytes are `buf[start..end]`.
     start: usize,
@@ -37,7 +37,7 @@ pub struct WsConn {
 }
 
 impl WsConn {
-    /// TCP connect from `src`, upgrade with `?token=` (and `&since=EPOCH:SEQ` to resume
+    /// Connect from `src` (TLS handshake included for a TLS target), upgrade with `?token=` (and `&since=EPOCH:SEQ` to resume
     /// after `since`), wait for the welcome frame. Frames after the welcome (a replay, a
     /// resync) stay buffered for the first [`WsConn::read_some`].
     pub async fn open(
@@ -49,10 +49,9 @@ impl WsConn {
         seed: u64,
         deadline: Instant,
     ) -> Result<WsConn, ConnError> {
-        let stream = match timeout_at(deadline, crate::net::connect(target.addr, src, rcvbuf)).await
-        {
+        let stream = match timeout_at(deadline, stream::dial(target, src, rcvbuf)).await {
             Err(_) => return Err(ConnError::Timeout),
-            Ok(r) => r.map_err(ConnError::Connect)?,
+            Ok(r) => r?,
         };
         let mut rng = Rng::new(seed);
         let key = ws::make_key(rng.key_bytes());
@@ -72,7 +71,7 @@ impl WsConn {
             None => format!("/ws?token={token}"),
         };
         let req = ws::upgrade_request(&path, &target.host, &key);
-        match timeout_at(deadline, c.stream.write_all(&req)).await {
+        match timeout_at(deadline, c.stream.send(&req)).await {
             Err(_) => return Err(ConnError::Timeout),
             Ok(r) => r?,
         }
@@ -256,7 +255,7 @@ impl WsConn {
     /// Writes what is queued (the answer to pings, or to the server's close frame).
     pub(super) async fn flush_out(&mut self) -> Result<(), ConnError> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            self.stream.send(&self.out).await?;
             self.out.clear();
         }
         Ok(())
@@ -284,7 +283,7 @@ impl WsConn {
     /// Drops the socket without a close frame: SO_LINGER 0 makes the kernel answer with
     /// a reset, as when a client's network goes away.
     pub fn abort(self) {
-        crate::net::reset_on_close(&self.stream);
+        crate::net::reset_on_close(self.stream.tcp());
         drop(self.stream);
     }
 }

@@ -44,6 +44,8 @@ pub struct EngineConfig {
     pub run_id: u32,
     pub slice: Slice,
     pub threads: usize,
+    /// `--allow-remote` and `--ca-file`.
+    pub targets: target::TargetOptions,
 }
 
 /// Why the engine could not run.
@@ -71,12 +73,12 @@ pub fn run_process(
     go: impl FnOnce() -> Result<u64, EngineError>,
 ) -> Result<Part, EngineError> {
     let scn = cfg.scenario.clone();
-    let publish_target = target::parse(&scn.url)?;
-    let nodes = scn
-        .receive_nodes()
-        .iter()
-        .map(|u| target::parse(u))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Resolved once, here, before any worker starts: the publisher first, then the nodes.
+    let receive = scn.receive_nodes();
+    let mut urls = vec![scn.url.as_str()];
+    urls.extend(receive.iter().map(String::as_str));
+    let mut nodes = target::resolve_all(&urls, &cfg.targets)?;
+    let publish_target = nodes.remove(0);
     let srcs = nodes
         .iter()
         .map(|t| target::source_addrs(t.addr.ip(), scn.source_addrs))

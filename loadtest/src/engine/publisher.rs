@@ -24,7 +24,7 @@ use tokio::task::{spawn_local, LocalSet};
 use super::plan;
 use super::shared::{Ctx, Shared};
 use crate::event::{self, unix_ns, Stamp};
-use crate::net::{post_events_request, HttpConn};
+use crate::net::{post_events_request, HttpConn, HttpError};
 use crate::output::Progress;
 use crate::stats::Part;
 use crate::target::{self, Target};
@@ -238,13 +238,14 @@ async fn publisher_conn(
         // Requests whose turn came long after the run would have ended are still sent: the
         // schedule is bounded by count, and their lateness is the measurement.
         if conn.is_none() {
-            match tokio::time::timeout(
-                scn.connect_timeout.0,
-                HttpConn::connect(to.target.addr, src),
-            )
-            .await
+            match tokio::time::timeout(scn.connect_timeout.0, HttpConn::connect(&to.target, src))
+                .await
             {
                 Ok(Ok(c)) => conn = Some(c),
+                Ok(Err(e @ HttpError::Tls(_))) => {
+                    ctx.error(e.kind());
+                    continue;
+                }
                 Ok(Err(_)) => {
                     ctx.error("publish_connect");
                     continue;

@@ -117,7 +117,9 @@ pub struct Scenario {
     /// deliveries, latency and loss the same way over each.
     #[serde(default)]
     pub transport: Transport,
-    /// Node that publishers (and, unless `nodes` is set, sockets) talk to.
+    /// Node that publishers (and, unless `nodes` is set, sockets) talk to:
+    /// `[http|https|ws|wss://]HOST[:PORT]`, loopback unless the run has `--allow-remote`
+    /// (see [`crate::target::parse`]).
     #[serde(default = "defaults::url")]
     pub url: String,
     /// Nodes the sockets spread over, round-robin (cross-node). Empty: `url`.

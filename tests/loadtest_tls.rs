@@ -1,0 +1,178 @@
+//! The load generator through TLS, as it would reach a staging relay behind a
+//! TLS-terminating load balancer, but on loopback: a tokio-rustls proxy (certificate from
+//! a CA the `openssl` CLI makes at test time) in front of a real node. Seconds-long
+//! fan-outs over `wss://` (WebSockets) and `https://` (event streams, long-polls; the
+//! publisher's POSTs) lose nothing, with `--ca-file` trusting the test CA.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use loadtest::target::TargetOptions;
+use loadtest::{run, scenario, RunOptions};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl CLI runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA and a certificate it signed for `localhost`; returns their directory.
+fn make_pki() -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("relay-loadtest-tls-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("pki dir");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=relay test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(&dir, &ca);
+    let mut csr = vec!["req", "-subj", "/CN=localhost"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "leaf.key", "-out", "leaf.csr"]);
+    openssl(&dir, &csr);
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=DNS:localhost\n").expect("ext");
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.pem",
+        ],
+    );
+    dir
+}
+
+/// Starts a TLS-terminating proxy on 127.0.0.1:0 in front of `upstream`, on its own
+/// thread and runtime (ended with the test process); returns its port.
+fn start_proxy(pki: &Path, upstream: std::net::SocketAddr) -> u16 {
+    let certs = CertificateDer::pem_file_iter(pki.join("leaf.pem"))
+        .expect("leaf")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(pki.join("leaf.key")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut node) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = node.set_nodelay(true);
+                    let _ = tls.get_ref().0.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut node).await;
+                });
+            }
+        });
+    });
+    port
+}
+
+fn opts(ca: PathBuf) -> RunOptions {
+    RunOptions {
+        secret: Some(SECRET.into()),
+        api_key: Some(API_KEY.into()),
+        procs: 1,
+        threads: Some(2),
+        // localhost is loopback: no --allow-remote, as every test here stays on the machine.
+        targets: TargetOptions {
+            ca_file: Some(ca),
+            ..TargetOptions::default()
+        },
+        ..RunOptions::default()
+    }
+}
+
+/// A 2-second fan-out through the proxy: `sessions` × 5 subscribers on `transport`,
+/// `rate` events/s published over https://.
+fn fanout_through_tls(url_scheme: &str, transport: &str, sessions: u64, rate: u64) -> Node {
+    let node = Node::builder().flag("--connect-rate", "0").start();
+    let pki = make_pki();
+    let port = start_proxy(&pki, node.addr);
+    let scn = scenario::from_str(
+        &format!(
+            "kind = \"fanout\"\nurl = \"https://localhost:{port}\"\nnodes = [\"{url_scheme}://localhost:{port}\"]\nsessions = {sessions}\nsockets_per_session = 5\nrate = {rate}\nduration = \"2s\"\nbatch = 1\n"
+        ),
+        &[format!("transport={transport}")],
+    )
+    .expect("scenario");
+    let r = run(&scn, &opts(pki.join("ca.pem"))).expect("run");
+    assert!(r.passed, "{transport}: {:?} {:?}", r.failures, r.errors);
+    assert!(r.errors.is_empty(), "{transport}: {:?}", r.errors);
+    assert_eq!(r.sockets_connected, sessions * 5, "{transport}");
+    assert_eq!(r.events_accepted, 2 * rate, "{transport}");
+    assert_eq!(r.lost, 0, "{transport}");
+    assert_eq!(r.excess, 0, "{transport}");
+    assert_eq!(r.deliveries, 2 * rate * 5, "{transport}");
+    node
+}
+
+#[test]
+fn fanout_over_wss_with_a_ca_file_loses_nothing() {
+    let node = fanout_through_tls("wss", "ws", 10, 300);
+    assert_eq!(
+        node.metric("relay_deliveries_total", &[("transport", "ws")]),
+        3000.0
+    );
+}
+
+#[test]
+fn fanout_over_https_event_streams_and_long_polls_loses_nothing() {
+    fanout_through_tls("https", "sse", 10, 300);
+    // Every poll answer is a new TLS connection through the proxy: keep it light.
+    fanout_through_tls("https", "poll", 5, 100);
+}
