@@ -78,6 +78,7 @@ pub fn run(
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let deadline = mono_ms() + req.timeout.as_millis() as u64;
     guard.state.last_ping.set(deadline);
+    guard.ctx().wake_at(&guard.state, deadline);
     let mut task = PollTask {
         guard,
         stream,

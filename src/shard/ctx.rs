@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use glommio::net::TcpStream;
 
+use super::registry::SocketState;
 use super::{Settings, Shard};
 use crate::http::publish::{PublishBatch, PublishError};
 use crate::http::response::Refusal;
@@ -81,6 +82,18 @@ impl ConnCtx {
             .bridge
             .as_ref()
             .is_some_and(|b| !b.is_connected())
+    }
+
+    /// Gives a closing subscriber until `at` ([`mono_ms`](super::registry::mono_ms))
+    /// to finish, after which housekeeping wakes its task to drop it.
+    pub fn set_close_deadline(&self, state: &SocketState, at: u64) {
+        state.close_deadline.set(at);
+        self.shard.wake_at(state, at);
+    }
+
+    /// Has housekeeping wake the subscriber's task at `at` at the latest.
+    pub fn wake_at(&self, state: &SocketState, at: u64) {
+        self.shard.wake_at(state, at);
     }
 
     /// The prefix of relay-made event ids.

@@ -184,11 +184,15 @@ impl Shard {
                 self.snapshots.answer(id, |m| m.merge(&snapshot));
             }
             ShardMsg::Reload(config) => {
-                let before = self.settings().live.transports;
+                let before = self.settings();
                 *self.settings.borrow_mut() = Rc::new(Settings::new(config));
-                let after = self.settings().live.transports;
-                if before != after {
-                    self.retire_transports(after);
+                let after = self.settings();
+                if before.live.transports != after.live.transports {
+                    self.retire_transports(after.live.transports);
+                }
+                let (old, new) = (&before.live.limits, &after.live.limits);
+                if new.ping_interval < old.ping_interval || new.ping_timeout < old.ping_timeout {
+                    self.reschedule_all();
                 }
             }
             ShardMsg::Drain => {

@@ -11,7 +11,9 @@
 //! - `deliver`: sequencing and fan-out, resync frames
 //! - `catch_up`: reading missed events back from Redis, or resyncing
 //! - `sockets`: placement (handoff by `dup`), greeting, replay on resume
-//! - `housekeeping`: pings, expiry, dead sockets, the history sweep
+//! - `housekeeping`: pings, expiry, dead sockets, the history sweep, visiting only
+//!   the subscribers `timers` says are due
+//! - `timers`: the one deadline structure for the shard's subscribers
 //! - `retire`: moving subscribers off a transport SIGHUP switched off (1012, spread)
 //! - `tasks`: panic containment for connection tasks
 //! - [`history`]: each session's stream (pure bookkeeping); [`registry`]: sockets by session
@@ -36,6 +38,7 @@ mod retire;
 mod socket;
 mod sockets;
 mod tasks;
+mod timers;
 
 pub use registry::SocketGuard;
 pub use tasks::spawn_guarded;
@@ -60,11 +63,12 @@ use history::{History, StreamPos};
 use pending::Pending;
 use registry::Registry;
 
-/// How often housekeeping looks at every socket: the granularity of pings, token
-/// expiry and dead-socket detection.
+/// The shortest nap of housekeeping between passes over due subscribers: the
+/// granularity of pings, token expiry and dead-socket detection (a close grace or
+/// a poll's deadline wakes it sooner).
 pub const HOUSEKEEPING_TICK: Duration = Duration::from_millis(250);
-/// Housekeeping ticks between sweeps of idle rate-limiter keys (10 s).
-const LIMITER_SWEEP_TICKS: u64 = 40;
+/// Between sweeps of idle rate-limiter keys (shard 0, node-wide).
+const LIMITER_SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// An event from Redis that arrived while earlier ones were being read back.
 type HeldEvent = (EncodedFrame, StreamPos);
 
@@ -74,8 +78,8 @@ const CATCH_UP_HOLD: usize = 10_000;
 /// How long a socket may wait for its session's stream before it is closed with
 /// 1013 (try again later).
 const PENDING_LIMIT: Duration = Duration::from_secs(10);
-/// Housekeeping ticks between sweeps of old history and idle streams (1 s).
-const HISTORY_SWEEP_TICKS: u64 = 4;
+/// Between sweeps of old history and idle streams.
+const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long a closing socket waits for the peer's close frame before dropping it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a scrape waits for the other shards' counters.
@@ -141,6 +145,10 @@ pub struct Shard {
     pub node: Arc<NodeShared>,
     stats: ShardStats,
     registry: RefCell<Registry>,
+    /// When each subscriber next needs housekeeping.
+    timers: RefCell<timers::Timers<registry::SocketState>>,
+    /// Wakes housekeeping when a deadline comes before its nap ends.
+    alarm: housekeeping::Alarm,
     /// Sessions whose missed events are being read back from Redis, with the events
     /// that arrived meanwhile (held, in order, until the read-back is delivered).
     catching_up: RefCell<HashMap<Rc<str>, Vec<HeldEvent>>>,
@@ -193,6 +201,8 @@ impl Shard {
             node,
             stats: ShardStats::default(),
             registry: RefCell::new(Registry::default()),
+            timers: RefCell::new(timers::Timers::default()),
+            alarm: housekeeping::Alarm::default(),
             catching_up: RefCell::new(HashMap::new()),
             history: RefCell::new(history),
             settings: RefCell::new(settings),

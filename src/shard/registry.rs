@@ -223,6 +223,9 @@ impl Drop for SocketGuard {
             tell_internal_error(&self.state);
         }
         let shard = &self.ctx.shard;
+        if let Ok(mut timers) = shard.timers.try_borrow_mut() {
+            timers.untrack(&self.state);
+        }
         if let Ok(mut reg) = shard.registry.try_borrow_mut() {
             reg.remove(&self.state);
             shard.stats.set_connected(reg.socket_counts());

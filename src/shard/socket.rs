@@ -7,6 +7,7 @@
 //! wrote. Nothing here does I/O, and it knows nothing of sessions' lists
 //! (`registry`'s).
 
+use super::timers::{Timed, NOT_DUE, UNTRACKED};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -85,6 +86,22 @@ pub struct SocketState {
     /// Where the socket sits in its session's welcomed list ([`NOT_WELCOMED`]
     /// before): removal is a swap, O(1) whatever the session's size.
     pub(super) slot: Cell<u32>,
+    /// Its slot in the shard's deadline structure (`shard::timers`).
+    timer_slot: Cell<u32>,
+    /// When housekeeping next looks at it ([`mono_ms`]); see `shard::timers`.
+    next_due: Cell<u64>,
+}
+
+impl Timed for SocketState {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn timer_slot(&self) -> &Cell<u32> {
+        &self.timer_slot
+    }
+    fn next_due(&self) -> &Cell<u64> {
+        &self.next_due
+    }
 }
 
 /// [`SocketState`]'s slot before it is welcomed.
@@ -121,6 +138,8 @@ impl SocketState {
             expires_at: Cell::new(expires_at),
             close_deadline: Cell::new(0),
             slot: Cell::new(NOT_WELCOMED),
+            timer_slot: Cell::new(UNTRACKED),
+            next_due: Cell::new(NOT_DUE),
         }
     }
 
@@ -145,6 +164,11 @@ impl SocketState {
 
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
+    }
+
+    /// Welcomed: events go to it (it left its session's pending list).
+    pub fn is_welcomed(&self) -> bool {
+        self.slot.get() != NOT_WELCOMED
     }
 
     pub fn is_closing(&self) -> bool {

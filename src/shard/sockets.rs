@@ -122,6 +122,7 @@ impl Shard {
             now,
         ));
         state.fd.set(std::os::fd::AsRawFd::as_raw_fd(&stream));
+        self.track(&state);
         let conn_id = format!("{}-{}-{id}", self.node.node_tag, self.id);
         let hello = PendingHello {
             socket: state.clone(),

@@ -93,9 +93,9 @@ impl SseTask {
         }
         if state.close_deadline.get() == 0 {
             // Bounded even if the queue never drains (a reader that stopped).
-            state
-                .close_deadline
-                .set(mono_ms() + CLOSE_GRACE.as_millis() as u64);
+            self.guard
+                .ctx()
+                .set_close_deadline(state, mono_ms() + CLOSE_GRACE.as_millis() as u64);
         }
     }
 

@@ -84,10 +84,10 @@ impl SocketTask {
                     if !self.write_shut {
                         self.write_shut = true;
                         let _ = shutdown_write(&self.stream);
-                        self.guard
-                            .state
-                            .close_deadline
-                            .set(mono_ms() + CLOSE_GRACE.as_millis() as u64);
+                        self.guard.ctx().set_close_deadline(
+                            &self.guard.state,
+                            mono_ms() + CLOSE_GRACE.as_millis() as u64,
+                        );
                     }
                     if reason == Disconnect::ClientClosed {
                         // Our reply to the client's close is out: the handshake is done.
@@ -135,10 +135,10 @@ impl SocketTask {
         }
         if self.guard.state.close_deadline.get() == 0 {
             // Bounded even if the queue never drains (a peer that stopped reading).
-            self.guard
-                .state
-                .close_deadline
-                .set(mono_ms() + CLOSE_GRACE.as_millis() as u64);
+            self.guard.ctx().set_close_deadline(
+                &self.guard.state,
+                mono_ms() + CLOSE_GRACE.as_millis() as u64,
+            );
         }
     }
 
