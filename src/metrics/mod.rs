@@ -37,6 +37,7 @@ pub const HISTORY_SESSIONS: &str = "relay_history_sessions";
 pub const LOG_LINES_DROPPED_TOTAL: &str = "relay_log_lines_dropped_total";
 pub const SKIPPED_EVENTS_TOTAL: &str = "relay_skipped_events_total";
 pub const DELIVERY_RECEIPTS_LATE_TOTAL: &str = "relay_delivery_receipts_late_total";
+pub const HISTORY_EVICTED_STREAMS_TOTAL: &str = "relay_history_evicted_streams_total";
 
 /// Transports a subscriber can use: the `transport` label's values.
 pub const TRANSPORTS: usize = Transport::ALL.len();
@@ -103,6 +104,7 @@ pub struct ShardStats {
     /// Set by the shard from its history before each snapshot.
     pub history_bytes: Cell<u64>,
     pub history_sessions: Cell<u64>,
+    pub history_evicted: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -205,6 +207,7 @@ impl ShardStats {
             receipts_late: self.receipts_late.get(),
             history_bytes: self.history_bytes.get(),
             history_sessions: self.history_sessions.get(),
+            history_evicted: self.history_evicted.get(),
         }
     }
 }
@@ -234,6 +237,7 @@ pub struct StatsSnapshot {
     pub receipts_late: u64,
     pub history_bytes: u64,
     pub history_sessions: u64,
+    pub history_evicted: u64,
 }
 
 /// What the Redis bridge reports.
@@ -277,6 +281,7 @@ impl StatsSnapshot {
         self.receipts_late += other.receipts_late;
         self.history_bytes += other.history_bytes;
         self.history_sessions += other.history_sessions;
+        self.history_evicted += other.history_evicted;
     }
 
     /// Every transport's latency merged: what `/latency` shows.

@@ -261,6 +261,12 @@ impl StatsSnapshot {
                 vec![counter(self.skipped, vec![])],
             ),
             family(
+                HISTORY_EVICTED_STREAMS_TOTAL,
+                "Session streams without sockets forgotten before their linger ended, to keep history within RELAY_HISTORY_MEMORY (their next event starts a new epoch).",
+                MetricType::COUNTER,
+                vec![counter(self.history_evicted, vec![])],
+            ),
+            family(
                 DELIVERY_RECEIPTS_LATE_TOTAL,
                 "Nodes whose delivery counts a ?wait=delivered publish through Redis did not get within its wait (1 s), per event.",
                 MetricType::COUNTER,

@@ -7,7 +7,10 @@
 //! the deadline structure itself is `timers`'.
 
 use super::registry::{mono_ms, SocketState};
-use super::{Shard, HISTORY_SWEEP_EVERY, HOUSEKEEPING_TICK, LIMITER_SWEEP_EVERY, PENDING_LIMIT};
+use super::{Shard, HOUSEKEEPING_TICK, LIMITER_SWEEP_EVERY, PENDING_LIMIT};
+
+/// The longest nap of housekeeping, whatever is scheduled.
+const MAX_NAP: Duration = Duration::from_secs(5);
 use crate::bridge::BridgeMsg;
 use crate::clock::unix_now;
 use crate::config::Limits;
@@ -30,13 +33,16 @@ impl Shard {
         let tick = HOUSEKEEPING_TICK.as_millis() as u64;
         let start = mono_ms();
         let mut next_limiter = start + LIMITER_SWEEP_EVERY.as_millis() as u64;
-        let mut next_history = start + HISTORY_SWEEP_EVERY.as_millis() as u64;
         let mut last_pass = start;
         loop {
+            let next_history = self.next_sweep();
             let mut until = self.timers.borrow().next_due().min(next_history);
             if self.id == 0 {
                 until = until.min(next_limiter);
             }
+            // Bounded, so what nothing schedules (memory-cap evictions waiting for
+            // their unsubscribes) waits at most this long.
+            until = until.min(last_pass + MAX_NAP.as_millis() as u64);
             self.alarm.nap(until.max(last_pass + tick)).await;
             let now = mono_ms();
             last_pass = now;
@@ -44,9 +50,8 @@ impl Shard {
                 self.node.limiters.forget_idle();
                 next_limiter = now + LIMITER_SWEEP_EVERY.as_millis() as u64;
             }
-            if now >= next_history {
+            if now >= self.next_sweep() {
                 self.sweep_history();
-                next_history = now + HISTORY_SWEEP_EVERY.as_millis() as u64;
             }
             let settings = self.settings();
             let t = Times::now(&settings.live.limits);
@@ -60,10 +65,23 @@ impl Shard {
         }
     }
 
-    /// Starts tracking a new subscriber's deadlines.
+    /// When the history next needs a sweep ([`mono_ms`]).
+    fn next_sweep(&self) -> u64 {
+        let (now, now_ms) = (Instant::now(), mono_ms());
+        match self.history.borrow().next_sweep(now) {
+            Some(at) => now_ms + at.saturating_duration_since(now).as_millis() as u64,
+            None => u64::MAX,
+        }
+    }
+
+    /// Starts tracking a new subscriber's deadlines (once it is welcomed, or
+    /// waits for its welcome).
     pub(super) fn track(&self, s: &Rc<SocketState>) {
         let t = Times::now(&self.settings().live.limits);
-        let due = next_due(s, &t).min(t.now + PENDING_LIMIT.as_millis() as u64);
+        let mut due = next_due(s, &t);
+        if !s.is_welcomed() {
+            due = due.min(t.now + PENDING_LIMIT.as_millis() as u64);
+        }
         self.timers.borrow_mut().track(s, due);
         self.alarm.ring_before(due);
     }
@@ -98,7 +116,11 @@ impl Shard {
                 s.wake();
             }
             // Its task ends it within the grace; look again in case it has not.
-            return Some(if deadline > t.now { deadline } else { t.now + 1_000 });
+            return Some(if deadline > t.now {
+                deadline
+            } else {
+                t.now + 1_000
+            });
         }
         if !s.is_welcomed() {
             // Still waiting for its stream (Redis away): not kept forever.
@@ -189,7 +211,11 @@ impl Times {
 /// WebSocket's ping timeout, its next ping (or keep-alive comment), a long-poll's
 /// deadline; whichever comes first.
 fn next_due(s: &SocketState, t: &Times) -> u64 {
-    let expiry = t.now + s.expires_at.get().saturating_sub(t.unix).saturating_mul(1_000);
+    let expiry = t.now
+        + s.expires_at
+            .get()
+            .saturating_sub(t.unix)
+            .saturating_mul(1_000);
     let own = match s.transport {
         Transport::Ws => {
             let heard = s.last_heard.get();

@@ -207,6 +207,7 @@ impl Shard {
         let figures = self.history.borrow().figures();
         self.stats.history_bytes.set(figures.bytes as u64);
         self.stats.history_sessions.set(figures.sessions as u64);
+        self.stats.history_evicted.set(figures.evicted);
         self.stats.snapshot()
     }
 

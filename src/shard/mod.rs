@@ -78,8 +78,6 @@ const CATCH_UP_HOLD: usize = 10_000;
 /// How long a socket may wait for its session's stream before it is closed with
 /// 1013 (try again later).
 const PENDING_LIMIT: Duration = Duration::from_secs(10);
-/// Between sweeps of old history and idle streams.
-const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long a closing socket waits for the peer's close frame before dropping it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a scrape waits for the other shards' counters.

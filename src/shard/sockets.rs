@@ -122,7 +122,6 @@ impl Shard {
             now,
         ));
         state.fd.set(std::os::fd::AsRawFd::as_raw_fd(&stream));
-        self.track(&state);
         let conn_id = format!("{}-{}-{id}", self.node.node_tag, self.id);
         let hello = PendingHello {
             socket: state.clone(),
@@ -171,6 +170,7 @@ impl Shard {
                 self.greet(h);
             }
         }
+        self.track(&state);
         let guard = SocketGuard::new(self.clone(), state, permit);
         match upgrade.answer {
             Answer::Switch { .. } => {

@@ -125,7 +125,9 @@ impl<T: Timed> Timers<T> {
     /// When the next entry is due ([`NOT_DUE`] if none; it may be stale, which only
     /// makes a look early).
     pub fn next_due(&self) -> u64 {
-        self.heap.peek().map_or(NOT_DUE, |Reverse((due, _, _))| *due)
+        self.heap
+            .peek()
+            .map_or(NOT_DUE, |Reverse((due, _, _))| *due)
     }
 
     /// Subscribers tracked.
@@ -221,7 +223,11 @@ mod tests {
         assert_eq!(t.len(), 2);
         t.untrack(&b);
         t.untrack(&c);
-        assert_eq!((t.len(), t.entries()), (0, 0), "an empty shard holds nothing");
+        assert_eq!(
+            (t.len(), t.entries()),
+            (0, 0),
+            "an empty shard holds nothing"
+        );
         // Scheduling an untracked subscriber does nothing.
         t.schedule(&a, 1);
         assert_eq!(drain(&mut t, 100), Vec::<u64>::new());

@@ -71,10 +71,16 @@ impl NodeBuilder {
 
     /// The command that would be run, for tests that look at start-up failures.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
-        cmd.arg("serve")
-            .args(["--host", "127.0.0.1", "--shards", "2"])
-            .args(&self.args)
+        // RELAY_TEST_BINARY runs the tests against another build (an A/B of a
+        // behaviour the suite measures, e.g. tests/idle_cost.rs on an older commit).
+        let bin = std::env::var_os("RELAY_TEST_BINARY")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_relay").into());
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve").args(["--host", "127.0.0.1"]);
+        if !self.args.iter().any(|a| a == "--shards") {
+            cmd.args(["--shards", "2"]);
+        }
+        cmd.args(&self.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LOG_LEVEL", "info")

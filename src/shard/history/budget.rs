@@ -48,7 +48,7 @@ impl History {
 
     /// Drops the shard's oldest frames until history fits its share of the cap;
     /// if frames alone cannot make it fit, forgets streams that have no socket here
-    /// (down to seven eighths of the cap, so the scan is not repeated per event).
+    /// (down to seven eighths of the cap, so it is not repeated per event).
     pub(super) fn enforce_budget(&mut self) {
         while self.used.bytes > self.budget {
             let Some((session, seq)) = self.order.pop_front() else {
@@ -57,19 +57,10 @@ impl History {
             self.drop_front_if(&session, seq);
         }
         if self.used.bytes > self.budget {
+            // Streams without sockets go, longest idle first, down to seven eighths
+            // of the budget: amortized O(1) per stream made or frame kept.
             let target = self.budget / 8 * 7;
-            let idle: Vec<Rc<str>> = self
-                .streams
-                .iter()
-                .filter(|(_, s)| s.sockets == 0)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in idle {
-                if self.used.bytes <= target {
-                    break;
-                }
-                self.forget(&k);
-            }
+            while self.used.bytes > target && self.evict_oldest_idle() {}
         }
     }
 
@@ -123,6 +114,27 @@ impl History {
         }
         self.forget_idle(now);
     }
+
+    /// When [`History::sweep`] next has something to do: the oldest kept frame
+    /// reaching the history's age, an idle stream's linger ending, or streams
+    /// already forgotten (by the memory cap) whose Redis subscriptions must go.
+    pub fn next_sweep(&self, now: Instant) -> Option<Instant> {
+        if !self.forgotten.is_empty() {
+            return Some(now);
+        }
+        let frames = match self.order.front() {
+            None => None,
+            Some((session, seq)) => {
+                let first = self.streams.get(&**session).and_then(|s| s.ring.front());
+                match first {
+                    Some(f) if f.seq == *seq => Some(f.accepted_at + self.config.max_age),
+                    // The front entry's frame is gone: a sweep passes it now.
+                    _ => return Some(now),
+                }
+            }
+        };
+        frames.into_iter().chain(self.next_idle_due()).min()
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +185,63 @@ mod tests {
         h.sweep(start + Duration::from_secs(30));
         assert_eq!(h.take_forgotten().len(), 1);
         assert_eq!(h.figures().bytes, 0);
+    }
+
+    #[test]
+    fn publishing_to_sessions_nobody_holds_stays_within_the_budget() {
+        let now = Instant::now();
+        let cap = 64 << 10;
+        let mut h = History::new(config(100, 1 << 20, cap), 1, 7);
+        let per_stream = STREAM_OVERHEAD + "spray-000000".len();
+        for i in 0..100_000 {
+            let s: Rc<str> = Rc::from(format!("spray-{i:06}"));
+            h.place(&s, Some(i), now);
+            assert!(
+                h.figures().bytes <= cap + per_stream + 64,
+                "{}",
+                h.figures().bytes
+            );
+        }
+        let f = h.figures();
+        assert!(f.sessions < cap / STREAM_OVERHEAD, "{}", f.sessions);
+        assert_eq!(
+            f.evicted as usize + f.sessions,
+            100_000,
+            "every stream made is kept or counted"
+        );
+        // The idle queue holds about what is kept, not what was ever made.
+        assert!(h.idle.len() <= 2 * f.sessions + 1, "{}", h.idle.len());
+        assert!(h.take_forgotten().len() as u64 >= f.evicted);
+    }
+
+    #[test]
+    fn a_stream_that_gets_a_socket_again_lingers_from_its_new_last_leave() {
+        let start = Instant::now();
+        let mut c = config(100, 1 << 20, 1 << 30);
+        c.max_age = Duration::from_secs(10);
+        let mut h = History::new(c, 1, 7);
+        let s: Rc<str> = Rc::from("s");
+        publish(&mut h, &s, 10, start);
+        h.socket_joined("s");
+        h.socket_left("s", start + Duration::from_secs(1));
+        h.socket_joined("s");
+        h.sweep(start + Duration::from_secs(12));
+        assert!(h.take_forgotten().is_empty(), "it has a socket");
+        h.socket_left("s", start + Duration::from_secs(20));
+        h.sweep(start + Duration::from_secs(25));
+        assert!(h.take_forgotten().is_empty(), "lingers from the last leave");
+        assert_eq!(
+            h.next_sweep(start + Duration::from_secs(25)),
+            Some(start + Duration::from_secs(30))
+        );
+        h.sweep(start + Duration::from_secs(30));
+        assert_eq!(h.take_forgotten().len(), 1);
+        assert_eq!(
+            h.next_sweep(start + Duration::from_secs(30)),
+            None,
+            "nothing left to do"
+        );
+        assert_eq!(h.figures().evicted, 0, "forgotten on time, not evicted");
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct HistoryFigures {
     pub bytes: usize,
     pub sessions: usize,
     pub frames: usize,
+    /// Streams without sockets forgotten before their linger ended, to keep
+    /// history within its memory (since the start).
+    pub evicted: u64,
 }
 
 /// All streams of one shard.
@@ -37,7 +40,17 @@ pub struct History {
     pub(super) used: Usage,
     epoch_salt: u64,
     /// Streams forgotten since the owner last asked (see [`History::take_forgotten`]).
-    forgotten: Vec<Rc<str>>,
+    pub(super) forgotten: Vec<Rc<str>>,
+    /// Streams without sockets, in the order they lost their last one (or were made
+    /// without any): `(touched, name)`. An entry whose stream has sockets again, or
+    /// a later `touched`, or is gone, is stale and skipped. Sweeps and the memory
+    /// cap take from the front, so neither scans the streams.
+    pub(super) idle: VecDeque<(Instant, Rc<str>)>,
+    /// Idle streams past the history's age that still remember ids, waiting out
+    /// the (longer) dedupe window; same order, same staleness rule.
+    pub(super) idle_ids: VecDeque<(Instant, Rc<str>)>,
+    /// See [`HistoryFigures::evicted`].
+    pub(super) evicted: u64,
 }
 
 impl History {
@@ -50,6 +63,9 @@ impl History {
             used: Usage::default(),
             epoch_salt: salt,
             forgotten: Vec::new(),
+            idle: VecDeque::new(),
+            idle_ids: VecDeque::new(),
+            evicted: 0,
         }
     }
 
@@ -62,6 +78,7 @@ impl History {
             bytes: self.used.bytes,
             sessions: self.streams.len(),
             frames: self.used.frames,
+            evicted: self.evicted,
         }
     }
 
@@ -104,6 +121,9 @@ impl History {
         }
     }
 
+    /// Makes a stream (with no sockets yet: it starts lingering now). Room is made
+    /// first, from streams without sockets, if it would not fit the budget: what a
+    /// publisher creates by publishing to sessions nobody holds is bounded too.
     pub(super) fn insert(
         &mut self,
         session: &Rc<str>,
@@ -113,8 +133,12 @@ impl History {
         now: Instant,
     ) {
         self.used.bytes += STREAM_OVERHEAD + session.len();
+        if self.used.bytes > self.budget {
+            self.enforce_budget();
+        }
         self.streams
             .insert(session.clone(), SessionStream::new(epoch, seq, live, now));
+        self.idle.push_back((now, session.clone()));
     }
 
     /// Streams forgotten since the last call (with Redis, their subscriptions go).
@@ -132,34 +156,100 @@ impl History {
 
     /// A socket of `session` left; the stream lingers from now.
     pub fn socket_left(&mut self, session: &str, now: Instant) {
-        if let Some(s) = self.streams.get_mut(session) {
+        let Some(k) = self.streams.get_key_value(session).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        if let Some(s) = self.streams.get_mut(&*k) {
             s.sockets = s.sockets.saturating_sub(1);
             s.touched = now;
+            if s.sockets == 0 {
+                self.idle.push_back((now, k));
+            }
         }
+    }
+
+    /// True when an idle-queue entry still stands for its stream.
+    fn idle_entry_holds(&self, touched: Instant, session: &str) -> bool {
+        self.streams
+            .get(session)
+            .is_some_and(|s| s.sockets == 0 && s.touched == touched)
     }
 
     /// Forgets streams without sockets idle for the history's age (or the dedupe
     /// window, while they remember ids): the second half of [`History::sweep`].
+    /// Looks only at the fronts of the idle queues: O(streams forgotten).
     pub(super) fn forget_idle(&mut self, now: Instant) {
-        let max_age = self.config.max_age;
-        let dedupe = self.config.dedupe_window;
-        let idle: Vec<Rc<str>> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| {
-                // Ids outlive the history when the dedupe window is longer.
-                let linger = if s.ids.is_empty() {
-                    max_age.max(MIN_LINGER)
-                } else {
-                    max_age.max(MIN_LINGER).max(dedupe)
-                };
-                s.sockets == 0 && now.duration_since(s.touched) >= linger
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &idle {
-            self.forget(k);
+        let (linger, linger_ids) = self.lingers();
+        while let Some((touched, _)) = self.idle.front() {
+            if now.duration_since(*touched) < linger {
+                break;
+            }
+            let Some((touched, k)) = self.idle.pop_front() else {
+                break;
+            };
+            if !self.idle_entry_holds(touched, &k) {
+                continue;
+            }
+            // Ids outlive the history when the dedupe window is longer.
+            let has_ids = self.streams.get(&*k).is_some_and(|s| !s.ids.is_empty());
+            if has_ids && linger_ids > linger {
+                self.idle_ids.push_back((touched, k));
+            } else {
+                self.forget(&k);
+            }
         }
+        while let Some((touched, _)) = self.idle_ids.front() {
+            if now.duration_since(*touched) < linger_ids {
+                break;
+            }
+            let Some((touched, k)) = self.idle_ids.pop_front() else {
+                break;
+            };
+            if self.idle_entry_holds(touched, &k) {
+                self.forget(&k);
+            }
+        }
+    }
+
+    /// How long a stream without sockets lingers: without ids, and with ids.
+    pub(super) fn lingers(&self) -> (Duration, Duration) {
+        let linger = self.config.max_age.max(MIN_LINGER);
+        (linger, linger.max(self.config.dedupe_window))
+    }
+
+    /// Forgets the stream without sockets that has been idle longest, before its
+    /// linger ends (the memory cap needs the room); false when there is none.
+    pub(super) fn evict_oldest_idle(&mut self) -> bool {
+        loop {
+            let take_ids = match (self.idle.front(), self.idle_ids.front()) {
+                (None, None) => return false,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((a, _)), Some((b, _))) => b <= a,
+            };
+            let entry = if take_ids {
+                self.idle_ids.pop_front()
+            } else {
+                self.idle.pop_front()
+            };
+            let Some((touched, k)) = entry else {
+                return false;
+            };
+            if self.idle_entry_holds(touched, &k) {
+                self.forget(&k);
+                self.evicted += 1;
+                return true;
+            }
+        }
+    }
+
+    /// When the next stream without sockets is due to be forgotten (it may be a
+    /// stale entry: that only makes a sweep early).
+    pub(super) fn next_idle_due(&self) -> Option<Instant> {
+        let (linger, linger_ids) = self.lingers();
+        let a = self.idle.front().map(|(t, _)| *t + linger);
+        let b = self.idle_ids.front().map(|(t, _)| *t + linger_ids);
+        a.into_iter().chain(b).min()
     }
 
     pub(super) fn forget(&mut self, session: &str) {
