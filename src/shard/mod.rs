@@ -193,7 +193,10 @@ impl Shard {
         let salt = xxhash_rust::xxh3::xxh3_64(
             format!("{}-{id}-{}", node.node_tag, unix_now_ns()).as_bytes(),
         );
-        let history = History::new(node.config.history.clone(), node.config.shards, salt);
+        let mut history = History::new(node.config.history.clone(), node.config.shards, salt);
+        if node.bridge.is_none() {
+            history = history.without_forgotten_report();
+        }
         Shard {
             id,
             node,

@@ -7,8 +7,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// What each remembered id costs.
-pub const ID_OVERHEAD: usize = 40;
+/// What each remembered id costs: its map entry (32 bytes, in a map half to
+/// seven eighths full) and its place in the age order (24 bytes, in a queue that
+/// grows by doubling).
+pub const ID_OVERHEAD: usize = 96;
+/// What a window that remembers any id costs besides them: the smallest map and
+/// queue allocations (a window of one id holds about 270 bytes).
+pub const WINDOW_OVERHEAD: usize = 176;
 /// Ids one session remembers for dedupe, at most.
 pub const MAX_IDS_PER_SESSION: usize = 4096;
 
@@ -30,7 +35,10 @@ impl IdWindow {
 
     /// What the window costs.
     pub fn bytes(&self) -> usize {
-        self.ids.len() * ID_OVERHEAD
+        match self.ids.len() {
+            0 => 0,
+            n => WINDOW_OVERHEAD + n * ID_OVERHEAD,
+        }
     }
 
     /// The seq `id_hash` was given within `window` of `now`, if any.
@@ -52,6 +60,16 @@ impl IdWindow {
         if self.ids.insert(id_hash, (seq, now)).is_none() {
             self.order.push_back((id_hash, now));
         }
+        self.fit();
+    }
+
+    /// Gives back what a window that shrank no longer needs, so the memory follows
+    /// the accounting ([`IdWindow::bytes`]) after ids expire or are narrowed away.
+    fn fit(&mut self) {
+        if self.ids.capacity() > 4 * self.ids.len() + 16 {
+            self.ids.shrink_to_fit();
+            self.order.shrink_to_fit();
+        }
     }
 
     /// Forgets the oldest id, keeping at least one: dedupe narrows under memory
@@ -63,6 +81,7 @@ impl IdWindow {
         match self.order.pop_front() {
             Some((h, _)) => {
                 self.ids.remove(&h);
+                self.fit();
                 true
             }
             None => false,
@@ -90,7 +109,7 @@ mod tests {
         // Remembering after the window forgets the old id and its cost.
         w.remember(8, 2, now + WINDOW, WINDOW);
         assert_eq!(w.len(), 1);
-        assert_eq!(w.bytes(), ID_OVERHEAD);
+        assert_eq!(w.bytes(), WINDOW_OVERHEAD + ID_OVERHEAD);
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct History {
     epoch_salt: u64,
     /// Streams forgotten since the owner last asked (see [`History::take_forgotten`]).
     pub(super) forgotten: Vec<Rc<str>>,
+    /// Whether anyone asks for [`History::take_forgotten`] (with Redis: the
+    /// unsubscribes); without, forgotten names are not kept.
+    report_forgotten: bool,
     /// Streams without sockets, in the order they lost their last one (or were made
     /// without any): `(touched, name)`. An entry whose stream has sockets again, or
     /// a later `touched`, or is gone, is stale and skipped. Sweeps and the memory
@@ -63,10 +66,23 @@ impl History {
             used: Usage::default(),
             epoch_salt: salt,
             forgotten: Vec::new(),
+            report_forgotten: true,
             idle: VecDeque::new(),
             idle_ids: VecDeque::new(),
             evicted: 0,
         }
+    }
+
+    /// Stops keeping the names of forgotten streams for
+    /// [`History::take_forgotten`] (nobody will ask: no Redis).
+    pub fn without_forgotten_report(mut self) -> History {
+        self.report_forgotten = false;
+        self
+    }
+
+    /// Streams were forgotten since the last [`History::take_forgotten`].
+    pub fn has_forgotten(&self) -> bool {
+        !self.forgotten.is_empty()
     }
 
     pub fn config(&self) -> &HistoryConfig {
@@ -257,7 +273,9 @@ impl History {
             let gone = s.usage();
             self.used.follow(gone, Usage::default());
             self.used.bytes -= STREAM_OVERHEAD + k.len();
-            self.forgotten.push(k);
+            if self.report_forgotten {
+                self.forgotten.push(k);
+            }
         }
     }
 }

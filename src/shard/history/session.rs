@@ -12,8 +12,14 @@ use super::ids::IdWindow;
 use super::ring::{Ring, Usage};
 use crate::stream::StreamPos;
 
-/// What a stream costs besides its frames (maps, counters, the session name).
-pub(super) const STREAM_OVERHEAD: usize = 192;
+/// What a stream costs besides its frames and ids, the session name's bytes
+/// aside: its slot in the shard's map, counted twice because a hash map is
+/// between half and seven eighths full; the name's allocation header and rounding;
+/// its entry in an idle queue, also twice for the queue's growth. Measured by
+/// publishing to a million sessions nobody holds (docs/benchmarks.md): with these
+/// counts the node's RSS stays within `RELAY_HISTORY_MEMORY` plus a fixed amount.
+pub(super) const STREAM_OVERHEAD: usize =
+    2 * std::mem::size_of::<(std::rc::Rc<str>, SessionStream)>() + 32 + 64;
 
 pub struct SessionStream {
     pub epoch: u64,
