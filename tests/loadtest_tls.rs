@@ -7,8 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use common::*;
@@ -17,64 +15,6 @@ use loadtest::{run, scenario, RunOptions};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl CLI runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A test CA and a certificate it signed for `localhost`; returns their directory.
-fn make_pki() -> PathBuf {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("relay-loadtest-tls-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("pki dir");
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=relay test CA"];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(&dir, &ca);
-    let mut csr = vec!["req", "-subj", "/CN=localhost"];
-    csr.extend(ec);
-    csr.extend(["-keyout", "leaf.key", "-out", "leaf.csr"]);
-    openssl(&dir, &csr);
-    std::fs::write(dir.join("leaf.ext"), "subjectAltName=DNS:localhost\n").expect("ext");
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "leaf.pem",
-        ],
-    );
-    dir
-}
 
 /// Starts a TLS-terminating proxy on 127.0.0.1:0 in front of `upstream`, on its own
 /// thread and runtime (ended with the test process); returns its port.
@@ -141,7 +81,7 @@ fn opts(ca: PathBuf) -> RunOptions {
 /// `rate` events/s published over https://.
 fn fanout_through_tls(url_scheme: &str, transport: &str, sessions: u64, rate: u64) -> Node {
     let node = Node::builder().flag("--connect-rate", "0").start();
-    let pki = make_pki();
+    let pki = make_pki("proxy");
     let port = start_proxy(&pki, node.addr);
     let scn = scenario::from_str(
         &format!(

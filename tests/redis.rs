@@ -664,20 +664,6 @@ fn redis_cluster_carries_sharded_pubsub_across_nodes() {
     }
 }
 
-/// Runs openssl with `args` in `dir`; panics with its output on failure.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl on PATH");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A redis-server listening with TLS only on `port`, with `tls_certs`' files
 /// (run it in their directory); clients need not present certificates.
 fn tls_server_args(port: u16) -> Vec<String> {

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -17,6 +16,10 @@ use loadtest::conn::{Conn, ConnError, Dial, ReadOutcome};
 use loadtest::net::{post_events_request, HttpConn};
 use loadtest::target::{self, Reach, Target, TargetOptions};
 use loadtest::Transport;
+// The relay's test certificate helper: one recipe for both crates' TLS tests.
+#[path = "../../tests/common/pki.rs"]
+mod pki;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,70 +42,10 @@ impl Pki {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl CLI runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn make_pki(name: &str) -> Pki {
-    let dir = std::env::temp_dir().join(format!("loadtest-tls-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=loadtest test CA",
-    ];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(&dir, &ca);
-    let mut csr = vec!["req", "-subj", "/CN=localhost"];
-    csr.extend(ec);
-    csr.extend(["-keyout", "leaf.key", "-out", "leaf.csr"]);
-    openssl(&dir, &csr);
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "leaf.pem",
-        ],
-    );
-    Pki { dir }
+    Pki {
+        dir: pki::make_pki(name),
+    }
 }
 
 /// What the server saw of one connection: SNI and the request's `Host` and target.

@@ -15,6 +15,7 @@
 //!   from `loadtest::ws`
 //! - `redis`  a `redis-server` of the test's own ([`Redis`]) and nodes pointed at it
 //! - `sse`    an event-stream reader over raw TCP ([`SseStream`])
+//! - `pki`    test certificates with the `openssl` CLI (also used by loadtest's tests)
 //! - `prom`   the Prometheus text parser (pure)
 //! - `json`   the raw JSON member scanner (pure)
 //! - `wait`   the shared timeout and the poll loop
@@ -38,6 +39,8 @@ mod json;
 #[allow(dead_code)]
 mod node;
 #[allow(dead_code)]
+mod pki;
+#[allow(dead_code)]
 mod prom;
 #[allow(dead_code)]
 mod raw;
@@ -60,6 +63,8 @@ pub use http::*;
 pub use json::*;
 #[allow(unused_imports)]
 pub use node::*;
+#[allow(unused_imports)]
+pub use pki::*;
 #[allow(unused_imports)]
 pub use prom::*;
 #[allow(unused_imports)]
