@@ -26,6 +26,8 @@ SCENARIOS=(
   "fanout-1x1000-600k|$S/fanout.toml --set sessions=1 --set sockets_per_session=1000 --set rate=600"
   "fanout-100x10-100k|$S/fanout.toml --set rate=10000 --set publishers=32"
   "fanout-100x10-10k|$S/fanout.toml"
+  # The publish path at a fixed rate below its ceiling: node CPU per request.
+  "fanout-100x10-50k|$S/fanout.toml --set rate=5000 --set publishers=32"
   "publish-100k|$S/publish-throughput.toml"
   # Offered above the ceiling: these measure the most one shard delivers / accepts.
   "fanout-1x1000-max|$S/fanout.toml --set sessions=1 --set sockets_per_session=1000 --set rate=4000 --set batch=10"
