@@ -7,32 +7,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use common::*;
 use loadtest::target::TargetOptions;
 use loadtest::{run, scenario, RunOptions};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 /// Starts a TLS-terminating proxy on 127.0.0.1:0 in front of `upstream`, on its own
 /// thread and runtime (ended with the test process); returns its port.
 fn start_proxy(pki: &Path, upstream: std::net::SocketAddr) -> u16 {
-    let certs = CertificateDer::pem_file_iter(pki.join("leaf.pem"))
-        .expect("leaf")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certs");
-    let key = PrivateKeyDer::from_pem_file(pki.join("leaf.key")).expect("key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("server config");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = TlsAcceptor::from(server_config(pki));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let port = listener.local_addr().expect("addr").port();

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use loadtest::conn::{Conn, ConnError, Dial, ReadOutcome};
@@ -20,8 +20,6 @@ use loadtest::Transport;
 #[path = "../../tests/common/pki.rs"]
 mod pki;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -59,20 +57,7 @@ struct Seen {
 /// Starts the TLS server on 127.0.0.1:0 on its own thread; returns its port and what it
 /// sees, one entry per request.
 fn start_server(pki: &Pki) -> (u16, mpsc::Receiver<Seen>) {
-    let certs = CertificateDer::pem_file_iter(pki.dir.join("leaf.pem"))
-        .expect("leaf")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certs");
-    let key = PrivateKeyDer::from_pem_file(pki.dir.join("leaf.key")).expect("key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("server config");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = TlsAcceptor::from(pki::server_config(&pki.dir));
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     std_listener.set_nonblocking(true).expect("nonblocking");
     let port = std_listener.local_addr().expect("addr").port();

@@ -1,12 +1,16 @@
 //! Test certificates made with the `openssl` CLI (scripts/test installs it): a CA
 //! and a server certificate it signed for `localhost` and 127.0.0.1, in a fresh
-//! directory. Shared by the relay's tests and, through a `#[path]` module, by the
-//! load generator's (`loadtest/tests/tls.rs`), so it uses nothing else of this
-//! harness.
+//! directory, and a rustls server configuration serving that certificate. Shared
+//! by the relay's tests and, through a `#[path]` module, by the load generator's
+//! (`loadtest/tests/tls.rs`), so it uses nothing else of this harness.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Runs `openssl` with `args` in `dir`; panics with its output on failure.
 pub fn openssl(dir: &Path, args: &[&str]) {
@@ -70,4 +74,23 @@ pub fn make_pki(tag: &str) -> PathBuf {
         ],
     );
     dir
+}
+
+/// A TLS server configuration (ring provider, safe defaults) serving the
+/// certificate [`make_pki`] left in `dir`.
+pub fn server_config(dir: &Path) -> Arc<rustls::ServerConfig> {
+    let certs = CertificateDer::pem_file_iter(dir.join("leaf.pem"))
+        .expect("leaf")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    Arc::new(config)
 }
