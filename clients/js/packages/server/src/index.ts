@@ -1,5 +1,11 @@
 export { RelayServer, parseRetryAfter } from './publish.js';
-export type { PublishOptions, Receipt, RelayEventInput, RelayServerOptions } from './publish.js';
+export type {
+  NodeDelivery,
+  PublishOptions,
+  Receipt,
+  RelayEventInput,
+  RelayServerOptions,
+} from './publish.js';
 export { signToken } from './token.js';
 export type { SignTokenOptions } from './token.js';
 export { RelayError, retryableStatus } from './errors.js';

@@ -17,10 +17,23 @@ export interface Receipt {
   epoch: string;
   id: string;
   duplicate?: boolean;
-  /** With `wait: 'delivered'` (single node): sockets written, still queued, dropped. */
+  /** With `wait: 'delivered'`: sockets written, still queued, dropped (on every node). */
   written?: number;
   queued?: number;
   dropped?: number;
+  /** With `wait: 'delivered'` through Redis: each node's counts for this event. */
+  nodes?: NodeDelivery[];
+  /** With `wait: 'delivered'` through Redis: nodes that did not answer within the relay's 1 s wait. */
+  nodes_late?: number;
+}
+
+/** One node's delivery of one event (`wait: 'delivered'` through Redis). */
+export interface NodeDelivery {
+  /** The node's tag (the prefix of the ids it makes). */
+  node: string;
+  written: number;
+  queued: number;
+  dropped: number;
 }
 
 export interface PublishOptions {
