@@ -650,12 +650,7 @@ fn redis_cluster_carries_sharded_pubsub_across_nodes() {
     // resumed one for session 0) answer on the publisher's reply channel, which
     // lives on its own slot's master.
     for (i, s) in sessions.iter().enumerate() {
-        let req = post_events_request(&event(s, "e", "99"), Some(API_KEY)).replacen(
-            "POST /events ",
-            "POST /events?wait=delivered ",
-            1,
-        );
-        let resp = http_request(nodes[i % 2].addr, &req);
+        let resp = nodes[i % 2].publish_waiting(&event(s, "e", "99"));
         assert_eq!(resp.status, 202, "{}", resp.body_str());
         let r = &resp.json()["events"][0];
         let expected = if i == 0 { 3 } else { 2 };

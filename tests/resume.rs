@@ -271,14 +271,7 @@ fn receipts_list_session_seq_and_id_in_request_order() {
 fn wait_delivered_answers_after_the_fan_out_with_its_counts() {
     let node = Node::start();
     let mut sockets: Vec<Ws> = (0..3).map(|_| node.ws_welcomed("wd1")).collect();
-    let resp = http_request(
-        node.addr,
-        &post_events_request(&event("wd1", "e", "1"), Some(API_KEY)).replacen(
-            "POST /events ",
-            "POST /events?wait=delivered ",
-            1,
-        ),
-    );
+    let resp = node.publish_waiting(&event("wd1", "e", "1"));
     assert_eq!(resp.status, 202, "{}", resp.body_str());
     let v = resp.json();
     let r = &v["events"][0];

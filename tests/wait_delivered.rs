@@ -14,15 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn publish_waiting(node: &Node, body: &str) -> HttpResponse {
-    let req = post_events_request(body, Some(API_KEY)).replacen(
-        "POST /events ",
-        "POST /events?wait=delivered ",
-        1,
-    );
-    http_request(node.addr, &req)
-}
-
 fn count(v: &Value, field: &str) -> u64 {
     v[field]
         .as_u64()
@@ -70,7 +61,7 @@ fn three_nodes_each_answer_their_counts_and_a_silent_node_is_counted_late() {
         r#"{"session":"wd","event":"e","data":1,"id":"wd-1"}"#.to_string(),
         event("wd", "e", "2"),
     ]);
-    let resp = publish_waiting(&nodes[0], &body);
+    let resp = nodes[0].publish_waiting(&body);
     assert_eq!(resp.status, 202, "{}", resp.body_str());
     let v = resp.json();
     assert!(v["took_us"].as_u64().is_some(), "{v}");
@@ -91,10 +82,9 @@ fn three_nodes_each_answer_their_counts_and_a_silent_node_is_counted_late() {
     }
 
     // A retry of a placed id is a duplicate: nobody owes counts for it.
-    let resp = publish_waiting(
-        &nodes[1],
-        &batch(&[r#"{"session":"wd","event":"e","data":1,"id":"wd-1"}"#.to_string()]),
-    );
+    let resp = nodes[1].publish_waiting(&batch(&[
+        r#"{"session":"wd","event":"e","data":1,"id":"wd-1"}"#.to_string(),
+    ]));
     assert_eq!(resp.status, 202, "{}", resp.body_str());
     let r = &resp.json()["events"][0];
     assert_eq!(r["duplicate"], true, "{r}");
@@ -106,7 +96,7 @@ fn three_nodes_each_answer_their_counts_and_a_silent_node_is_counted_late() {
     let stopped = &nodes[2];
     signal(stopped.pid, "-STOP");
     let started = Instant::now();
-    let resp = publish_waiting(&nodes[0], &event("wd", "e", "3"));
+    let resp = nodes[0].publish_waiting(&event("wd", "e", "3"));
     let took = started.elapsed();
     signal(stopped.pid, "-CONT");
     assert_eq!(resp.status, 202, "{}", resp.body_str());

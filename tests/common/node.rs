@@ -201,6 +201,16 @@ impl Node {
         http_get(self.addr, path)
     }
 
+    /// `POST /events?wait=delivered` with the right key.
+    pub fn publish_waiting(&self, body: &str) -> HttpResponse {
+        let req = post_events_request(body, Some(API_KEY)).replacen(
+            "POST /events ",
+            "POST /events?wait=delivered ",
+            1,
+        );
+        http_request(self.addr, &req)
+    }
+
     /// `POST /events` with the right key.
     pub fn publish(&self, body: &str) -> HttpResponse {
         http_request(self.addr, &post_events_request(body, Some(API_KEY)))
