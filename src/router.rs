@@ -172,11 +172,12 @@ pub enum ShardMsg {
         sessions: Vec<(String, StreamPos)>,
     },
     /// Events read back from a session's Redis Stream, after `after`: raw payloads
-    /// in order, or `None` when the stream does not reach back that far.
+    /// in order, or `None` when the stream does not reach back that far. One read
+    /// serves every purpose that asked for the same place.
     Fetched {
         session: String,
         after: StreamPos,
-        purpose: FetchPurpose,
+        purposes: Vec<FetchPurpose>,
         payloads: Option<Vec<Vec<u8>>>,
     },
     Adopt(Box<AdoptMsg>),

@@ -5,7 +5,7 @@
 //! of them: this module imports nothing of the crate. Pure: no I/O, no clock.
 
 /// A point in a session's stream: after the event `seq` of epoch `epoch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StreamPos {
     pub epoch: u64,
     pub seq: u64,

@@ -414,6 +414,71 @@ fn resume_on_another_node_replays_with_redis_history_and_resyncs_without() {
 }
 
 #[test]
+fn a_storm_of_resumes_from_redis_history_replays_every_socket_and_publishes_go_on() {
+    let redis = Redis::start();
+    let a = node_with_history(&redis, "redis");
+    let b = node_with_history(&redis, "redis");
+    assert!(wait_ready(&a, PROMPT) && wait_ready(&b, PROMPT));
+    const SESSIONS: usize = 4;
+    const PER_SESSION: usize = 25;
+    const MISSED: u64 = 300;
+    let mut since = Vec::new();
+    for s in 0..SESSIONS {
+        let session = format!("storm-{s}");
+        let ws = a.ws_welcomed(&session);
+        a.publish_ok(&event(&session, "e", "0"), 1);
+        since.push(read_then_drop(ws, 1));
+        let events: Vec<String> = (0..MISSED)
+            .map(|i| event(&session, "missed", &i.to_string()))
+            .collect();
+        a.publish_ok(&batch(&events), MISSED);
+    }
+    // b never held these sessions: every socket's replay is read back from Redis,
+    // all of them asking at once, while a publisher keeps publishing through b.
+    let publishing = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        let publisher = scope.spawn(|| {
+            let mut answered = 0;
+            while publishing.load(Ordering::Relaxed) {
+                b.publish_ok(&event("storm-other", "p", "1"), 1);
+                answered += 1;
+            }
+            answered
+        });
+        let sockets: Vec<_> = (0..SESSIONS * PER_SESSION)
+            .map(|k| {
+                let (b, since) = (&b, since[k % SESSIONS].clone());
+                scope.spawn(move || {
+                    let session = format!("storm-{}", k % SESSIONS);
+                    let mut ws = b.ws_resuming(&session, &since);
+                    assert_eq!(ws.welcome["seq"], MISSED + 1, "{}", ws.welcome);
+                    for seq in 2..=MISSED + 1 {
+                        let v = ws.next_json(PROMPT);
+                        assert_eq!(v["type"], "event", "socket {k}: expected a replay, got {v}");
+                        assert_eq!(v["seq"].as_u64(), Some(seq), "socket {k}: {v}");
+                    }
+                })
+            })
+            .collect();
+        for s in sockets {
+            s.join()
+                .expect("every resuming socket gets its whole replay in order");
+        }
+        publishing.store(false, Ordering::Relaxed);
+        let answered = publisher.join().expect("publishes answered 202");
+        assert!(answered > 0);
+    });
+    assert_eq!(
+        b.metric("relay_replays_total", &[]),
+        (SESSIONS * PER_SESSION) as f64
+    );
+    if let Some(stats) = redis.try_cmd(&["INFO", "commandstats"]) {
+        let xrange = stats.lines().find(|l| l.starts_with("cmdstat_xrange"));
+        eprintln!("{} resumes, {xrange:?}", SESSIONS * PER_SESSION);
+    }
+}
+
+#[test]
 fn resume_on_the_same_node_replays_from_its_ring_over_plain_pubsub() {
     let redis = Redis::start();
     let a = node_on(&redis);

@@ -70,14 +70,36 @@ pub enum Target {
     },
 }
 
-/// History reads in flight at once: a burst of resumes shares the link with
-/// publishes, never monopolises it.
-pub const FETCH_CONCURRENCY: usize = 16;
-
-/// One handle of a link's connection, for a read of its own.
-enum Conn {
+/// A connection of the link's own for history reads ([`Reader::range`]), so their
+/// replies never queue in front of a publish's on one socket. Cheap to clone: every
+/// clone uses the same connection.
+#[derive(Clone)]
+pub enum Reader {
     Standalone(MultiplexedConnection),
     Cluster(ClusterConnection),
+}
+
+impl Reader {
+    /// Up to `count` events of `session`'s history stream after `after_seq`, as
+    /// published; `None` when the stream no longer continues from `after_seq`.
+    pub async fn range(
+        &self,
+        session: &str,
+        after_seq: u64,
+        count: usize,
+    ) -> Result<Option<Vec<Vec<u8>>>, Lost> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(history_key(session))
+            .arg(format!("{}-0", after_seq + 1))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let reply: Value = match self.clone() {
+            Reader::Standalone(mut c) => timed(cmd.query_async(&mut c)).await?,
+            Reader::Cluster(mut c) => timed(cmd.query_async(&mut c)).await?,
+        };
+        range_payloads(reply, after_seq)
+    }
 }
 
 /// The payloads of an `XRANGE` reply that continues `after_seq` without a gap;
@@ -87,11 +109,16 @@ fn range_payloads(reply: Value, after_seq: u64) -> Result<Option<Vec<Vec<u8>>>, 
         return Err(bad_reply());
     };
     let mut payloads = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
+    for (i, entry) in entries.into_iter().enumerate() {
         let Value::Array(parts) = entry else {
             return Err(bad_reply());
         };
-        let id = parts.first().and_then(bytes).ok_or_else(bad_reply)?;
+        let mut parts = parts.into_iter();
+        let id = parts
+            .next()
+            .as_ref()
+            .and_then(bytes)
+            .ok_or_else(bad_reply)?;
         let seq: u64 = std::str::from_utf8(&id)
             .ok()
             .and_then(|id| id.split('-').next()?.parse().ok())
@@ -100,12 +127,17 @@ fn range_payloads(reply: Value, after_seq: u64) -> Result<Option<Vec<Vec<u8>>>, 
             // Trimmed, or a gap: the stream cannot bridge from `after_seq`.
             return Ok(None);
         }
-        let fields = match parts.get(1) {
-            Some(Value::Array(f)) => f.clone(),
-            Some(Value::Map(m)) => m.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect(),
+        // The entry's one field's value, taken (not copied) out of the reply.
+        let payload = match parts.next() {
+            Some(Value::Array(fields)) => fields.into_iter().nth(1),
+            Some(Value::Map(map)) => map.into_iter().next().map(|(_, v)| v),
+            _ => None,
+        };
+        let payload = match payload {
+            Some(Value::BulkString(b)) => b,
+            Some(Value::SimpleString(s)) => s.into_bytes(),
             _ => return Err(bad_reply()),
         };
-        let payload = fields.get(1).and_then(bytes).ok_or_else(bad_reply)?;
         payloads.push(payload);
     }
     Ok(Some(payloads))
@@ -147,10 +179,12 @@ pub enum Link {
         /// per second than `EVAL` with redis-benchmark here).
         publish_sha: String,
         position_sha: String,
+        reader: Reader,
     },
     Cluster {
         conn: ClusterConnection,
         pushes: PushBuffer,
+        reader: Reader,
     },
 }
 
@@ -181,11 +215,18 @@ impl Link {
                 };
                 let publish_sha = load(PUBLISH_SCRIPT).await?;
                 let position_sha = load(POSITION_SCRIPT).await?;
+                let reads = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(REDIS_TIMEOUT))
+                    .set_response_timeout(Some(REDIS_TIMEOUT));
+                let reader = Reader::Standalone(
+                    timed(client.get_multiplexed_async_connection_with_config(&reads)).await?,
+                );
                 Ok(Link::Standalone {
                     publisher,
                     pushes,
                     publish_sha,
                     position_sha,
+                    reader,
                 })
             }
             Target::Cluster { seeds, certs } => {
@@ -199,7 +240,12 @@ impl Link {
                 }
                 let client = builder.build()?;
                 let conn = timed(client.get_async_connection()).await?;
-                Ok(Link::Cluster { conn, pushes })
+                let reader = Reader::Cluster(timed(client.get_async_connection()).await?);
+                Ok(Link::Cluster {
+                    conn,
+                    pushes,
+                    reader,
+                })
             }
         }
     }
@@ -429,42 +475,11 @@ impl Link {
         }
     }
 
-    /// Events of each `(session, after_seq)`'s history stream after `after_seq`,
-    /// at most `count` each, as published; `None` for a stream that no longer
-    /// reaches back that far. At most [`FETCH_CONCURRENCY`] reads are in flight at
-    /// once, each on its own handle of the connection, answers in request order.
-    pub async fn fetch_many(
-        &mut self,
-        requests: &[(String, u64)],
-        count: usize,
-    ) -> Result<Vec<Option<Vec<Vec<u8>>>>, Lost> {
-        use futures_util::StreamExt;
-        let reads = requests.iter().map(|(session, after_seq)| {
-            let mut cmd = redis::cmd("XRANGE");
-            cmd.arg(history_key(session))
-                .arg(format!("{}-0", after_seq + 1))
-                .arg("+")
-                .arg("COUNT")
-                .arg(count);
-            let after_seq = *after_seq;
-            let conn = match self {
-                Link::Standalone { publisher, .. } => Conn::Standalone(publisher.clone()),
-                Link::Cluster { conn, .. } => Conn::Cluster(conn.clone()),
-            };
-            async move {
-                let reply: Value = match conn {
-                    Conn::Standalone(mut c) => timed(cmd.query_async(&mut c)).await?,
-                    Conn::Cluster(mut c) => timed(cmd.query_async(&mut c)).await?,
-                };
-                range_payloads(reply, after_seq)
-            }
-        });
-        futures_util::stream::iter(reads)
-            .buffered(FETCH_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect()
+    /// The connection for history reads.
+    pub fn reader(&self) -> &Reader {
+        match self {
+            Link::Standalone { reader, .. } | Link::Cluster { reader, .. } => reader,
+        }
     }
 
     pub async fn ping(&mut self) -> Result<(), Lost> {
@@ -539,7 +554,52 @@ impl Link {
 
 #[cfg(test)]
 mod tests {
-    use super::runs;
+    use super::{range_payloads, runs, Value};
+
+    fn entry(id: &str, payload: &str) -> Value {
+        Value::Array(vec![
+            Value::BulkString(id.as_bytes().to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"e".to_vec()),
+                Value::BulkString(payload.as_bytes().to_vec()),
+            ]),
+        ])
+    }
+
+    #[test]
+    fn a_range_that_continues_the_position_gives_its_payloads_in_order() {
+        let reply = Value::Array(vec![entry("5-0", "five"), entry("6-0", "six")]);
+        let got = range_payloads(reply, 4).expect("well formed");
+        assert_eq!(got, Some(vec![b"five".to_vec(), b"six".to_vec()]));
+        // RESP3 field maps too.
+        let map = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"5-0".to_vec()),
+            Value::Map(vec![(
+                Value::BulkString(b"e".to_vec()),
+                Value::BulkString(b"five".to_vec()),
+            )]),
+        ])]);
+        assert_eq!(
+            range_payloads(map, 4).expect("well formed"),
+            Some(vec![b"five".to_vec()])
+        );
+        assert_eq!(
+            range_payloads(Value::Array(vec![]), 4).expect("empty"),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn a_trimmed_or_holed_range_cannot_bridge_and_a_strange_one_is_an_error() {
+        // Trimmed: the first entry is not the one after the position.
+        let trimmed = Value::Array(vec![entry("7-0", "seven")]);
+        assert_eq!(range_payloads(trimmed, 4).expect("well formed"), None);
+        let holed = Value::Array(vec![entry("5-0", "five"), entry("7-0", "seven")]);
+        assert_eq!(range_payloads(holed, 4).expect("well formed"), None);
+        assert!(range_payloads(Value::Int(3), 4).is_err());
+        let no_payload = Value::Array(vec![Value::Array(vec![Value::BulkString(b"5-0".to_vec())])]);
+        assert!(range_payloads(no_payload, 4).is_err());
+    }
 
     #[test]
     fn requests_share_runs_up_to_the_limit_and_are_never_split() {

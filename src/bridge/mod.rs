@@ -26,7 +26,8 @@
 //!   position; a shard whose stream fell behind catches up from the Redis Stream or
 //!   resyncs its sockets (`{"type":"resync",…}`).
 //! - **History.** `Fetch` reads a session's Redis Stream after a position, for a
-//!   resuming socket or a catch-up.
+//!   resuming socket or a catch-up, on a connection of its own, a few at a time and
+//!   in short chunks, beside publishes: a burst of resumes never holds them up.
 //! - **Delivery receipts across nodes.** A publish with `?wait=delivered` puts a
 //!   request block before each event it publishes (not in the history stream). A
 //!   node that delivers such an event sends its counts back with `Delivered`; the
@@ -43,6 +44,7 @@
 //!   [`OutgoingEvent`], [`PublishRules`], [`BridgeStatus`], [`BridgeError`]);
 //! - `keys`: channel and key names; `scripts`: the Lua scripts and their replies;
 //! - `link`: one connected period to Redis (standalone or Cluster) and its commands;
+//! - `fetches`: history reads waiting and in flight, in chunks, beside publishes;
 //! - `state`: the bridge thread's state and its answers to shards;
 //! - `subscriptions`: confirmations, incoming events, owed resyncs;
 //! - `requests`: what shards queued, served or failed fast;
@@ -53,6 +55,7 @@
 //! shard state: shards hear from the bridge only through the `Router`.
 
 mod delivered;
+mod fetches;
 mod handle;
 mod keys;
 mod link;

@@ -1,8 +1,8 @@
 //! What shards queued for the bridge: served against a live link
 //! ([`Bridge::serve_queue`]: subscription changes, new epochs, one batch with
-//! every pending publish, the delivery receipts owed to waiting publishers, then
-//! history fetches), or, while Redis is away, failed fast or remembered for the
-//! reconnect.
+//! every pending publish, the delivery receipts owed to waiting publishers; history
+//! fetches join the reads in flight, `fetches`'), or, while Redis is away, failed
+//! fast or remembered for the reconnect.
 //!
 //! Owns the handling of each [`BridgeMsg`]; the Redis commands are `link`'s, the
 //! answers to shards `state`'s. Runs on the bridge thread, never on a shard core.
@@ -10,14 +10,12 @@
 use std::collections::HashMap;
 
 use super::delivered::{encode_receipts, WireReceipt};
+use super::fetches::FetchJob;
 use super::handle::{BridgeMsg, OutgoingEvent};
 use super::link::{Link, Lost};
 use super::state::Bridge;
 use super::subscriptions::new_epoch;
 use crate::router::{Receipt, ShardMsg};
-
-/// Events read from a history stream for one resume, at most.
-const FETCH_MAX: usize = 10_000;
 
 impl Bridge {
     /// While disconnected: publishes and fetches are answered with a failure at
@@ -31,7 +29,15 @@ impl Bridge {
                     session,
                     after,
                     purpose,
-                } => self.answer_fetch(from, session, after, purpose, None),
+                } => {
+                    let job = FetchJob {
+                        from,
+                        session,
+                        after,
+                        purposes: vec![purpose],
+                    };
+                    self.answer_fetch(job, None);
+                }
                 // Redis is away: the reconnect reads every position again.
                 BridgeMsg::NewEpoch { session, .. } => {
                     self.owed_resync.insert(session);
@@ -55,7 +61,6 @@ impl Bridge {
         let mut subscribe = Vec::new();
         let mut unsubscribe = Vec::new();
         let mut confirm_only = Vec::new();
-        let mut fetches = Vec::new();
         let mut new_epochs = Vec::new();
         let mut publishes: Vec<(usize, u64, Vec<OutgoingEvent>, u64)> = Vec::new();
         let mut delivered: HashMap<Box<str>, Vec<WireReceipt>> = HashMap::new();
@@ -72,7 +77,18 @@ impl Bridge {
                     session,
                     after,
                     purpose,
-                } => fetches.push((from, session, after, purpose)),
+                } => {
+                    let job = FetchJob {
+                        from,
+                        session,
+                        after,
+                        purposes: vec![purpose],
+                    };
+                    if let Err(job) = self.fetches.push(job) {
+                        // Too many waiting: the socket resyncs instead of waiting longer.
+                        self.answer_fetch(job, None);
+                    }
+                }
                 BridgeMsg::NewEpoch {
                     from,
                     session,
@@ -135,16 +151,8 @@ impl Bridge {
                 .collect();
             link.publish_raw(&messages).await?;
         }
-        if !fetches.is_empty() {
-            let reads: Vec<(String, u64)> = fetches
-                .iter()
-                .map(|(_, s, after, _)| (s.clone(), after.seq))
-                .collect();
-            let results = link.fetch_many(&reads, FETCH_MAX).await?;
-            for ((from, session, after, purpose), payloads) in fetches.into_iter().zip(results) {
-                self.answer_fetch(from, session, after, purpose, payloads);
-            }
-        }
+        // Reads run beside the next publishes, never in front of them.
+        self.fetches.start(link.reader());
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::fetches::Fetches;
 use super::handle::{BridgeError, BridgeHandle, BridgeStatus, PublishRules, BRIDGE_QUEUE};
 use super::keys::reply_channel;
 use super::link::{Link, Lost, Target};
@@ -96,6 +97,7 @@ pub fn start(
         owed_resync: HashSet::new(),
         node_tag: node_tag.into(),
         reply_channel,
+        fetches: Fetches::default(),
     };
     std::thread::Builder::new()
         .name("redis-bridge".into())
@@ -185,6 +187,10 @@ impl Bridge {
                 break lost;
             }
         };
+        // Reads on the lost link answer nothing: their sockets resync.
+        for job in self.fetches.abandon() {
+            self.answer_fetch(job, None);
+        }
         // Events Redis sent before the connection failed are still delivered.
         let mut rest = Vec::new();
         while let Some(Some(m)) = link.try_next() {
@@ -194,8 +200,8 @@ impl Bridge {
         Err(lost)
     }
 
-    /// Waits for one thing to do (a shard's request, events from Redis, the ping)
-    /// and does it.
+    /// Waits for one thing to do (a shard's request, events from Redis, a finished
+    /// history read, the ping) and does it.
     async fn serve_once(
         &mut self,
         link: &mut Link,
@@ -213,6 +219,17 @@ impl Bridge {
                     }
                 }
                 self.route_incoming(incoming);
+            }
+            (job, read) = self.fetches.next(), if self.fetches.busy() => {
+                let payloads = match read {
+                    Ok(p) => p,
+                    Err(lost) => {
+                        self.answer_fetch(job, None);
+                        return Err(lost);
+                    }
+                };
+                self.answer_fetch(job, payloads);
+                self.fetches.start(link.reader());
             }
             _ = ping.tick() => link.ping().await?,
         }

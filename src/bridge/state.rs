@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
+use super::fetches::{FetchJob, Fetches};
 use super::handle::{BridgeMsg, BridgeStatus, PublishRules};
 use super::link::Target;
-use crate::router::{FetchPurpose, Receipt, Router, ShardMsg};
-use crate::stream::StreamPos;
+use crate::router::{Receipt, Router, ShardMsg};
 
 /// Pause between tries when a shard's inbox is full.
 const SEND_PAUSE: Duration = Duration::from_micros(200);
@@ -40,25 +40,20 @@ pub(super) struct Bridge {
     pub(super) node_tag: Arc<str>,
     /// Where this node's receipts come (subscribed on every connection).
     pub(super) reply_channel: Arc<str>,
+    /// History reads waiting and in flight on the current link.
+    pub(super) fetches: Fetches,
 }
 
 impl Bridge {
-    pub(super) fn answer_fetch(
-        &self,
-        shard: usize,
-        session: String,
-        after: StreamPos,
-        purpose: FetchPurpose,
-        payloads: Option<Vec<Vec<u8>>>,
-    ) {
+    pub(super) fn answer_fetch(&self, job: FetchJob, payloads: Option<Vec<Vec<u8>>>) {
         let msg = ShardMsg::Fetched {
-            session,
-            after,
-            purpose,
+            session: job.session,
+            after: job.after,
+            purposes: job.purposes,
             payloads,
         };
         self.tell(
-            shard,
+            job.from,
             msg,
             "history could not be delivered; the socket stays pending",
         );

@@ -163,7 +163,7 @@ impl Shard {
 
     /// Events read back for a catch-up: delivered through the normal arrival path
     /// (a hole the Redis Stream cannot fill resyncs there), then what was held.
-    pub(super) fn caught_up(&self, session: &str, target: u64, payloads: Option<Vec<Vec<u8>>>) {
+    pub(super) fn caught_up(&self, session: &str, target: u64, payloads: Option<&[Vec<u8>]>) {
         let held = self
             .catching_up
             .borrow_mut()
@@ -173,7 +173,7 @@ impl Shard {
         let now_ns = unix_now_ns();
         let mut read_back = 0u64;
         for p in payloads.unwrap_or_default() {
-            if let Some((frame, pos)) = frame_from_remote(&p, now_ns, now) {
+            if let Some((frame, pos)) = frame_from_remote(p, now_ns, now) {
                 if pos.seq > target {
                     break;
                 }

@@ -170,9 +170,9 @@ impl Shard {
             ShardMsg::Fetched {
                 session,
                 after,
-                purpose,
+                purposes,
                 payloads,
-            } => self.fetched(&session, after, purpose, payloads),
+            } => self.fetched(&session, after, purposes, payloads),
             ShardMsg::SnapshotRequest { from, id } => {
                 let snapshot = Box::new(self.snapshot());
                 let reply = ShardMsg::SnapshotReply { id, snapshot };

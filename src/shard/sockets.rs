@@ -300,35 +300,65 @@ impl Shard {
         self.registry.borrow_mut().welcome(hello.socket);
     }
 
-    /// Events read back from Redis for a resuming socket: with the ring's newer
-    /// frames they must cover everything after its position, else it resyncs.
+    /// Events read back from Redis after `after`, for every purpose that asked:
+    /// a catch-up delivers them; resuming sockets get them, with the ring's newer
+    /// frames, when together they cover everything after `after`, else a resync.
+    /// Decoded once for all the sockets.
     pub(super) fn fetched(
         self: &Rc<Self>,
         session: &str,
         after: StreamPos,
-        purpose: FetchPurpose,
+        purposes: Vec<FetchPurpose>,
         payloads: Option<Vec<Vec<u8>>>,
     ) {
-        let socket = match purpose {
-            FetchPurpose::Resume { socket } => socket,
-            FetchPurpose::CatchUp { target } => return self.caught_up(session, target, payloads),
-        };
-        let Some(hello) = self
-            .registry
-            .borrow_mut()
-            .take_pending(session, Some(socket))
-            .pop()
-        else {
+        let mut sockets = Vec::with_capacity(purposes.len());
+        for purpose in purposes {
+            match purpose {
+                FetchPurpose::Resume { socket } => sockets.push(socket),
+                FetchPurpose::CatchUp { target } => {
+                    self.caught_up(session, target, payloads.as_deref())
+                }
+            }
+        }
+        let mut hellos = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let taken = self
+                .registry
+                .borrow_mut()
+                .take_pending(session, Some(socket))
+                .pop();
+            hellos.extend(taken);
+        }
+        if hellos.is_empty() {
             return;
-        };
+        }
         let Some(pos) = self.history.borrow().position(session) else {
             return;
         };
+        let frames = self.replay_after(session, after, pos, payloads.as_deref());
+        for hello in hellos {
+            match &frames {
+                Some(frames) => self.send_hello(hello, pos, frames, None),
+                None => self.send_hello(hello, pos, &[], Some(ResyncReason::History)),
+            }
+        }
+    }
+
+    /// What a socket resuming after `after` gets when the stream stands at `pos`:
+    /// the events read back from Redis, then the ring's newer frames; `None` when
+    /// together they leave a hole or pass the outbound cap.
+    fn replay_after(
+        &self,
+        session: &str,
+        after: StreamPos,
+        pos: StreamPos,
+        payloads: Option<&[Vec<u8>]>,
+    ) -> Option<Vec<Rc<EncodedFrame>>> {
         let now = Instant::now();
         let now_ns = unix_now_ns();
         let mut frames: Vec<Rc<EncodedFrame>> = Vec::new();
         for p in payloads.unwrap_or_default() {
-            if let Some((f, at)) = frame_from_remote(&p, now_ns, now) {
+            if let Some((f, at)) = frame_from_remote(p, now_ns, now) {
                 if at.epoch == pos.epoch && at.seq > after.seq && at.seq <= pos.seq {
                     frames.push(Rc::new(f));
                 }
@@ -353,10 +383,6 @@ impl Shard {
                 .iter()
                 .zip(after.seq + 1..)
                 .all(|(f, seq)| f.seq == seq);
-        if complete {
-            self.send_hello(hello, pos, &frames, None);
-        } else {
-            self.send_hello(hello, pos, &[], Some(ResyncReason::History));
-        }
+        complete.then_some(frames)
     }
 }
