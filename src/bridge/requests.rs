@@ -45,6 +45,9 @@ impl Bridge {
                 }
                 // Their publisher counts them late (it waits no longer than that).
                 BridgeMsg::Delivered { .. } => {}
+                m @ (BridgeMsg::PresenceShare { .. } | BridgeMsg::PresenceRead { .. }) => {
+                    self.presence_while_down(m)
+                }
             }
         }
     }
@@ -59,6 +62,7 @@ impl Bridge {
         let mut new_epochs = Vec::new();
         let mut publishes: Vec<(usize, u64, Vec<OutgoingEvent>, u64)> = Vec::new();
         let mut delivered: HashMap<Box<str>, Vec<WireReceipt>> = HashMap::new();
+        let mut presence = Vec::new();
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 BridgeMsg::Publish {
@@ -91,6 +95,9 @@ impl Bridge {
                 }
                 BridgeMsg::Delivered { channel, receipts } => {
                     delivered.entry(channel).or_default().extend(receipts);
+                }
+                m @ (BridgeMsg::PresenceShare { .. } | BridgeMsg::PresenceRead { .. }) => {
+                    presence.push(m)
                 }
                 BridgeMsg::Unsubscribe { session } => {
                     subscribe.retain(|s| s != &session);
@@ -135,6 +142,7 @@ impl Bridge {
                 .collect();
             link.publish_raw(&messages).await?;
         }
+        self.serve_presence(link, presence).await?;
         if !fetches.is_empty() {
             let reads: Vec<(String, u64)> = fetches
                 .iter()

@@ -40,6 +40,8 @@ pub(super) struct Bridge {
     pub(super) node_tag: Arc<str>,
     /// Where this node's receipts come (subscribed on every connection).
     pub(super) reply_channel: Arc<str>,
+    /// This node's presence shares, and when other nodes were last heard.
+    pub(super) presence: super::presence::PresenceState,
 }
 
 impl Bridge {
