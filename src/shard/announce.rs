@@ -33,25 +33,35 @@ pub const MAX_PAGE: usize = 1000;
 #[error("presence is not available right now; retry later")]
 pub struct PresenceUnavailable;
 
-/// A change's bytes, made on first use for each transport and mode.
+/// A change's bytes (and the session's snapshot's), made on first use for each
+/// transport and mode.
 #[derive(Default)]
 struct FrameCache {
     frames: HashMap<(bool, bool), Rc<[u8]>>,
+    snapshots: HashMap<(bool, bool), Rc<[u8]>>,
+}
+
+fn in_transport(body: &[u8], sse: bool) -> Rc<[u8]> {
+    let bytes = if sse {
+        crate::sse::frame::block(None, "presence", body)
+    } else {
+        text_frame(body)
+    };
+    Rc::from(bytes)
 }
 
 impl FrameCache {
+    fn snapshot(&mut self, view: &View, names: bool, sse: bool) -> Rc<[u8]> {
+        self.snapshots
+            .entry((names, sse))
+            .or_insert_with(|| in_transport(&json::snapshot(view, names), sse))
+            .clone()
+    }
+
     fn get(&mut self, change: &Change, names: bool, sse: bool) -> Rc<[u8]> {
         self.frames
             .entry((names, sse))
-            .or_insert_with(|| {
-                let body = json::change(change, names);
-                let bytes = if sse {
-                    crate::sse::frame::block(None, "presence", &body)
-                } else {
-                    text_frame(&body)
-                };
-                Rc::from(bytes)
-            })
+            .or_insert_with(|| in_transport(&json::change(change, names), sse))
             .clone()
     }
 }
@@ -125,6 +135,7 @@ impl Shard {
         let names =
             mode == PresenceMode::Users && view.users.len() <= self.node.config.presence.list_max;
         s.push_message("presence", None, &json::snapshot(&view, names));
+        s.presence_fresh.set(true);
         self.stats
             .presence
             .frames
@@ -149,14 +160,26 @@ impl Shard {
                 continue;
             };
             let list = change.users_total <= cfg.list_max;
+            let quiet = change.join.is_empty() && change.leave.is_empty();
             let mut cache = FrameCache::default();
+            let mut view = None;
             for s in sockets {
                 let mode = s.presence_mode.get();
                 if mode == PresenceMode::Off || s.is_closing() {
                     continue;
                 }
                 let names = list && mode == PresenceMode::Users;
-                let bytes = cache.get(change, names, s.transport == Transport::Sse);
+                let sse = s.transport == Transport::Sse;
+                // A snapshot taken since the last flush may sit between changes
+                // this frame sums up: it gets the whole list again instead.
+                let bytes = if s.presence_fresh.replace(false) {
+                    let view = view.get_or_insert_with(|| self.presence.borrow().view(session));
+                    cache.snapshot(view, names, sse)
+                } else if quiet {
+                    continue;
+                } else {
+                    cache.get(change, names, sse)
+                };
                 if s.queued_bytes() + bytes.len() > max_bytes {
                     dropped += 1;
                     continue;

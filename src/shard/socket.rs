@@ -99,6 +99,9 @@ pub struct SocketState {
     pub(super) presence_sub: std::cell::OnceCell<Rc<str>>,
     /// The presence frames it gets (set once when it arrives).
     pub(super) presence_mode: Cell<crate::config::PresenceMode>,
+    /// It got a presence snapshot since its session's last flush: the next flush
+    /// sends it a new snapshot instead of the change (see `shard::announce`).
+    pub(super) presence_fresh: Cell<bool>,
 }
 
 impl Timed for SocketState {
@@ -151,6 +154,7 @@ impl SocketState {
             next_due: Cell::new(NOT_DUE),
             presence_sub: std::cell::OnceCell::new(),
             presence_mode: Cell::new(crate::config::PresenceMode::Off),
+            presence_fresh: Cell::new(false),
         }
     }
 

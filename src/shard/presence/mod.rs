@@ -61,6 +61,9 @@ struct SessionPresence {
     scheduled: bool,
     /// This node's share changed since it was last taken (for Redis).
     share_dirty: bool,
+    /// A user came or went since the last frame, even if it cancelled out (a
+    /// subscriber whose snapshot was taken in between needs a new one).
+    touched: bool,
 }
 
 impl SessionPresence {
@@ -74,6 +77,7 @@ impl SessionPresence {
 
     /// A user's count went from 0 to more.
     fn came(&mut self, sub: &Rc<str>) {
+        self.touched = true;
         if !self.left.remove(sub) {
             self.joined.insert(sub.clone());
         }
@@ -81,13 +85,16 @@ impl SessionPresence {
 
     /// A user's count went to 0.
     fn went(&mut self, sub: &Rc<str>) {
+        self.touched = true;
         if !self.joined.remove(sub) {
             self.left.insert(sub.clone());
         }
     }
 }
 
-/// What changed in a session since its last frame, with its counts now.
+/// What changed in a session since its last frame, with its counts now. Both
+/// lists empty: changes that cancelled out (only subscribers whose snapshot was
+/// taken meanwhile need to hear of it, with a new snapshot).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Change {
     /// Sorted.
@@ -395,13 +402,16 @@ impl Presence {
                 p.share_dirty = false;
                 out.shares.push((session.clone(), local_share(p)));
             }
-            if !p.joined.is_empty() || !p.left.is_empty() {
+            if p.touched {
+                p.touched = false;
                 let mut join: Vec<Rc<str>> = p.joined.drain().collect();
                 let mut leave: Vec<Rc<str>> = p.left.drain().collect();
                 if p.listeners > 0 {
                     join.sort_unstable();
                     leave.sort_unstable();
-                    p.last_frame = now;
+                    if !join.is_empty() || !leave.is_empty() {
+                        p.last_frame = now;
+                    }
                     out.frames.push((
                         session.clone(),
                         Change {
@@ -489,6 +499,14 @@ mod tests {
         Rc::from(name)
     }
 
+    /// Nothing to announce: no change, or one with empty lists (for fresh
+    /// snapshots only).
+    fn is_quiet(due: &Due) -> bool {
+        due.frames
+            .iter()
+            .all(|(_, c)| c.join.is_empty() && c.leave.is_empty())
+    }
+
     #[test]
     fn a_join_then_a_leave_inside_one_interval_sends_no_frame() {
         let mut p = Presence::new(1_000, 100);
@@ -501,7 +519,7 @@ mod tests {
         assert_eq!(p.leave(&room, bob.as_ref(), true, 200), None, "already due");
         assert!(p.take_due(500).frames.is_empty(), "not due yet");
         let due = p.take_due(1_010);
-        assert!(due.frames.is_empty(), "bob came and went: nothing to say");
+        assert!(is_quiet(&due), "bob came and went: nothing to say");
         assert_eq!(p.next_due(), u64::MAX, "nothing left scheduled");
     }
 
@@ -513,7 +531,7 @@ mod tests {
         p.take_due(1);
         p.leave(&room, a.as_ref(), false, 5);
         p.join(&room, Some("alice"), false, 6);
-        assert!(p.take_due(2_000).frames.is_empty());
+        assert!(is_quiet(&p.take_due(2_000)));
     }
 
     #[test]
@@ -545,7 +563,7 @@ mod tests {
         assert_eq!(names(&due.frames[0].1.join), ["alice"]);
         assert_eq!(due.frames[0].1.sockets, 2);
         p.leave(&room, a2.as_ref(), true, 3);
-        assert!(p.take_due(5_000).frames.is_empty(), "alice is still here");
+        assert!(is_quiet(&p.take_due(5_000)), "alice is still here");
         assert_eq!(p.view("room").users, vec![(s("alice"), 1)]);
         p.join(&room, Some("bob"), true, 5_001);
         p.leave(&room, a1.as_ref(), true, 5_002);
