@@ -305,3 +305,64 @@ fn bad_presence_queries_get_clear_errors_and_unknown_sessions_look_empty() {
     assert_eq!(node.get("/healthz").status, 200);
     assert!(node.metric("relay_presence_queries_total", &[]) >= 1.0);
 }
+
+#[test]
+fn through_redis_a_user_on_two_nodes_counts_once_and_a_killed_nodes_users_leave_in_time() {
+    let redis = Redis::start();
+    let start = || {
+        Node::builder()
+            .env("REDIS_URL", &redis.url())
+            .flag("--presence", "users")
+            .flag("--presence-interval", "300ms")
+            .flag("--presence-node-timeout", "3s")
+            .start()
+    };
+    let (a, b, c) = (start(), start(), start());
+    for n in [&a, &b, &c] {
+        assert!(wait_ready(n, PROMPT), "node not ready: {}", n.log());
+    }
+    let mut alice_a = open(&a, "shared", "alice", json!({}), "");
+    let mut bob_b = open(&b, "shared", "bob", json!({}), "");
+    let _alice_c = open(&c, "shared", "alice", json!({}), "");
+    let _carol_c = open(&c, "shared", "carol", json!({}), "");
+    let (mut ra, mut rb) = (Roster::default(), Roster::default());
+    rb.until(&mut bob_b, &["alice", "bob", "carol"]);
+    ra.until(&mut alice_a, &["alice", "bob", "carol"]);
+    let all = pairs(&[("alice", 2), ("bob", 1), ("carol", 1)]);
+    for n in [&a, &b, &c] {
+        assert!(
+            wait_until(PROMPT, || users(&query(n, "shared", "")) == all),
+            "every node answers every node's users: {}",
+            query(n, "shared", "")
+        );
+        let q = query(n, "shared", "");
+        assert_eq!(q["users_total"], 3, "alice counts once: {q}");
+        assert_eq!(q["sockets"], 4, "{q}");
+    }
+
+    // kill -9: the node says nothing, its heartbeat stops.
+    let killed = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(c.pid as libc::pid_t, libc::SIGKILL) },
+        0
+    );
+    // The bound: the node timeout (3 s), the bridge's check (1 s), one interval.
+    let bound = Duration::from_secs(3) + Duration::from_secs(1) + INTERVAL;
+    let f = rb.until(&mut bob_b, &["alice", "bob"]);
+    let took = killed.elapsed();
+    assert_eq!(f["leave"], json!(["carol"]), "alice is still on a: {f}");
+    eprintln!("leave announced {took:?} after kill -9 (bound {bound:?})");
+    assert!(
+        took <= bound + Duration::from_millis(500),
+        "leave after {took:?}"
+    );
+    ra.until(&mut alice_a, &["alice", "bob"]);
+    let left = pairs(&[("alice", 1), ("bob", 1)]);
+    for n in [&a, &b] {
+        let q = query(n, "shared", "");
+        assert_eq!(users(&q), left, "the query agrees: {q}");
+        assert_eq!(q["sockets"], 2, "{q}");
+    }
+    assert!(b.metric("relay_presence_nodes_expired_total", &[]) >= 1.0);
+}
