@@ -366,3 +366,106 @@ fn through_redis_a_user_on_two_nodes_counts_once_and_a_killed_nodes_users_leave_
     }
     assert!(b.metric("relay_presence_nodes_expired_total", &[]) >= 1.0);
 }
+
+/// Opens a WebSocket and reads nothing: its frames wait in the kernel.
+fn silent_socket(addr: std::net::SocketAddr, session: &str, sub: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let t = user_token(session, sub, json!({}));
+    let req = upgrade_request(&format!("/ws?token={t}"), &[]);
+    s.write_all(req.as_bytes()).expect("upgrade request");
+    s
+}
+
+#[test]
+fn a_ten_thousand_socket_session_with_churn_gets_one_frame_per_interval_and_counts_only() {
+    const HOLDERS: usize = 10_000;
+    const WATCHERS: usize = 20;
+    let interval = Duration::from_millis(500);
+    let node = Node::builder()
+        .flag("--presence", "counts")
+        .flag("--presence-interval", "500ms")
+        .flag("--connect-rate", "0")
+        .flag("--max-sockets-per-session", "20000")
+        .start();
+    let mut watchers: Vec<Ws> = (0..WATCHERS)
+        .map(|i| open(&node, "big", &format!("w{i}"), json!({}), ""))
+        .collect();
+    let t0 = Instant::now();
+    let mut holders = Vec::with_capacity(HOLDERS);
+    for i in 0..HOLDERS {
+        holders.push(silent_socket(node.addr, "big", &format!("u{i}")));
+    }
+    let all = (HOLDERS + WATCHERS) as f64;
+    assert!(
+        wait_until(Duration::from_secs(60), || node
+            .metric("relay_connected_clients", &[])
+            >= all),
+        "not all sockets connected: {}",
+        node.metric("relay_connected_clients", &[])
+    );
+    eprintln!("{HOLDERS} sockets connected in {:?}", t0.elapsed());
+    // Let the joins' frames go out, then count from a quiet start.
+    std::thread::sleep(3 * interval);
+    for w in &mut watchers {
+        while next_presence(w, Duration::from_millis(1)).is_some() {}
+    }
+    let frames_before = node.metric("relay_presence_frames_total", &[]);
+
+    // Churn: 100 sockets a second open, live 300 ms, close; for 3 s.
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let mut live: std::collections::VecDeque<(Instant, std::net::TcpStream)> = Default::default();
+    let mut opened = 0;
+    while started.elapsed() < window {
+        let due = started + Duration::from_millis(10 * opened as u64);
+        if Instant::now() >= due {
+            live.push_back((
+                Instant::now(),
+                silent_socket(node.addr, "big", &format!("c{opened}")),
+            ));
+            opened += 1;
+        }
+        while live
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() >= Duration::from_millis(300))
+        {
+            live.pop_front();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(live);
+    let elapsed = started.elapsed() + interval;
+    std::thread::sleep(interval);
+
+    // Every socket got at most one frame per interval: the watchers see it
+    // frame by frame, the node's count says it for all of them.
+    let most = (elapsed.as_millis() / interval.as_millis()) as usize + 1;
+    for (i, w) in watchers.iter_mut().enumerate() {
+        let mut at = Vec::new();
+        while let Some(f) = next_presence(w, Duration::from_millis(1)) {
+            assert!(f.get("join").is_none(), "counts only: {f}");
+            at.push(f);
+        }
+        assert!(!at.is_empty(), "watcher {i} heard nothing of the churn");
+        assert!(
+            at.len() <= most,
+            "watcher {i}: {} frames, at most {most}",
+            at.len()
+        );
+    }
+    let sent = node.metric("relay_presence_frames_total", &[]) - frames_before;
+    let sockets = all + opened as f64;
+    eprintln!(
+        "{opened} churned sockets over {window:?}: {sent} presence frames to {all} sockets (at most {} allowed)",
+        sockets * most as f64
+    );
+    assert!(sent <= sockets * most as f64, "{sent} frames");
+    assert!(sent >= all, "every listener heard of the churn: {sent}");
+
+    // Past the list threshold the query answers counts only.
+    let q = query(&node, "big", "");
+    assert!(q.get("users").is_none(), "counts only: {q}");
+    assert_eq!(q["users_total"], HOLDERS + WATCHERS, "{q}");
+    drop(holders);
+}

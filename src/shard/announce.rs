@@ -131,9 +131,9 @@ impl Shard {
         if mode == PresenceMode::Off {
             return;
         }
-        let view = self.presence.borrow().view(&s.session);
-        let names =
-            mode == PresenceMode::Users && view.users.len() <= self.node.config.presence.list_max;
+        let list_max = self.node.config.presence.list_max;
+        let view = self.presence.borrow().view(&s.session, list_max);
+        let names = mode == PresenceMode::Users && view.listed;
         s.push_message("presence", None, &json::snapshot(&view, names));
         s.presence_fresh.set(true);
         self.stats
@@ -173,7 +173,8 @@ impl Shard {
                 // A snapshot taken since the last flush may sit between changes
                 // this frame sums up: it gets the whole list again instead.
                 let bytes = if s.presence_fresh.replace(false) {
-                    let view = view.get_or_insert_with(|| self.presence.borrow().view(session));
+                    let view = view
+                        .get_or_insert_with(|| self.presence.borrow().view(session, cfg.list_max));
                     cache.snapshot(view, names, sse)
                 } else if quiet {
                     continue;
@@ -252,7 +253,10 @@ impl Shard {
         let s = &self.stats.presence.queries;
         s.set(s.get() + 1);
         let view = match &q.remote {
-            None => self.presence.borrow().view(&q.session),
+            None => self
+                .presence
+                .borrow()
+                .view(&q.session, self.node.config.presence.list_max),
             Some(remote) => {
                 let local = self.presence.borrow().local_view(&q.session);
                 merge(local, remote, &self.node.node_tag)
@@ -329,7 +333,12 @@ fn merge(local: View, remote: &[RemotePresence], me: &str) -> View {
     }
     let mut users: Vec<(Rc<str>, u32)> = users.into_iter().filter(|(_, n)| *n > 0).collect();
     users.sort_unstable();
-    View { users, sockets }
+    View {
+        total: users.len(),
+        users,
+        sockets,
+        listed: true,
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +350,8 @@ mod tests {
         let local = View {
             users: vec![(Rc::from("alice"), 1)],
             sockets: 1,
+            total: 1,
+            listed: true,
         };
         let share = |node: &str, users: &[(&str, u32)]| RemotePresence {
             session: "s".into(),

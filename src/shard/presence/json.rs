@@ -56,18 +56,17 @@ pub fn change(change: &Change, names: bool) -> Vec<u8> {
 }
 
 /// `{"type":"presence","users":[{"sub":..,"sockets":..}],"users_total":U,"sockets":N}`;
-/// without `users` when `names` is false.
+/// without `users` when `names` is false or the view is not listed.
 pub fn snapshot(view: &View, names: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 32 * view.users.len());
     out.extend_from_slice(br#"{"type":"presence""#);
-    if names {
+    if names && view.listed {
         push_users(&mut out, &view.users);
     }
     let _ = write!(
         out,
         r#","users_total":{},"sockets":{}}}"#,
-        view.users.len(),
-        view.sockets
+        view.total, view.sockets
     );
     out
 }
@@ -89,9 +88,9 @@ pub fn query(view: &View, page: &Page<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(96 + 32 * page.limit.min(view.users.len()));
     out.extend_from_slice(br#"{"session":"#);
     push_str(&mut out, page.session);
-    let total = view.users.len();
+    let total = view.total;
     let mut next = None;
-    if total <= page.list_max {
+    if view.listed && total <= page.list_max {
         let start = page
             .after
             .map_or(0, |a| view.users.partition_point(|(s, _)| &**s <= a));
@@ -135,6 +134,8 @@ mod tests {
         View {
             users: users.iter().map(|(s, n)| (Rc::from(*s), *n)).collect(),
             sockets: users.iter().map(|(_, n)| n).sum(),
+            total: users.len(),
+            listed: true,
         }
     }
 

@@ -108,9 +108,13 @@ pub struct Change {
 /// A session's presence as the query and the snapshot frame show it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct View {
-    /// Every user with their sockets (here and elsewhere), sorted by `sub`.
+    /// Every user with their sockets (here and elsewhere), sorted by `sub`; empty
+    /// when the session has more users than the list threshold (`listed` false).
     pub users: Vec<(Rc<str>, u32)>,
     pub sockets: u32,
+    pub total: usize,
+    /// `users` names everyone.
+    pub listed: bool,
 }
 
 /// This node's part of a session, for the other nodes (through Redis).
@@ -430,20 +434,31 @@ impl Presence {
         out
     }
 
-    /// The session's presence now (empty for a session unknown here).
-    pub fn view(&self, session: &str) -> View {
+    /// The session's presence now (empty for a session unknown here), listing
+    /// the users only when there are at most `list_max` of them: a big session's
+    /// view costs no more than its counts.
+    pub fn view(&self, session: &str, list_max: usize) -> View {
         let Some(p) = self.sessions.get(session) else {
-            return View::default();
+            return View {
+                listed: true,
+                ..View::default()
+            };
         };
-        let mut users: Vec<(Rc<str>, u32)> = p
-            .users
-            .iter()
-            .map(|(k, c)| (k.clone(), c.total()))
-            .collect();
-        users.sort_unstable();
+        let total = p.users.len();
+        let mut users: Vec<(Rc<str>, u32)> = Vec::new();
+        if total <= list_max {
+            users = p
+                .users
+                .iter()
+                .map(|(k, c)| (k.clone(), c.total()))
+                .collect();
+            users.sort_unstable();
+        }
         View {
             users,
             sockets: p.sockets(),
+            total,
+            listed: total <= list_max,
         }
     }
 
@@ -456,12 +471,17 @@ impl Presence {
     /// nodes' parts from Redis).
     pub fn local_view(&self, session: &str) -> View {
         let Some(p) = self.sessions.get(session) else {
-            return View::default();
+            return View {
+                listed: true,
+                ..View::default()
+            };
         };
         let share = local_share(p);
         View {
+            total: share.users.len(),
             users: share.users,
             sockets: share.sockets,
+            listed: true,
         }
     }
 
@@ -564,7 +584,7 @@ mod tests {
         assert_eq!(due.frames[0].1.sockets, 2);
         p.leave(&room, a2.as_ref(), true, 3);
         assert!(is_quiet(&p.take_due(5_000)), "alice is still here");
-        assert_eq!(p.view("room").users, vec![(s("alice"), 1)]);
+        assert_eq!(p.view("room", 100).users, vec![(s("alice"), 1)]);
         p.join(&room, Some("bob"), true, 5_001);
         p.leave(&room, a1.as_ref(), true, 5_002);
         let due = p.take_due(5_002);
@@ -612,7 +632,10 @@ mod tests {
         );
         assert_eq!(due.frames[0].1.users_total, 2);
         assert_eq!(due.frames[0].1.sockets, 4);
-        assert_eq!(p.view("room").users, vec![(s("alice"), 3), (s("bob"), 1)]);
+        assert_eq!(
+            p.view("room", 100).users,
+            vec![(s("alice"), 3), (s("bob"), 1)]
+        );
         // A repeated share changes nothing.
         assert_eq!(
             p.set_remote(
@@ -627,8 +650,8 @@ mod tests {
         p.drop_node("n2", 3_000);
         let due = p.take_due(3_000);
         assert_eq!(names(&due.frames[0].1.leave), ["bob"]);
-        assert_eq!(p.view("room").users, vec![(s("alice"), 1)]);
-        assert_eq!(p.view("room").sockets, 1);
+        assert_eq!(p.view("room", 100).users, vec![(s("alice"), 1)]);
+        assert_eq!(p.view("room", 100).sockets, 1);
         assert_eq!(p.remote_nodes().count(), 0);
     }
 
@@ -642,7 +665,17 @@ mod tests {
         assert!(c.is_none(), "past the cap a user is not tracked by name");
         assert_eq!(p.untracked(), 1);
         assert_eq!(p.entries(), 2);
-        assert_eq!(p.view("room").sockets, 3, "it still counts as a socket");
+        assert_eq!(
+            p.view("room", 100).sockets,
+            3,
+            "it still counts as a socket"
+        );
+        let big = p.view("room", 1);
+        assert!(
+            !big.listed && big.users.is_empty(),
+            "past the list threshold, counts only"
+        );
+        assert_eq!(big.total, 2);
         p.leave(&room, c.as_ref(), false, 2);
         p.leave(&room, a.as_ref(), false, 2);
         p.leave(&room, b.as_ref(), false, 2);
@@ -654,7 +687,8 @@ mod tests {
     #[test]
     fn an_unknown_session_is_empty() {
         let p = Presence::new(1_000, 10);
-        assert_eq!(p.view("nobody"), View::default());
+        assert_eq!(p.view("nobody", 10).total, 0);
+        assert!(p.view("nobody", 10).users.is_empty());
         assert_eq!(p.counts("nobody"), (0, 0));
     }
 }
