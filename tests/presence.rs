@@ -233,6 +233,48 @@ fn counts_mode_names_nobody_and_a_token_claim_turns_frames_on_for_its_socket() {
 }
 
 #[test]
+fn an_event_stream_gets_presence_as_its_own_blocks_and_a_long_poll_counts_without_frames() {
+    let node = presence_node("users");
+    let t = user_token("mixed", "sse-user", json!({}));
+    let mut sse = sse_open(node.addr, &format!("token={t}"), &[]);
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    let welcome = sse.next(PROMPT).expect("welcome");
+    assert_eq!(welcome.event, "welcome");
+    let snap = sse.next(PROMPT).expect("presence snapshot");
+    assert_eq!(snap.event, "presence", "{snap:?}");
+    assert_eq!(
+        snap.id, None,
+        "presence blocks carry no id (not a stream position)"
+    );
+    assert_eq!(users(&snap.json()), pairs(&[("sse-user", 1)]));
+    let _ws = open(&node, "mixed", "ws-user", json!({}), "");
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        let b = sse
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .expect("a presence block");
+        assert_eq!(b.event, "presence", "{b:?}");
+        let f = b.json();
+        if f["users_total"] == 2 {
+            break;
+        }
+    }
+    // A long-poll counts in presence (its answer is a list of events, no frames).
+    let epoch = welcome.json()["epoch"].as_str().expect("epoch").to_string();
+    let t = user_token("mixed", "poller", json!({}));
+    let req = format!(
+        "GET /poll?token={t}&since={epoch}:0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut poll = std::net::TcpStream::connect(node.addr).expect("connect");
+    std::io::Write::write_all(&mut poll, req.as_bytes()).expect("poll");
+    assert!(
+        wait_until(PROMPT, || query(&node, "mixed", "")["users_total"] == 3),
+        "{}",
+        query(&node, "mixed", "")
+    );
+}
+
+#[test]
 fn a_resuming_socket_gets_a_presence_snapshot_before_its_replay() {
     let node = presence_node("users");
     let mut first = open(&node, "s-resume", "alice", json!({}), "");

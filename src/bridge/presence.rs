@@ -315,8 +315,9 @@ impl Bridge {
     }
 
     /// After a (re)connect: listen for heartbeats, count every known node as
-    /// heard now (this node was deaf, not they dead), and write this node's
-    /// shares again (Redis may have lost them).
+    /// heard now (this node was deaf, not they dead), and write and publish this
+    /// node's shares again (Redis may have lost them; nodes that took this one
+    /// for dead dropped them).
     pub(super) async fn presence_connected(&mut self, link: &mut Link) -> Result<(), Lost> {
         link.subscribe_channels(vec![HEARTBEAT_CHANNEL.to_string()])
             .await?;
@@ -337,6 +338,7 @@ impl Bridge {
                     .clone(),
             );
             cmds.push(redis::cmd("PEXPIRE").arg(&key).arg(ttl).clone());
+            cmds.push(link.publish_cmd(&channel_of(session), payload));
         }
         link.run_each(cmds).await?;
         self.presence_beat(link).await

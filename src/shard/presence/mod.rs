@@ -55,7 +55,8 @@ struct SessionPresence {
     left: HashSet<Rc<str>>,
     /// Subscribers here that asked for frames.
     listeners: u32,
-    /// When the last frame went ([`mono_ms`](super::registry::mono_ms)); 0: never.
+    /// When the session was last flushed (a frame, a share for Redis)
+    /// ([`mono_ms`](super::registry::mono_ms)); 0: never.
     last_frame: u64,
     /// In the due queue.
     scheduled: bool,
@@ -288,7 +289,9 @@ impl Presence {
         let mut entries = self.entries;
         let max = self.max_entries;
         let mut untracked = 0;
-        let p = self.sessions.entry(session.clone()).or_default();
+        // Only sessions with subscribers here need the other nodes' shares (the
+        // query reads them from Redis); a session's first subscriber reads them.
+        let p = self.sessions.get_mut(session)?;
         let old = p.remote.remove(node).unwrap_or_default();
         let mut share = RemoteShare {
             users: HashMap::with_capacity(users.len()),
@@ -402,6 +405,8 @@ impl Presence {
                 continue;
             }
             p.scheduled = false;
+            // Frames and shares alike: at most one flush per interval.
+            p.last_frame = now;
             if p.share_dirty {
                 p.share_dirty = false;
                 out.shares.push((session.clone(), local_share(p)));
@@ -413,9 +418,6 @@ impl Presence {
                 if p.listeners > 0 {
                     join.sort_unstable();
                     leave.sort_unstable();
-                    if !join.is_empty() || !leave.is_empty() {
-                        p.last_frame = now;
-                    }
                     out.frames.push((
                         session.clone(),
                         Change {
@@ -427,11 +429,27 @@ impl Presence {
                     ));
                 }
             }
-            if p.is_empty() {
-                self.sessions.remove(&session);
+            if p.local_sockets == 0 {
+                self.forget(&session);
             }
         }
         out
+    }
+
+    /// Drops a session with no subscribers here, other nodes' shares included.
+    fn forget(&mut self, session: &Rc<str>) {
+        let Some(p) = self.sessions.remove(session) else {
+            return;
+        };
+        self.entries -= p.users.len();
+        for node in p.remote.keys() {
+            if let Some(set) = self.by_node.get_mut(node) {
+                set.remove(session);
+                if set.is_empty() {
+                    self.by_node.remove(node);
+                }
+            }
+        }
     }
 
     /// The session's presence now (empty for a session unknown here), listing
@@ -587,7 +605,11 @@ mod tests {
         assert_eq!(p.view("room", 100).users, vec![(s("alice"), 1)]);
         p.join(&room, Some("bob"), true, 5_001);
         p.leave(&room, a1.as_ref(), true, 5_002);
-        let due = p.take_due(5_002);
+        assert!(
+            p.take_due(5_002).frames.is_empty(),
+            "one flush per interval"
+        );
+        let due = p.take_due(6_000);
         assert_eq!(names(&due.frames[0].1.leave), ["alice"]);
         assert_eq!(names(&due.frames[0].1.join), ["bob"]);
     }
@@ -682,6 +704,27 @@ mod tests {
         assert_eq!(p.entries(), 0);
         p.take_due(5_000);
         assert_eq!(p.session_count(), 0, "an empty session is forgotten");
+    }
+
+    #[test]
+    fn other_nodes_shares_are_kept_only_while_a_subscriber_is_here() {
+        let mut p = Presence::new(1_000, 100);
+        let room = s("room");
+        assert_eq!(p.set_remote(&room, "n2", &[("bob".into(), 1)], 1, 1), None);
+        assert_eq!(p.session_count(), 0, "nobody here: not kept");
+        let (a, _) = p.join(&room, Some("alice"), true, 2);
+        p.set_remote(&room, "n2", &[("bob".into(), 1)], 1, 3);
+        assert_eq!(p.entries(), 2);
+        p.take_due(3);
+        p.leave(&room, a.as_ref(), true, 4);
+        p.take_due(5_000);
+        assert_eq!(
+            p.session_count(),
+            0,
+            "the last subscriber here took them along"
+        );
+        assert_eq!(p.entries(), 0);
+        assert_eq!(p.remote_nodes().count(), 0);
     }
 
     #[test]
