@@ -222,6 +222,22 @@ pub struct ServeArgs {
     /// ws moves open WebSockets off with 1012, spread over the drain timeout).
     #[arg(long, env = "RELAY_TRANSPORTS", default_value = "ws,sse,poll")]
     pub transports: String,
+    /// Presence frames for every subscriber: `off`, `counts`, or `users` (a token's
+    /// `presence` claim may ask for them for its own socket).
+    #[arg(long, env = "RELAY_PRESENCE", value_enum, default_value = "off")]
+    pub presence: config::PresenceMode,
+    /// At most one presence frame per session this often.
+    #[arg(long, env = "RELAY_PRESENCE_INTERVAL", default_value = "1s")]
+    pub presence_interval: humantime::Duration,
+    /// With Redis: a node not heard from this long is dead; its users leave.
+    #[arg(long, env = "RELAY_PRESENCE_NODE_TIMEOUT", default_value = "30s")]
+    pub presence_node_timeout: humantime::Duration,
+    /// Above this many users in a session, presence is counts only.
+    #[arg(long, env = "RELAY_PRESENCE_LIST_MAX", default_value_t = config::DEFAULT_PRESENCE_LIST_MAX)]
+    pub presence_list_max: usize,
+    /// (session, user) pairs the node tracks by name, all sessions together.
+    #[arg(long, env = "RELAY_PRESENCE_MAX_USERS", default_value_t = config::DEFAULT_PRESENCE_MAX_USERS)]
+    pub presence_max_users: usize,
 }
 
 #[derive(Debug, Args)]
@@ -412,6 +428,25 @@ impl ServeArgs {
             dedupe_window: args.dedupe_window.into(),
             store: args.history,
         };
+        let presence = config::PresenceConfig {
+            mode: args.presence,
+            interval: args.presence_interval.into(),
+            node_timeout: args.presence_node_timeout.into(),
+            list_max: args.presence_list_max,
+            max_users: args.presence_max_users,
+        };
+        if presence.interval < std::time::Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                variable: "RELAY_PRESENCE_INTERVAL",
+                why: "must be at least 100ms".into(),
+            });
+        }
+        if presence.node_timeout < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                variable: "RELAY_PRESENCE_NODE_TIMEOUT",
+                why: "must be at least 1s (nodes heartbeat three times within it)".into(),
+            });
+        }
         let mut config = Config {
             host: args.host,
             port: args.port,
@@ -426,6 +461,7 @@ impl ServeArgs {
             redis_ca,
             limiters,
             history,
+            presence,
             sources: ReloadSources {
                 jwt_secret_file: args.common.jwt_signing_secret_file.clone(),
                 api_key_file: args.common.relay_api_key_file.clone(),

@@ -25,8 +25,13 @@
 //! - [`offcore`]: sending to a shard, retrying, from threads that are not shards.
 //! - [`latency`]: per-shard HdrHistogram of accepted→written latency, merged into `/latency`.
 //!
-//! - [`bridge`]: with `REDIS_URL`, the thread that carries events between nodes
-//!   through Redis pub/sub; the only module that knows Redis exists.
+//! - [`bridge`]: with `REDIS_URL`, the thread that carries events (and each node's
+//!   presence share) between nodes through Redis pub/sub; the only module that
+//!   knows Redis exists.
+//!
+//! Presence (who holds a socket in each session) lives on each session's owning
+//! shard (`shard::presence`, `shard::announce`): join and leave frames coalesced
+//! per session, `GET /sessions/{session}/presence`.
 //!
 //! # Data flow
 //! ```text

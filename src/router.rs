@@ -190,10 +190,58 @@ pub enum ShardMsg {
         id: u64,
         snapshot: Box<StatsSnapshot>,
     },
+    /// Answer a presence query for a session this shard owns to shard `from`,
+    /// tagged `id`.
+    PresenceQuery {
+        from: usize,
+        id: u64,
+        query: Box<PresenceQuery>,
+    },
+    /// The owner's answer to presence query `id`: the response body.
+    PresenceAnswer {
+        id: u64,
+        body: Vec<u8>,
+    },
+    /// The bridge's answer to presence read `id` (a query): every live node's
+    /// share, or `None` when Redis could not be read.
+    PresenceShares {
+        id: u64,
+        shares: Option<Vec<RemotePresence>>,
+    },
+    /// Other nodes' presence in sessions this shard owns (from the bridge).
+    PresenceRemote {
+        shares: Vec<RemotePresence>,
+    },
+    /// These nodes stopped heartbeating: drop their presence.
+    PresenceNodesDead {
+        nodes: Vec<String>,
+    },
     /// Stop accepting and close every socket with 1012.
     Drain,
     /// SIGHUP: use these secrets, keys, origins and limits from now on.
     Reload(Arc<crate::config::LiveConfig>),
+}
+
+/// `GET /sessions/{session}/presence`, validated: one page of the session's users.
+#[derive(Debug, Clone)]
+pub struct PresenceQuery {
+    pub session: String,
+    pub limit: usize,
+    /// The user after which the page starts (from the cursor).
+    pub after: Option<String>,
+    /// With Redis: every other live node's share, read by the bridge; `None`
+    /// without Redis.
+    pub remote: Option<Vec<RemotePresence>>,
+}
+
+/// What one other node holds of a session: its users (with their sockets there)
+/// and its sockets in all. An empty share: it holds nothing any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePresence {
+    pub session: String,
+    pub node: String,
+    pub users: Vec<(String, u32)>,
+    pub sockets: u32,
 }
 
 /// Why a send did not happen. The message is handed back; nothing is dropped.

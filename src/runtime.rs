@@ -129,6 +129,7 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
                 },
                 router.clone(),
                 &node_tag,
+                config.presence.node_timeout,
             )?)
         }
         None => None,

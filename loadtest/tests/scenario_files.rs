@@ -4,7 +4,10 @@
 use std::path::Path;
 
 /// Scenario files that size a kind for one question, and their kind.
-const VARIANTS: [(&str, &str); 1] = [("publish-spray", "publish-throughput")];
+const VARIANTS: [(&str, &str); 2] = [
+    ("publish-spray", "publish-throughput"),
+    ("presence-churn", "churn"),
+];
 
 #[test]
 fn shipped_scenarios_parse_and_have_a_header_comment() {

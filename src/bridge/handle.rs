@@ -72,6 +72,22 @@ pub enum BridgeMsg {
     Subscribe { from: usize, session: String },
     /// The session's last local socket left.
     Unsubscribe { session: String },
+    /// This node's share of `session`'s presence changed (the shard coalesces
+    /// changes per interval): keep it in Redis and tell the session's other nodes.
+    /// No users and no sockets: the node holds nothing of it any more.
+    PresenceShare {
+        session: String,
+        users: Vec<(String, u32)>,
+        sockets: u32,
+    },
+    /// Read every live node's share of `session` from Redis and answer shard
+    /// `from`: with `id`, `ShardMsg::PresenceShares` (a query waits for it);
+    /// without, `ShardMsg::PresenceRemote` (the session is new on this node).
+    PresenceRead {
+        from: usize,
+        id: Option<u64>,
+        session: String,
+    },
     /// This node's counts for events a publisher elsewhere (or here) waits on:
     /// publish them on that node's reply `channel`.
     Delivered {

@@ -16,6 +16,21 @@ pub const KEY_PREFIX: &str = "relay:v1:";
 /// name of its own in braces; never a session channel.
 pub const REPLY_PREFIX: &str = "relay:v1:r:";
 
+/// Where every node says it is alive (presence), subscribed on every connection.
+pub const HEARTBEAT_CHANNEL: &str = "relay:v1:hb";
+
+/// The hash of a session's presence: one field per node (its tag), holding that
+/// node's share (see `bridge::presence`).
+pub fn presence_key(session: &str) -> String {
+    format!("{KEY_PREFIX}{{{session}}}:p")
+}
+
+/// A node's heartbeat key: present while the node lives (it expires after the
+/// presence node timeout).
+pub fn node_key(node_tag: &str) -> String {
+    format!("{KEY_PREFIX}n:{{{node_tag}}}")
+}
+
 /// The reply channel of a node: its tag and a random nonce (tags are short and
 /// could repeat across a fleet).
 pub fn reply_channel(node_tag: &str, nonce: u64) -> String {

@@ -482,6 +482,43 @@ impl Link {
         }
     }
 
+    /// Runs single-key commands (any slot), all in flight together; answers in
+    /// order. Standalone: one pipeline; Cluster: each to its slot's node.
+    pub async fn run_each(&mut self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, Lost> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Link::Standalone { publisher, .. } => {
+                let mut pipe = redis::pipe();
+                for c in cmds {
+                    pipe.add_command(c);
+                }
+                timed(pipe.query_async::<Vec<Value>>(publisher)).await
+            }
+            Link::Cluster { conn, .. } => {
+                let calls = cmds.into_iter().map(|c| {
+                    let mut conn = conn.clone();
+                    async move { timed(c.query_async::<Value>(&mut conn)).await }
+                });
+                futures_util::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+
+    /// `PUBLISH` (`SPUBLISH` on a Cluster) as a command for [`Link::run_each`].
+    pub fn publish_cmd(&self, channel: &str, payload: &[u8]) -> redis::Cmd {
+        let mut cmd = redis::cmd(match self {
+            Link::Standalone { .. } => "PUBLISH",
+            Link::Cluster { .. } => "SPUBLISH",
+        });
+        cmd.arg(channel).arg(payload);
+        cmd
+    }
+
     pub async fn ping(&mut self) -> Result<(), Lost> {
         match self {
             Link::Standalone { publisher, .. } => {

@@ -34,6 +34,12 @@
 //!   bridge publishes them on the publishing node's reply channel, which every
 //!   bridge subscribes to, and hands the ones it receives to the waiting shard.
 //!
+//! - **Presence.** Each node's share of a session's presence (its users and
+//!   sockets) is kept in the session's presence hash and published on the session's
+//!   channel, marked so it never enters the event stream; nodes heartbeat, and a
+//!   node not heard within `RELAY_PRESENCE_NODE_TIMEOUT` has its users leave on
+//!   every other node (see `presence`).
+//!
 //! Every queue is bounded: the shard→bridge channel, and what the bridge keeps per
 //! pending publish. Incoming events that a full shard inbox cannot take become a
 //! resync for their session, never a silent loss.
@@ -45,6 +51,8 @@
 //! - `keys`: channel and key names; `scripts`: the Lua scripts and their replies;
 //! - `link`: one connected period to Redis (standalone or Cluster) and its commands;
 //! - `fetches`: history reads waiting and in flight, in chunks, beside publishes;
+//! - `presence`: each node's presence share of a session (a hash field, and a
+//!   marked message on the session's channel), heartbeats, dead nodes;
 //! - `state`: the bridge thread's state and its answers to shards;
 //! - `subscriptions`: confirmations, incoming events, owed resyncs;
 //! - `requests`: what shards queued, served or failed fast;
@@ -59,6 +67,7 @@ mod fetches;
 mod handle;
 mod keys;
 mod link;
+mod presence;
 mod pushes;
 mod requests;
 mod run;

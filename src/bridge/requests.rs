@@ -51,6 +51,9 @@ impl Bridge {
                 }
                 // Their publisher counts them late (it waits no longer than that).
                 BridgeMsg::Delivered { .. } => {}
+                m @ (BridgeMsg::PresenceShare { .. } | BridgeMsg::PresenceRead { .. }) => {
+                    self.presence_while_down(m)
+                }
             }
         }
     }
@@ -64,6 +67,7 @@ impl Bridge {
         let mut new_epochs = Vec::new();
         let mut publishes: Vec<(usize, u64, Vec<OutgoingEvent>, u64)> = Vec::new();
         let mut delivered: HashMap<Box<str>, Vec<WireReceipt>> = HashMap::new();
+        let mut presence = Vec::new();
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 BridgeMsg::Publish {
@@ -108,6 +112,9 @@ impl Bridge {
                 BridgeMsg::Delivered { channel, receipts } => {
                     delivered.entry(channel).or_default().extend(receipts);
                 }
+                m @ (BridgeMsg::PresenceShare { .. } | BridgeMsg::PresenceRead { .. }) => {
+                    presence.push(m)
+                }
                 BridgeMsg::Unsubscribe { session } => {
                     subscribe.retain(|s| s != &session);
                     self.wanted.remove(&session);
@@ -151,6 +158,7 @@ impl Bridge {
                 .collect();
             link.publish_raw(&messages).await?;
         }
+        self.serve_presence(link, presence).await?;
         // Reads run beside the next publishes, never in front of them.
         self.fetches.start(link.reader());
         Ok(())

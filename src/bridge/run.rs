@@ -34,7 +34,8 @@ const SUBSCRIBE_CHUNK: usize = 1000;
 /// `cluster`: `url` is a comma-separated list of seed nodes of a Redis Cluster,
 /// and the bridge uses sharded pub/sub.
 /// `ca_pem`: CA certificates to trust for `rediss://` (else the system's roots).
-/// `node_tag`: the node's name in `?wait=delivered` receipts.
+/// `node_tag`: the node's name in `?wait=delivered` receipts and presence.
+/// `presence_timeout`: a node not heard from this long is dead (presence).
 pub fn start(
     url: &str,
     cluster: bool,
@@ -42,6 +43,7 @@ pub fn start(
     rules: PublishRules,
     router: Router,
     node_tag: &str,
+    presence_timeout: Duration,
 ) -> Result<BridgeHandle, BridgeError> {
     // rustls needs one process-wide crypto provider; a second install is a no-op error.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -98,6 +100,7 @@ pub fn start(
         node_tag: node_tag.into(),
         reply_channel,
         fetches: Fetches::default(),
+        presence: super::presence::PresenceState::new(presence_timeout),
     };
     std::thread::Builder::new()
         .name("redis-bridge".into())
@@ -163,6 +166,7 @@ impl Bridge {
         // Receipts for this node's waiting publishes come on its reply channel.
         link.subscribe_channels(vec![self.reply_channel.to_string()])
             .await?;
+        self.presence_connected(&mut link).await?;
 
         // Resubscribe the whole current set before saying we are ready.
         let wanted: Vec<String> = self.wanted.keys().cloned().collect();
@@ -235,6 +239,7 @@ impl Bridge {
         }
         self.serve_queue(link).await?;
         self.pay_resyncs(link).await?;
+        self.presence_beat(link).await?;
         Ok(())
     }
 }

@@ -42,6 +42,8 @@ pub(super) struct Bridge {
     pub(super) reply_channel: Arc<str>,
     /// History reads waiting and in flight on the current link.
     pub(super) fetches: Fetches,
+    /// This node's presence shares, and when other nodes were last heard.
+    pub(super) presence: super::presence::PresenceState,
 }
 
 impl Bridge {

@@ -49,6 +49,9 @@ impl Bridge {
                 self.route_receipts(&msg.payload);
                 continue;
             }
+            if self.presence_incoming(&msg) {
+                continue;
+            }
             let Some(session) = session_of(&msg.channel) else {
                 continue;
             };

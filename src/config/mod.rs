@@ -87,6 +87,20 @@ pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(300);
 /// Origins allowed in `--dev` when `ALLOWED_ORIGINS` is unset: any localhost page.
 pub const DEV_ALLOWED_ORIGINS: &str =
     "http://localhost:*,https://localhost:*,http://127.0.0.1:*,https://127.0.0.1:*";
+/// `RELAY_PRESENCE_INTERVAL`: at most one presence frame per session this often,
+/// so a big session's churn costs one frame per interval, not one per join.
+pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
+/// `RELAY_PRESENCE_NODE_TIMEOUT`: a node not heard from this long (with Redis) is
+/// taken for dead, and its users are announced as leaving.
+pub const DEFAULT_PRESENCE_NODE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `RELAY_PRESENCE_LIST_MAX`: above this many users a session's presence (frames
+/// and `GET /sessions/{session}/presence`) is counts only: a list that long is no
+/// use to a screen and costs every socket its bytes.
+pub const DEFAULT_PRESENCE_LIST_MAX: usize = 1000;
+/// `RELAY_PRESENCE_MAX_USERS`: (session, user) pairs a node tracks by name, all
+/// sessions together; past it a socket still counts in `sockets`, not by name.
+/// About 100 bytes each: 1 M pairs is about 100 MB at most.
+pub const DEFAULT_PRESENCE_MAX_USERS: usize = 1_000_000;
 /// Where `--dev` keeps the secrets it generated.
 pub const DEV_ENV_FILE: &str = ".env.local";
 
@@ -173,6 +187,57 @@ impl Default for Limits {
     }
 }
 
+/// Whether a session's subscribers get presence frames (`RELAY_PRESENCE`; a token's
+/// `presence` claim may ask for more for its own socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, clap::ValueEnum)]
+pub enum PresenceMode {
+    /// No presence frames (the query still answers).
+    #[default]
+    Off,
+    /// Frames carry the counts only (`users_total`, `sockets`).
+    Counts,
+    /// Frames also name who joined and who left.
+    Users,
+}
+
+impl PresenceMode {
+    /// A token's `presence` claim: `"counts"` or `"users"` (anything else: off).
+    pub fn from_claim(value: &str) -> PresenceMode {
+        match value {
+            "users" => PresenceMode::Users,
+            "counts" => PresenceMode::Counts,
+            _ => PresenceMode::Off,
+        }
+    }
+}
+
+/// Presence: who holds a socket in each session (see `shard::presence`).
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    /// Frames for every subscriber (`RELAY_PRESENCE`).
+    pub mode: PresenceMode,
+    /// At most one presence frame per session per interval.
+    pub interval: Duration,
+    /// With Redis: a node silent this long is dead and its users leave.
+    pub node_timeout: Duration,
+    /// Above this many users, counts only.
+    pub list_max: usize,
+    /// (session, user) pairs tracked by name on the node.
+    pub max_users: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            mode: PresenceMode::Off,
+            interval: DEFAULT_PRESENCE_INTERVAL,
+            node_timeout: DEFAULT_PRESENCE_NODE_TIMEOUT,
+            list_max: DEFAULT_PRESENCE_LIST_MAX,
+            max_users: DEFAULT_PRESENCE_MAX_USERS,
+        }
+    }
+}
+
 /// Where resumable history lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HistoryStore {
@@ -247,6 +312,8 @@ pub struct Config {
     pub limiters: LimiterConfig,
     /// Sequencing, resume history and dedupe.
     pub history: HistoryConfig,
+    /// Presence frames and bounds.
+    pub presence: PresenceConfig,
     /// Where reloadable settings come from on SIGHUP (see [`Config::reloaded`]).
     pub sources: ReloadSources,
     /// The settings a SIGHUP may replace; shards receive them whole.

@@ -190,6 +190,19 @@ pub async fn serve(ctx: ConnCtx, mut stream: TcpStream, admin: bool) {
                     return;
                 }
             }
+            Action::Presence { query, keep_alive } => {
+                buf.drain(..head_len);
+                let bytes = match ctx.presence(query).await {
+                    Ok(body) => response(200, "application/json", &body, "", keep_alive),
+                    Err(_) => {
+                        Refusal::unavailable("presence is not available right now; retry later")
+                            .to_response(keep_alive)
+                    }
+                };
+                if stream.write_all(&bytes).await.is_err() || !keep_alive {
+                    return;
+                }
+            }
             Action::Metrics { keep_alive } => {
                 buf.drain(..head_len);
                 let snapshot = ctx.node_snapshot().await;

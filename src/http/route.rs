@@ -41,6 +41,11 @@ pub(super) enum Action {
         /// The tenant named by `X-Relay-Tenant`, charged for the events.
         tenant: Option<String>,
     },
+    /// `GET /sessions/{session}/presence`, decided: ask the session's owner.
+    Presence {
+        query: crate::router::PresenceQuery,
+        keep_alive: bool,
+    },
     Metrics {
         keep_alive: bool,
     },
@@ -76,6 +81,16 @@ pub(super) fn route(
         "/sse" if !admin => route_subscriber(ctx, head, peer, buffered_after, Transport::Sse),
         "/poll" if !admin => route_subscriber(ctx, head, peer, buffered_after, Transport::Poll),
         "/events" if !admin => route_publish(ctx, head, keep_alive),
+        path if !admin && crate::http::presence::session_in(path).is_some() => {
+            let session = crate::http::presence::session_in(path).unwrap_or_default();
+            match crate::http::presence::decide(head, session, &ctx.settings()) {
+                Ok(query) => Action::Presence { query, keep_alive },
+                Err(refusal) => Action::Refuse {
+                    refusal,
+                    keep_alive,
+                },
+            }
+        }
         "/healthz" => Action::Respond {
             bytes: response(
                 200,
@@ -221,15 +236,7 @@ fn route_publish(ctx: &ConnCtx, head: &RequestHead<'_, '_>, keep_alive: bool) ->
     }
     // Until the body is read the connection cannot be reused, so refusals before
     // that close it.
-    let presented = head
-        .all("authorization")
-        .next()
-        .and_then(|v| {
-            let (scheme, key) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
-        })
-        .or_else(|| head.all("x-api-key").next().map(str::trim))
-        .unwrap_or("");
+    let presented = crate::http::presence::presented_key(head);
     let settings = ctx.settings();
     let Some(key) = api_key_index(&settings.live.api_keys, presented.as_bytes()) else {
         return refuse(Refusal::unauthorized_key(), false);

@@ -38,6 +38,13 @@ pub const LOG_LINES_DROPPED_TOTAL: &str = "relay_log_lines_dropped_total";
 pub const SKIPPED_EVENTS_TOTAL: &str = "relay_skipped_events_total";
 pub const DELIVERY_RECEIPTS_LATE_TOTAL: &str = "relay_delivery_receipts_late_total";
 pub const HISTORY_EVICTED_STREAMS_TOTAL: &str = "relay_history_evicted_streams_total";
+pub const PRESENCE_USERS: &str = "relay_presence_users";
+pub const PRESENCE_SESSIONS: &str = "relay_presence_sessions";
+pub const PRESENCE_UNTRACKED_TOTAL: &str = "relay_presence_untracked_total";
+pub const PRESENCE_FRAMES_TOTAL: &str = "relay_presence_frames_total";
+pub const PRESENCE_FRAMES_DROPPED_TOTAL: &str = "relay_presence_frames_dropped_total";
+pub const PRESENCE_QUERIES_TOTAL: &str = "relay_presence_queries_total";
+pub const PRESENCE_NODES_EXPIRED_TOTAL: &str = "relay_presence_nodes_expired_total";
 
 /// Transports a subscriber can use: the `transport` label's values.
 pub const TRANSPORTS: usize = Transport::ALL.len();
@@ -105,6 +112,64 @@ pub struct ShardStats {
     pub history_bytes: Cell<u64>,
     pub history_sessions: Cell<u64>,
     pub history_evicted: Cell<u64>,
+    /// Presence: frames and queries counted as they happen; the table's figures
+    /// set by the shard before each snapshot.
+    pub presence: PresenceStats,
+}
+
+/// One shard's presence figures (see `shard::presence`).
+#[derive(Default)]
+pub struct PresenceStats {
+    /// Presence frames queued to subscribers (one per subscriber per frame).
+    pub frames: Cell<u64>,
+    /// Presence frames not queued because the subscriber's queue was full.
+    pub frames_dropped: Cell<u64>,
+    /// `GET /sessions/{session}/presence` answered by this shard.
+    pub queries: Cell<u64>,
+    /// Other nodes taken for dead, their users announced as leaving.
+    pub nodes_expired: Cell<u64>,
+    /// Set from the table: (session, user) pairs tracked, sessions, users over the cap.
+    pub users: Cell<u64>,
+    pub sessions: Cell<u64>,
+    pub untracked: Cell<u64>,
+}
+
+impl PresenceStats {
+    fn figures(&self) -> PresenceFigures {
+        PresenceFigures {
+            frames: self.frames.get(),
+            frames_dropped: self.frames_dropped.get(),
+            queries: self.queries.get(),
+            nodes_expired: self.nodes_expired.get(),
+            users: self.users.get(),
+            sessions: self.sessions.get(),
+            untracked: self.untracked.get(),
+        }
+    }
+}
+
+/// [`PresenceStats`] copied for a scrape.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PresenceFigures {
+    pub frames: u64,
+    pub frames_dropped: u64,
+    pub queries: u64,
+    pub nodes_expired: u64,
+    pub users: u64,
+    pub sessions: u64,
+    pub untracked: u64,
+}
+
+impl PresenceFigures {
+    fn merge(&mut self, o: &PresenceFigures) {
+        self.frames += o.frames;
+        self.frames_dropped += o.frames_dropped;
+        self.queries += o.queries;
+        self.nodes_expired += o.nodes_expired;
+        self.users += o.users;
+        self.sessions += o.sessions;
+        self.untracked += o.untracked;
+    }
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -208,6 +273,7 @@ impl ShardStats {
             history_bytes: self.history_bytes.get(),
             history_sessions: self.history_sessions.get(),
             history_evicted: self.history_evicted.get(),
+            presence: self.presence.figures(),
         }
     }
 }
@@ -238,6 +304,7 @@ pub struct StatsSnapshot {
     pub history_bytes: u64,
     pub history_sessions: u64,
     pub history_evicted: u64,
+    pub presence: PresenceFigures,
 }
 
 /// What the Redis bridge reports.
@@ -282,6 +349,7 @@ impl StatsSnapshot {
         self.history_bytes += other.history_bytes;
         self.history_sessions += other.history_sessions;
         self.history_evicted += other.history_evicted;
+        self.presence.merge(&other.presence);
     }
 
     /// Every transport's latency merged: what `/latency` shows.

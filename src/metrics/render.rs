@@ -273,6 +273,48 @@ impl StatsSnapshot {
                 vec![counter(self.receipts_late, vec![])],
             ),
             family(
+                PRESENCE_USERS,
+                "(session, user) pairs presence tracks by name on this node, other nodes' users of its sessions included (bounded by RELAY_PRESENCE_MAX_USERS).",
+                MetricType::GAUGE,
+                vec![gauge(self.presence.users, vec![])],
+            ),
+            family(
+                PRESENCE_SESSIONS,
+                "Sessions with presence on this node.",
+                MetricType::GAUGE,
+                vec![gauge(self.presence.sessions, vec![])],
+            ),
+            family(
+                PRESENCE_UNTRACKED_TOTAL,
+                "Users not tracked by name because RELAY_PRESENCE_MAX_USERS was reached (their sockets still count).",
+                MetricType::COUNTER,
+                vec![counter(self.presence.untracked, vec![])],
+            ),
+            family(
+                PRESENCE_FRAMES_TOTAL,
+                "Presence frames queued to subscribers (one per subscriber per frame).",
+                MetricType::COUNTER,
+                vec![counter(self.presence.frames, vec![])],
+            ),
+            family(
+                PRESENCE_FRAMES_DROPPED_TOTAL,
+                "Presence frames not queued because the subscriber's queue was full.",
+                MetricType::COUNTER,
+                vec![counter(self.presence.frames_dropped, vec![])],
+            ),
+            family(
+                PRESENCE_QUERIES_TOTAL,
+                "GET /sessions/{session}/presence requests answered.",
+                MetricType::COUNTER,
+                vec![counter(self.presence.queries, vec![])],
+            ),
+            family(
+                PRESENCE_NODES_EXPIRED_TOTAL,
+                "Other nodes taken for dead by presence (no heartbeat within RELAY_PRESENCE_NODE_TIMEOUT), their users announced as leaving; counted by each shard that held their users.",
+                MetricType::COUNTER,
+                vec![counter(self.presence.nodes_expired, vec![])],
+            ),
+            family(
                 LOG_LINES_DROPPED_TOTAL,
                 "Log lines dropped because the log writer fell behind (logging never blocks a shard).",
                 MetricType::COUNTER,

@@ -131,6 +131,15 @@ impl ConnCtx {
         self.shard.publish(batch, wait_delivered).await
     }
 
+    /// Answers `GET /sessions/{session}/presence` (asking the session's owner,
+    /// and with Redis every live node's share).
+    pub async fn presence(
+        &self,
+        query: crate::router::PresenceQuery,
+    ) -> Result<Vec<u8>, super::PresenceUnavailable> {
+        self.shard.presence_query(query).await
+    }
+
     /// The counters of every shard, merged.
     pub async fn node_snapshot(&self) -> StatsSnapshot {
         self.shard.node_snapshot().await

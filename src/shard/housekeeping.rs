@@ -36,7 +36,12 @@ impl Shard {
         let mut last_pass = start;
         loop {
             let next_history = self.next_sweep();
-            let mut until = self.timers.borrow().next_due().min(next_history);
+            let mut until = self
+                .timers
+                .borrow()
+                .next_due()
+                .min(next_history)
+                .min(self.presence_next_due());
             if self.id == 0 {
                 until = until.min(next_limiter);
             }
@@ -52,6 +57,9 @@ impl Shard {
             }
             if now >= self.next_sweep() {
                 self.sweep_history();
+            }
+            if now >= self.presence_next_due() {
+                self.flush_presence(now);
             }
             let settings = self.settings();
             let t = Times::now(&settings.live.limits);
@@ -258,7 +266,7 @@ impl Alarm {
     }
 
     /// Cuts the nap short if it would end after `at`.
-    fn ring_before(&self, at: u64) {
+    pub(super) fn ring_before(&self, at: u64) {
         let until = self.until.get();
         if until != 0 && at < until {
             self.until.set(at);

@@ -195,6 +195,21 @@ impl Shard {
                     self.reschedule_all();
                 }
             }
+            ShardMsg::PresenceQuery { from, id, query } => {
+                let body = self.presence_answer(&query);
+                let reply = ShardMsg::PresenceAnswer { id, body };
+                if let Err((e, _)) = self.node.router.send(from, reply) {
+                    tracing::warn!(shard = self.id, error = %e, "presence answer not sent");
+                }
+            }
+            ShardMsg::PresenceAnswer { id, body } => {
+                self.presence_answers.answer(id, |a| *a = Some(body));
+            }
+            ShardMsg::PresenceShares { id, shares } => {
+                self.presence_reads.answer(id, |a| *a = shares);
+            }
+            ShardMsg::PresenceRemote { shares } => self.presence_remote(shares),
+            ShardMsg::PresenceNodesDead { nodes } => self.presence_nodes_dead(nodes),
             ShardMsg::Drain => {
                 // `run` stops taking new work after the ready delay.
                 self.drain_signal.signal(1);
@@ -208,6 +223,12 @@ impl Shard {
         self.stats.history_bytes.set(figures.bytes as u64);
         self.stats.history_sessions.set(figures.sessions as u64);
         self.stats.history_evicted.set(figures.evicted);
+        let presence = self.presence.borrow();
+        let p = &self.stats.presence;
+        p.users.set(presence.entries() as u64);
+        p.sessions.set(presence.session_count() as u64);
+        p.untracked.set(presence.untracked());
+        drop(presence);
         self.stats.snapshot()
     }
 

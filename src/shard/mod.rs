@@ -14,6 +14,9 @@
 //! - `housekeeping`: pings, expiry, dead sockets, the history sweep, visiting only
 //!   the subscribers `timers` says are due
 //! - `timers`: the one deadline structure for the shard's subscribers
+//! - `announce`: presence: counting subscribers in and out, the coalesced join and
+//!   leave frames when due, the snapshot after a welcome, other nodes' shares, the
+//!   query; [`presence`] is its pure table
 //! - `retire`: moving subscribers off a transport SIGHUP switched off (1012, spread)
 //! - `tasks`: panic containment for connection tasks
 //! - [`history`]: each session's stream (pure bookkeeping); [`registry`]: sockets by session
@@ -25,6 +28,7 @@
 //! (`BridgeMsg`): no shard code holds a Redis connection or does blocking I/O. It
 //! does not parse the CLI.
 
+mod announce;
 mod catch_up;
 pub mod ctx;
 mod deliver;
@@ -32,6 +36,7 @@ pub mod history;
 mod housekeeping;
 mod inbox;
 mod pending;
+pub mod presence;
 mod publish;
 pub mod registry;
 mod retire;
@@ -40,6 +45,7 @@ mod sockets;
 mod tasks;
 mod timers;
 
+pub use announce::{PresenceUnavailable, DEFAULT_PAGE, MAX_PAGE};
 pub use registry::SocketGuard;
 pub use tasks::spawn_guarded;
 
@@ -166,6 +172,12 @@ pub struct Shard {
     /// Publishes through Redis waiting for the nodes' delivery counts
     /// (`?wait=delivered`).
     deliveries: Pending<Vec<NodeDelivery>>,
+    /// Who holds subscribers in the sessions this shard owns (`announce`'s).
+    presence: RefCell<presence::Presence>,
+    /// Presence queries waiting for the bridge's read of Redis.
+    presence_reads: Pending<Option<Vec<crate::router::RemotePresence>>>,
+    /// Presence queries waiting for the owning shard's answer.
+    presence_answers: Pending<Option<Vec<u8>>>,
     draining: Cell<bool>,
     drain_signal: glommio::sync::Semaphore,
 }
@@ -197,6 +209,10 @@ impl Shard {
         if node.bridge.is_none() {
             history = history.without_forgotten_report();
         }
+        let presence = presence::Presence::new(
+            node.config.presence.interval.as_millis() as u64,
+            node.config.presence.max_users / node.config.shards.max(1),
+        );
         Shard {
             id,
             node,
@@ -215,6 +231,9 @@ impl Shard {
             snapshots: Pending::default(),
             publishes: Pending::default(),
             deliveries: Pending::default(),
+            presence: RefCell::new(presence),
+            presence_reads: Pending::default(),
+            presence_answers: Pending::default(),
             draining: Cell::new(false),
             drain_signal: glommio::sync::Semaphore::new(0),
         }

@@ -226,6 +226,7 @@ impl Drop for SocketGuard {
         if let Ok(mut timers) = shard.timers.try_borrow_mut() {
             timers.untrack(&self.state);
         }
+        shard.presence_left(&self.state);
         if let Ok(mut reg) = shard.registry.try_borrow_mut() {
             reg.remove(&self.state);
             shard.stats.set_connected(reg.socket_counts());

@@ -40,6 +40,9 @@ pub enum Outgoing {
     SseEvent(Rc<EncodedFrame>),
     /// An event replayed to a resuming SSE subscriber.
     SseReplay(Rc<EncodedFrame>),
+    /// A frame shared by many subscribers that is not an event (a presence
+    /// change), already in the subscriber's transport's bytes.
+    Shared(Rc<[u8]>),
     /// The resync that stands where `RELAY_SLOW_CONSUMER=skip` dropped events, in
     /// the subscriber's transport's bytes; a later skip replaces it.
     SlowResync(Box<[u8]>),
@@ -52,6 +55,7 @@ impl Outgoing {
             Outgoing::SseEvent(f) | Outgoing::SseReplay(f) => f.sse_bytes(),
             Outgoing::Owned(v) | Outgoing::SlowResync(v) => v,
             Outgoing::Static(s) => s,
+            Outgoing::Shared(b) => b,
         }
     }
 }
@@ -90,6 +94,14 @@ pub struct SocketState {
     timer_slot: Cell<u32>,
     /// When housekeeping next looks at it ([`mono_ms`]); see `shard::timers`.
     next_due: Cell<u64>,
+    /// Its user as presence tracks it (set once when it arrives; none: not
+    /// tracked by name). Written and read by `shard::announce`.
+    pub(super) presence_sub: std::cell::OnceCell<Rc<str>>,
+    /// The presence frames it gets (set once when it arrives).
+    pub(super) presence_mode: Cell<crate::config::PresenceMode>,
+    /// It got a presence snapshot since its session's last flush: the next flush
+    /// sends it a new snapshot instead of the change (see `shard::announce`).
+    pub(super) presence_fresh: Cell<bool>,
 }
 
 impl Timed for SocketState {
@@ -140,6 +152,9 @@ impl SocketState {
             slot: Cell::new(NOT_WELCOMED),
             timer_slot: Cell::new(UNTRACKED),
             next_due: Cell::new(NOT_DUE),
+            presence_sub: std::cell::OnceCell::new(),
+            presence_mode: Cell::new(crate::config::PresenceMode::Off),
+            presence_fresh: Cell::new(false),
         }
     }
 

@@ -158,6 +158,11 @@ impl Shard {
             history.socket_joined(&session);
             live
         };
+        self.presence_joined(
+            &state,
+            upgrade.claims.sub.as_deref(),
+            upgrade.claims.claim_text("presence").as_deref(),
+        );
         {
             let mut reg = self.registry.borrow_mut();
             reg.add_pending(hello);
@@ -278,6 +283,8 @@ impl Shard {
                 .socket
                 .push_control(Outgoing::Owned(first.into_boxed_slice()));
         }
+        // The session's presence now, before any replay (never part of the stream).
+        self.presence_snapshot(&hello.socket);
         if let Some(reason) = resync {
             hello
                 .socket

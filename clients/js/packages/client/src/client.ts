@@ -1,5 +1,6 @@
 import { backoff } from './backoff.js';
 import { CLIENT_CODES, closeAction } from './codes.js';
+import { Roster } from './presence.js';
 import { EventStream } from './sse.js';
 import { Tracker } from './stream.js';
 import { tokenExp } from './token.js';
@@ -8,6 +9,7 @@ import type {
   EventSourceLike,
   Fetch,
   Position,
+  PresenceState,
   RelayClientOptions,
   RelayEvent,
   Resync,
@@ -55,6 +57,7 @@ export class RelayClient {
   private readonly fetch: Fetch;
   private readonly events: EventSourceLike | null;
   private readonly tracker: Tracker;
+  private readonly roster = new Roster();
   private readonly timers: Partial<Record<Timer, unknown>> = {};
   /** The connection events come from (a WebSocket or an EventStream). */
   private ws: SocketLike | null = null;
@@ -105,6 +108,11 @@ export class RelayClient {
   /** The last position handed to the application (what a reconnect resumes from). */
   get position(): Position | null {
     return this.tracker.pos ? { ...this.tracker.pos } : null;
+  }
+
+  /** The session's presence from the last presence frame (`null` before any). */
+  get presence(): PresenceState | null {
+    return this.roster.state;
   }
 
   /** Starts connecting; a no-op unless the client is closed. */
@@ -247,6 +255,9 @@ export class RelayClient {
         return;
       case 'resync':
         this.resynced(this.tracker.resync(f.epoch, f.seq));
+        return;
+      case 'presence':
+        if (ws === this.ws) this.call(this.o.onPresence, this.roster.apply(f));
         return;
       case 'refreshed':
         if (typeof f.exp === 'number') this.exp = f.exp;

@@ -54,6 +54,18 @@ export type State =
 
 export type StateName = State['state'];
 
+/**
+ * Who holds a socket in the session (the relay's presence frames, when presence is
+ * on for this socket: `RELAY_PRESENCE`, or the token's `presence` claim). `users`
+ * are the `sub`s, sorted; `null` when the relay sends counts only (`counts` mode,
+ * or a session above its list threshold).
+ */
+export interface PresenceState {
+  users: string[] | null;
+  usersTotal: number;
+  sockets: number;
+}
+
 /** Time, injected so that backoff, refresh and liveness are tested without sleeping. */
 export interface Clock {
   now(): number;
@@ -93,6 +105,8 @@ export interface RelayClientOptions {
   onError?: (error: Error) => void;
   /** The relay acknowledged a refresh; `exp` is the socket's new expiry (Unix seconds). */
   onRefreshed?: (exp: number) => void;
+  /** The session's presence changed (a snapshot after each welcome, then joins and leaves). */
+  onPresence?: (presence: PresenceState) => void;
   /** Start from this position (e.g. the one the application's state was loaded at). */
   since?: Position | null;
   /** Backoff bounds in ms (defaults 500 and 20,000). */

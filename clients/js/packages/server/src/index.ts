@@ -1,6 +1,9 @@
 export { RelayServer, parseRetryAfter } from './publish.js';
 export type {
   NodeDelivery,
+  Presence,
+  PresenceOptions,
+  PresenceUser,
   PublishOptions,
   Receipt,
   RelayEventInput,

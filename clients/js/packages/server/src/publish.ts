@@ -36,6 +36,34 @@ export interface NodeDelivery {
   dropped: number;
 }
 
+/** One user in a session's presence: their `sub` and how many sockets they hold. */
+export interface PresenceUser {
+  sub: string;
+  sockets: number;
+}
+
+/**
+ * `GET /sessions/{session}/presence` (docs/protocol.md, "Presence"), on every node
+ * with Redis. `users` is absent when the session holds more users than the relay's
+ * list threshold (`RELAY_PRESENCE_LIST_MAX`): then only the counts come back.
+ * `next_cursor` is set when a page was asked for and more users follow.
+ */
+export interface Presence {
+  session: string;
+  users?: PresenceUser[];
+  sockets: number;
+  users_total: number;
+  next_cursor?: string;
+}
+
+export interface PresenceOptions {
+  /** Users per request (1 to 1,000; default 100). */
+  limit?: number;
+  /** Ask for one page from this cursor (a previous answer's `next_cursor`); without it every page is read. */
+  cursor?: string;
+  signal?: AbortSignal;
+}
+
 export interface PublishOptions {
   /** `'delivered'`: answer once the frames reached the sockets (adds counts to receipts). */
   wait?: 'delivered';
@@ -109,18 +137,41 @@ export class RelayServer {
     for (let i = 0; i < list.length; i += max) {
       const chunk = list.slice(i, i + max);
       const body = JSON.stringify(chunk.length === 1 && !Array.isArray(events) ? chunk[0] : { events: chunk });
-      const answer = (await this.send(body, options)) as { events?: Receipt[] };
+      const url = this.base + '/events' + (options.wait ? '?wait=' + encodeURIComponent(options.wait) : '');
+      const answer = (await this.send('POST', url, body, options)) as { events?: Receipt[] };
       receipts.push(...(answer.events ?? []));
     }
     return receipts;
   }
 
-  private async send(body: string, o: PublishOptions): Promise<unknown> {
-    const url = this.base + '/events' + (o.wait ? '?wait=' + encodeURIComponent(o.wait) : '');
-    const headers: Record<string, string> = {
-      authorization: 'Bearer ' + this.o.apiKey,
-      'content-type': 'application/json',
+  /**
+   * Who holds a socket in `session` now: every user (all pages, unless
+   * `options.cursor` asks for one), their sockets, and the totals. An unknown
+   * session answers an empty presence, not an error.
+   */
+  async presence(session: string, options: PresenceOptions = {}): Promise<Presence> {
+    if (typeof session !== 'string' || !session) throw new TypeError('presence: session must be a non-empty string');
+    const page = async (cursor?: string) => {
+      let q = '?limit=' + (options.limit ?? 100);
+      if (cursor) q += '&cursor=' + encodeURIComponent(cursor);
+      const url = this.base + '/sessions/' + encodeURIComponent(session) + '/presence' + q;
+      return (await this.send('GET', url, undefined, { signal: options.signal })) as Presence;
     };
+    const first = await page(options.cursor);
+    if (options.cursor !== undefined) return first;
+    let next = first.next_cursor;
+    while (next && first.users) {
+      const more = await page(next);
+      first.users.push(...(more.users ?? []));
+      next = more.next_cursor;
+    }
+    delete first.next_cursor;
+    return first;
+  }
+
+  private async send(method: string, url: string, body: string | undefined, o: PublishOptions): Promise<unknown> {
+    const headers: Record<string, string> = { authorization: 'Bearer ' + this.o.apiKey };
+    if (body !== undefined) headers['content-type'] = 'application/json';
     if (o.tenant) headers['x-relay-tenant'] = o.tenant;
     const attempts = Math.max(1, this.o.attempts ?? 5);
     const sleep = this.o.sleep ?? realSleep;
@@ -129,17 +180,17 @@ export class RelayServer {
       let err: RelayError;
       try {
         const res = await this.doFetch(url, {
-          method: 'POST',
+          method,
           headers,
           body,
           signal: anySignal(o.signal, this.o.timeout ?? 10_000),
         });
         const text = await res.text();
-        if (res.status === 202 || res.ok) return text ? JSON.parse(text) : {};
+        if (res.ok) return text ? JSON.parse(text) : {};
         err = httpError(res.status, text, res.headers.get('retry-after'));
       } catch (e) {
         if (e instanceof RelayError) throw e;
-        if (o.signal?.aborted) throw new RelayError({ message: 'publish aborted', status: 0, code: 'aborted', retryable: false, cause: e });
+        if (o.signal?.aborted) throw new RelayError({ message: 'request aborted', status: 0, code: 'aborted', retryable: false, cause: e });
         err = new RelayError({ message: 'network error: ' + String((e as Error)?.message ?? e), status: 0, code: 'network', retryable: true, cause: e });
       }
       if (!err.retryable || attempt + 1 >= attempts) throw err;

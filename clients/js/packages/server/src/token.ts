@@ -13,6 +13,8 @@ export interface SignTokenOptions {
   tenant?: string;
   /** The claim the relay's `RELAY_TENANT_CLAIM` names (default `tenant`). */
   tenantClaim?: string;
+  /** Presence frames for this socket whatever `RELAY_PRESENCE` says: `counts` or `users`. */
+  presence?: 'counts' | 'users';
   /** `aud` / `iss`, when the relay checks them (`JWT_AUDIENCE` / `JWT_ISSUER`). */
   audience?: string;
   issuer?: string;
@@ -38,6 +40,7 @@ export function signToken(o: SignTokenOptions): string {
   const claims: Record<string, unknown> = { session: o.session, iat: now, nbf: now, exp: now + Math.ceil(ttl) };
   if (o.sub !== undefined) claims.sub = o.sub;
   if (o.tenant !== undefined) claims[o.tenantClaim ?? 'tenant'] = o.tenant;
+  if (o.presence !== undefined) claims.presence = o.presence;
   if (o.audience !== undefined) claims.aud = o.audience;
   if (o.issuer !== undefined) claims.iss = o.issuer;
   const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' })) + '.' + b64url(JSON.stringify(claims));
