@@ -339,6 +339,12 @@ fn bad_presence_queries_get_clear_errors_and_unknown_sessions_look_empty() {
     assert!(m.contains("limit"), "{m}");
     let m = get("/sessions/bad%20name/presence", Some(API_KEY)).assert_error(400, "bad_request");
     assert!(m.contains("session"), "{m}");
+    let m = get("/sessions/bad%2/presence", Some(API_KEY)).assert_error(400, "bad_request");
+    assert!(m.contains("session"), "{m}");
+    // encodeURIComponent's spelling of a session with a colon is the same session.
+    let r = get("/sessions/doc%3A1/presence", Some(API_KEY));
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.json()["session"], "doc:1");
     let post = format!(
         "POST /sessions/doc/presence HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );

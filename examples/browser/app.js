@@ -16,6 +16,9 @@ const app = {
   states: [],
   refreshed: [],
   errors: [],
+  /** Presence frames seen, and the client's view after the last one. */
+  presenceFrames: 0,
+  presence: null,
   /** Per second of receipt: [events, sum of lag ms, max lag ms, lags for percentiles]. */
   lag: new Map(),
   keep: true,
@@ -71,6 +74,11 @@ window.relayStart = (cfg) => {
       app.resyncs.push({ ...r, at: Date.now() });
       $('resyncs').textContent = String(app.resyncs.length);
       log(`resync ${r.reason} ${r.epoch}:${r.seq} (reload your state here)`);
+    },
+    onPresence(p) {
+      app.presenceFrames++;
+      app.presence = p;
+      log(`presence ${p.usersTotal} users ${p.users ? p.users.join(',') : '(counts only)'}, ${p.sockets} sockets`);
     },
     onStateChange(s) {
       app.states.push({ ...s, delay: s.delay === Infinity ? -1 : s.delay, error: s.error ? String(s.error) : undefined, at: Date.now() });

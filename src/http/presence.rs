@@ -31,6 +31,23 @@ pub fn session_in(path: &str) -> Option<&str> {
     path.strip_prefix("/sessions/")?.strip_suffix("/presence")
 }
 
+/// A path segment with its `%XX` escapes decoded; `None` for a malformed escape
+/// or bytes that are not UTF-8.
+fn percent_decoded(segment: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(segment.len());
+    let mut bytes = segment.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Decides a presence request: 405, 401, 400 (naming the parameter), or the query.
 pub fn decide(
     head: &RequestHead<'_, '_>,
@@ -43,11 +60,15 @@ pub fn decide(
     if api_key_index(&settings.live.api_keys, presented_key(head).as_bytes()).is_none() {
         return Err(Refusal::unauthorized_key());
     }
-    if !is_valid_session(session) {
-        return Err(Refusal::bad_request(
-            "the session must be 1 to 128 of A-Z a-z 0-9 . _ : -",
-        ));
-    }
+    // Clients that build the path with encodeURIComponent spell ':' as %3A.
+    let session = match percent_decoded(session) {
+        Some(s) if is_valid_session(&s) => s,
+        _ => {
+            return Err(Refusal::bad_request(
+                "the session must be 1 to 128 of A-Z a-z 0-9 . _ : - (percent-encoded or not)",
+            ))
+        }
+    };
     let limit = match head.query_param("limit") {
         None => DEFAULT_PAGE,
         Some(v) => match v.parse::<usize>() {
@@ -66,7 +87,7 @@ pub fn decide(
         })?),
     };
     Ok(PresenceQuery {
-        session: session.to_string(),
+        session,
         limit,
         after,
         remote: None,
@@ -76,6 +97,19 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_percent_encoded_session_is_decoded_and_a_broken_escape_refused() {
+        assert_eq!(
+            percent_decoded("e2e%3Apresence").as_deref(),
+            Some("e2e:presence")
+        );
+        assert_eq!(percent_decoded("a%3ab").as_deref(), Some("a:b"));
+        assert_eq!(percent_decoded("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decoded("bad%3"), None);
+        assert_eq!(percent_decoded("bad%zz"), None);
+        assert_eq!(percent_decoded("%ff"), None);
+    }
 
     #[test]
     fn only_the_presence_path_names_a_session() {

@@ -193,6 +193,59 @@ describe('browser client against real nodes', { concurrency: true }, () => {
   });
 });
 
+describe('presence (#18)', { concurrency: true }, () => {
+  test('11. two nodes on one Redis: alice sees bob (two tabs) once, his last tab closing is a leave; the backend agrees', async () => {
+    const done = timed('presence across nodes');
+    const redis = await Redis.start();
+    cleanup.push(() => redis.stop());
+    const env = { REDIS_URL: redis.url, RELAY_PRESENCE: 'users', RELAY_PRESENCE_INTERVAL: '200ms' };
+    const [a, b] = await Promise.all([RelayNode.start(env), RelayNode.start(env)]);
+    cleanup.push(() => a.stop(), () => b.stop());
+    const session = 'e2e:presence';
+    const alice = await TestPage.open(browser, pages.url, { url: a.ws, session, sub: 'alice' });
+    cleanup.push(() => alice.close());
+    await until('alice connected', 10_000, () => alice.connected());
+    await until('alice sees herself', 10_000, async () => (await alice.presence())?.users?.join() === 'alice');
+    const bobTabs = [];
+    for (let i = 0; i < 2; i++) {
+      const tab = await TestPage.open(browser, pages.url, { url: b.ws, session, sub: 'bob' });
+      cleanup.push(() => tab.close());
+      bobTabs.push(tab);
+      await until(`bob's tab ${i + 1} connected`, 10_000, () => tab.connected());
+    }
+    // bob's two tabs are one user; every page, on either node, says so. A second tab
+    // is not a join (no frame for it); the snapshot it gets counts every socket.
+    for (const [i, p] of [alice, ...bobTabs].entries()) {
+      await until('alice and bob', 10_000, async () => {
+        const v = await p.presence();
+        return v?.users?.join() === 'alice,bob' && v.usersTotal === 2;
+      }).catch(async (e) => {
+        throw new Error(`page ${i}: ${(e as Error).message}: ${JSON.stringify(await p.presence())}`);
+      });
+    }
+    assert.equal((await bobTabs[1].presence())?.sockets, 3, "the second tab's snapshot counts three sockets");
+    const pub = publisher(a);
+    const both = await pub.presence(session);
+    assert.equal(both.users_total, 2);
+    assert.deepEqual(
+      both.users!.map((u) => [u.sub, u.sockets]),
+      [['alice', 1], ['bob', 2]],
+    );
+    // A tab closing is not a leave; the last one is.
+    await bobTabs[0].close();
+    await until('bob down to one socket', 10_000, async () => (await pub.presence(session)).sockets === 2);
+    await sleep(600);
+    assert.deepEqual((await alice.presence())?.users, ['alice', 'bob'], 'one tab closing is not a leave');
+    await bobTabs[1].close();
+    await until('bob left', 10_000, async () => (await alice.presence())?.users?.join() === 'alice');
+    const left = await pub.presence(session);
+    assert.deepEqual(left.users!.map((u) => u.sub), ['alice']);
+    // Presence frames are not events: none reached the application as one.
+    assert.equal((await alice.view()).count, 0);
+    done();
+  });
+});
+
 /** Publishes events numbered from 0 in batches of `batch`, one batch every `every` ms, until `stop()`. */
 function publishLoop(pub: RelayServer, session: string, batch = 5, every = 20) {
   let n = 0;

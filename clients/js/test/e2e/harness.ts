@@ -335,7 +335,7 @@ export class TestPage {
   static async open(
     browser: Browser,
     pageUrl: string,
-    cfg: { url: string | string[]; session: string; ttl?: number; keep?: boolean; options?: object },
+    cfg: { url: string | string[]; session: string; ttl?: number; keep?: boolean; options?: object; sub?: string },
   ): Promise<TestPage> {
     const context = await browser.newContext();
     const page = await context.newPage();
@@ -343,7 +343,7 @@ export class TestPage {
     await page.exposeFunction('relayGetToken', () => {
       if (tp.tokenFails) throw new Error('token backend unavailable');
       tp.tokens++;
-      return signToken({ secret: SECRET, session: cfg.session, sub: 'e2e', ttl: cfg.ttl ?? 900 });
+      return signToken({ secret: SECRET, session: cfg.session, sub: cfg.sub ?? 'e2e', ttl: cfg.ttl ?? 900 });
     });
     await page.goto(pageUrl + '/index.html');
     await page.evaluate((c) => (window as any).relayStart(c), cfg);
@@ -366,6 +366,15 @@ export class TestPage {
 
   state(): Promise<string> {
     return this.page.evaluate(() => (window as any).relayApp.client.state.state as string);
+  }
+
+  /** The client's `presence` (what its presence frames said), and how many came. */
+  presence(): Promise<{ frames: number; users: string[] | null; usersTotal: number; sockets: number } | null> {
+    return this.page.evaluate(() => {
+      const a = (window as any).relayApp;
+      const p = a.client.presence;
+      return p ? { frames: a.presenceFrames, users: p.users, usersTotal: p.usersTotal, sockets: p.sockets } : null;
+    });
   }
 
   connected(): Promise<boolean> {
