@@ -129,14 +129,15 @@ struct Walker<'a> {
 }
 
 /// One member of an object: its key's unescaped text and its value's position.
-struct Member {
-    key: String,
+struct Member<'a> {
+    /// Borrowed from the body unless the key has escapes.
+    key: std::borrow::Cow<'a, str>,
     /// Index of the value's first structural.
     value_at: usize,
     span: Range<u32>,
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
     fn byte_at(&self, idx: usize) -> u8 {
         self.structurals
             .get(idx)
@@ -188,7 +189,7 @@ impl Walker<'_> {
     }
 
     /// The members of the object whose `{` is structural `idx`.
-    fn members(&self, idx: usize) -> Result<Vec<Member>, PublishError> {
+    fn members(&self, idx: usize) -> Result<Vec<Member<'a>>, PublishError> {
         let mut out = Vec::new();
         if self.byte_at(idx + 1) == b'}' {
             return Ok(out);
@@ -196,7 +197,8 @@ impl Walker<'_> {
         let mut i = idx + 1;
         loop {
             let key_span = self.span(i, i + 1);
-            let key = unescape_string(&self.body[range(&key_span)])?;
+            let body: &'a [u8] = self.body;
+            let key = unescape_key(&body[range(&key_span)])?;
             if out.iter().any(|m: &Member| m.key == key) {
                 return Err(PublishError::bad(format!("duplicate field `{key}`")));
             }
@@ -331,6 +333,17 @@ impl Walker<'_> {
 }
 
 /// The text of a JSON string literal (quotes included), unescaped.
+/// A key's text: borrowed when it has no escapes (the usual case), so a request's
+/// fields cost no allocation each.
+fn unescape_key(literal: &[u8]) -> Result<std::borrow::Cow<'_, str>, PublishError> {
+    if literal.len() >= 2 && !literal.contains(&b'\\') {
+        return std::str::from_utf8(&literal[1..literal.len() - 1])
+            .map(std::borrow::Cow::Borrowed)
+            .map_err(|_| PublishError::bad("invalid UTF-8 in a string"));
+    }
+    unescape_string(literal).map(std::borrow::Cow::Owned)
+}
+
 fn unescape_string(literal: &[u8]) -> Result<String, PublishError> {
     if literal.len() >= 2 && !literal.contains(&b'\\') {
         return std::str::from_utf8(&literal[1..literal.len() - 1])

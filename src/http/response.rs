@@ -146,7 +146,8 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// A complete HTTP/1.1 response with a body.
+/// A complete HTTP/1.1 response with a body, in one allocation of its exact size
+/// (every publish answers with one: no formatting machinery on that path).
 pub fn response(
     status: u16,
     content_type: &str,
@@ -154,20 +155,66 @@ pub fn response(
     extra_headers: &str,
     keep_alive: bool,
 ) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra_headers}{}\r\n",
-        reason_phrase(status),
-        body.len(),
-        if keep_alive { "" } else { "Connection: close\r\n" },
-    )
-    .into_bytes();
+    const CLOSE: &[u8] = b"Connection: close\r\n";
+    let reason = reason_phrase(status);
+    let mut status_digits = [0u8; 20];
+    let status_digits = decimal(u64::from(status), &mut status_digits);
+    let mut len_digits = [0u8; 20];
+    let len_digits = decimal(body.len() as u64, &mut len_digits);
+    let parts: [&[u8]; 12] = [
+        b"HTTP/1.1 ",
+        status_digits,
+        b" ",
+        reason.as_bytes(),
+        b"\r\nContent-Type: ",
+        content_type.as_bytes(),
+        b"\r\nContent-Length: ",
+        len_digits,
+        b"\r\n",
+        extra_headers.as_bytes(),
+        if keep_alive { b"" } else { CLOSE },
+        b"\r\n",
+    ];
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + body.len());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     out.extend_from_slice(body);
     out
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_is_status_line_headers_and_body_exactly() {
+        assert_eq!(
+            response(202, "application/json", b"{}", "", true),
+            b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        );
+        assert_eq!(
+            response(200, "text/plain", b"", "Allow: GET\r\n", false),
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nAllow: GET\r\nConnection: close\r\n\r\n"
+        );
+        let mut buf = [0u8; 20];
+        assert_eq!(decimal(0, &mut buf), b"0");
+        assert_eq!(decimal(u64::MAX, &mut buf), b"18446744073709551615");
+        assert_eq!(decimal(1_048_576, &mut buf), b"1048576");
+    }
 
     #[test]
     fn refusal_body_is_the_contract_json() {
