@@ -50,6 +50,18 @@ pub struct FetchJob {
     pub purposes: Vec<FetchPurpose>,
 }
 
+impl FetchJob {
+    /// One shard's ask, for one purpose.
+    pub fn new(from: usize, session: String, after: StreamPos, purpose: FetchPurpose) -> FetchJob {
+        FetchJob {
+            from,
+            session,
+            after,
+            purposes: vec![purpose],
+        }
+    }
+}
+
 /// What makes two requests one read.
 type Key = (usize, String, StreamPos);
 

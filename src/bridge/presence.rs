@@ -50,6 +50,16 @@ fn encode(share: &WireShare) -> Vec<u8> {
     out
 }
 
+/// The commands that keep a node's share (a published payload, mark and all) in
+/// the session's hash, and the hash alive for `ttl_ms`.
+fn keep_share(key: &str, node_tag: &str, payload: &[u8], ttl_ms: u64) -> [redis::Cmd; 2] {
+    let mut hset = redis::cmd("HSET");
+    hset.arg(key).arg(node_tag).arg(&payload[1..]);
+    let mut expire = redis::cmd("PEXPIRE");
+    expire.arg(key).arg(ttl_ms);
+    [hset, expire]
+}
+
 /// A published share, or `None` when the payload is not one (or is malformed).
 fn decode(payload: &[u8]) -> Option<WireShare> {
     let rest = payload.strip_prefix(&[PRESENCE_MARK])?;
@@ -189,14 +199,7 @@ impl Bridge {
                 cmds.push(redis::cmd("HDEL").arg(&key).arg(&*self.node_tag).clone());
                 self.presence.local.remove(&session);
             } else {
-                cmds.push(
-                    redis::cmd("HSET")
-                        .arg(&key)
-                        .arg(&*self.node_tag)
-                        .arg(&payload[1..])
-                        .clone(),
-                );
-                cmds.push(redis::cmd("PEXPIRE").arg(&key).arg(ttl).clone());
+                cmds.extend(keep_share(&key, &self.node_tag, &payload, ttl));
                 self.presence.local.insert(session.clone(), payload.clone());
             }
             cmds.push(link.publish_cmd(&channel_of(&session), &payload));
@@ -330,14 +333,7 @@ impl Bridge {
         let mut cmds = Vec::new();
         for (session, payload) in &self.presence.local {
             let key = presence_key(session);
-            cmds.push(
-                redis::cmd("HSET")
-                    .arg(&key)
-                    .arg(&*self.node_tag)
-                    .arg(&payload[1..])
-                    .clone(),
-            );
-            cmds.push(redis::cmd("PEXPIRE").arg(&key).arg(ttl).clone());
+            cmds.extend(keep_share(&key, &self.node_tag, payload, ttl));
             cmds.push(link.publish_cmd(&channel_of(session), payload));
         }
         link.run_each(cmds).await?;

@@ -29,15 +29,7 @@ impl Bridge {
                     session,
                     after,
                     purpose,
-                } => {
-                    let job = FetchJob {
-                        from,
-                        session,
-                        after,
-                        purposes: vec![purpose],
-                    };
-                    self.answer_fetch(job, None);
-                }
+                } => self.answer_fetch(FetchJob::new(from, session, after, purpose), None),
                 // Redis is away: the reconnect reads every position again.
                 BridgeMsg::NewEpoch { session, .. } => {
                     self.owed_resync.insert(session);
@@ -82,12 +74,7 @@ impl Bridge {
                     after,
                     purpose,
                 } => {
-                    let job = FetchJob {
-                        from,
-                        session,
-                        after,
-                        purposes: vec![purpose],
-                    };
+                    let job = FetchJob::new(from, session, after, purpose);
                     if let Err(job) = self.fetches.push(job) {
                         // Too many waiting: the socket resyncs instead of waiting longer.
                         self.answer_fetch(job, None);
