@@ -231,7 +231,16 @@ async fn resume_one(
     seed: u64,
     deadline: Instant,
 ) -> anyhow::Result<(u64, bool)> {
-    let mut ws = WsConn::open(node, None, None, Subscribe::Token(token), Some(since), seed, deadline).await?;
+    let mut ws = WsConn::open(
+        node,
+        None,
+        None,
+        Subscribe::Token(token),
+        Some(since),
+        seed,
+        deadline,
+    )
+    .await?;
     let mut seen = 0u64;
     let mut at = since.seq;
     let mut resynced = false;

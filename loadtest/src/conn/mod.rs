@@ -72,19 +72,12 @@ impl Conn {
             Transport::Ws => Conn::Ws(
                 WsConn::open(d.target, d.src, d.rcvbuf, d.sub, d.since, d.seed, deadline).await?,
             ),
-            Transport::Sse => Conn::Sse(
-                SseConn::open(d.target, d.src, d.rcvbuf, token, d.since, deadline).await?,
-            ),
+            Transport::Sse => {
+                Conn::Sse(SseConn::open(d.target, d.src, d.rcvbuf, token, d.since, deadline).await?)
+            }
             Transport::Poll => Conn::Poll(
-                PollConn::open(
-                    d.target,
-                    d.src,
-                    token,
-                    d.since,
-                    d.connect_timeout,
-                    deadline,
-                )
-                .await?,
+                PollConn::open(d.target, d.src, token, d.since, d.connect_timeout, deadline)
+                    .await?,
             ),
         })
     }

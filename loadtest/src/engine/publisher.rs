@@ -269,8 +269,12 @@ async fn publisher_conn(
         };
         match scn.target {
             TargetKind::Relay => {
-                let events = (first..first + batch)
-                    .map(|e| (sh.sessions[plan::event_session(e, sessions)].as_str(), stamp(e)));
+                let events = (first..first + batch).map(|e| {
+                    (
+                        sh.sessions[plan::event_session(e, sessions)].as_str(),
+                        stamp(e),
+                    )
+                });
                 event::publish_body(&mut body, events, batch as usize, scn.event_bytes);
                 post_events_request(&mut req, &to.target.host, &to.api_key, &body);
             }

@@ -255,9 +255,24 @@ mod tests {
                 "kind",
                 "4008",
             ),
-            ("kind = \"fanout\"\n", "batch=10", "batch", "batches are not supported"),
-            ("kind = \"fanout\"\n", "transport=sse", "transport", "not sse"),
-            ("kind = \"fanout\"\n", "transport=poll", "transport", "not poll"),
+            (
+                "kind = \"fanout\"\n",
+                "batch=10",
+                "batch",
+                "batches are not supported",
+            ),
+            (
+                "kind = \"fanout\"\n",
+                "transport=sse",
+                "transport",
+                "not sse",
+            ),
+            (
+                "kind = \"fanout\"\n",
+                "transport=poll",
+                "transport",
+                "not poll",
+            ),
         ] {
             match h(extra, &[o]) {
                 Err(e @ ScenarioError::Invalid { .. }) => {
