@@ -51,6 +51,11 @@ pub struct ScenarioArgs {
     /// Scenario duration (publish window, or hold time), e.g. 30s.
     #[arg(long)]
     pub duration: Option<String>,
+    /// What the nodes are: `relay` (default) or `harness`, a server of the shape other
+    /// servers are compared with (`GET /ws?session=S`, `POST /publish/S` with the event as
+    /// the body; no token, no API key). Same as `--set target=harness`.
+    #[arg(long, value_name = "relay|harness")]
+    pub target_kind: Option<String>,
     /// Allow node URLs off this machine (any address or host name). Without it only
     /// 127.0.0.0/8, ::1 and localhost are accepted. Point it only at a relay you run.
     #[arg(long)]
@@ -83,6 +88,9 @@ impl ScenarioArgs {
         if let Some(n) = &self.nodes {
             let list: Vec<String> = n.iter().map(|s| toml_string(s)).collect();
             o.push(format!("nodes=[{}]", list.join(",")));
+        }
+        if let Some(k) = &self.target_kind {
+            o.push(format!("target={}", toml_string(k)));
         }
         if let Some(d) = &self.duration {
             o.push(format!("duration={}", toml_string(d)));

@@ -1,7 +1,9 @@
 //! `loadtest`: an open-loop load generator for relay nodes. It talks to nodes only over the
 //! network, as the contract describes: `POST /events` with the API key, and subscribers on
 //! the scenario's `transport` with tokens it signs itself: `GET /ws?token=JWT` (default),
-//! `GET /sse?token=JWT` or `GET /poll?since=…`.
+//! `GET /sse?token=JWT` or `GET /poll?since=…`. With `target = "harness"` it drives
+//! any server of the harness shape instead: `GET /ws?session=S` and `POST /publish/S`
+//! with the event's bytes as the body (how other servers are compared with the relay).
 //!
 //! Layout:
 //! - `cli`       clap commands: run, check, child
@@ -51,5 +53,5 @@ pub mod token;
 pub mod ws;
 
 pub use run::{run, RunError, RunOptions};
-pub use scenario::{Kind, Scenario, Transport};
+pub use scenario::{Kind, Scenario, TargetKind, Transport};
 pub use stats::Report;

@@ -1,6 +1,7 @@
 //! TCP connect with a chosen source address, and the small HTTP/1.1 client the publisher uses.
 //!
-//! Owns: socket options and the `POST /events` round trip on a keep-alive connection,
+//! Owns: socket options and the `POST /events` (or a harness's `POST /publish/S`) round
+//! trip on a keep-alive connection,
 //! plain or TLS (through [`crate::stream`]). The response parser is sans-IO
 //! ([`parse_response`]) and unit-tested.
 
@@ -178,6 +179,21 @@ pub fn post_events_request(out: &mut Vec<u8>, host: &str, api_key: &str, body: &
     out.extend_from_slice(body);
 }
 
+/// Writes a harness's `POST /publish/{session}` request into `out`: the event's bytes are
+/// the body, no key (`target = "harness"`).
+pub fn post_publish_request(out: &mut Vec<u8>, host: &str, session: &str, body: &[u8]) {
+    use std::io::Write;
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "POST /publish/{session} HTTP/1.1\r\nHost: {host}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    out.extend_from_slice(body);
+}
+
 /// A one-off blocking `GET path` (used once per run, for the node's `/latency`): returns
 /// status and body. Bounded by `timeout` on connect, each write and each read. Speaks TLS
 /// to a TLS target, through rustls's blocking stream.
@@ -342,5 +358,10 @@ mod tests {
         assert!(text.starts_with("POST /events HTTP/1.1\r\n"));
         assert!(text.contains("Authorization: Bearer k\r\n"));
         assert!(text.ends_with("Content-Length: 2\r\n\r\n{}"));
+        post_publish_request(&mut out, "127.0.0.1:9001", "lt.1.0", b"{\"lt\":\"1:2\"}");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("POST /publish/lt.1.0 HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n"));
+        assert!(!text.contains("Authorization"));
+        assert!(text.ends_with("Content-Length: 12\r\n\r\n{\"lt\":\"1:2\"}"));
     }
 }

@@ -87,11 +87,14 @@ fn map(m: &std::collections::BTreeMap<String, u64>) -> String {
 pub fn table(r: &Report) -> String {
     let s = &r.scenario;
     let mut o = String::new();
-    let procs = if r.procs > 1 {
+    let mut procs = if r.procs > 1 {
         format!(", {} procs", r.procs)
     } else {
         String::new()
     };
+    if s.target != crate::scenario::TargetKind::Relay {
+        procs.push_str(&format!(", {} target", s.target));
+    }
     let _ = if r.kind.publishes() {
         writeln!(
             o,

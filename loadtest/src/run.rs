@@ -89,6 +89,10 @@ fn dotenv(key: &str) -> Option<String> {
 }
 
 fn resolve(scn: &Scenario, opts: &RunOptions) -> Result<(String, String), RunError> {
+    if !scn.needs_credentials() {
+        // A harness takes no token and no API key: nothing to sign or send.
+        return Ok((String::new(), String::new()));
+    }
     let secret = opts
         .secret
         .clone()
@@ -219,7 +223,7 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<Report, RunError> {
         _ => None,
     };
     let mut report = Report::build(scn, &part, procs, rss, server_cpu);
-    if scn.kind.publishes() {
+    if scn.kind.publishes() && scn.target == crate::scenario::TargetKind::Relay {
         report.node_latency_ms = node_latency(scn, &opts.targets);
     }
     Ok(report)

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use loadtest::conn::{Conn, ConnError, Dial, ReadOutcome};
+use loadtest::conn::{Conn, ConnError, Dial, ReadOutcome, Subscribe};
 use loadtest::net::{post_events_request, HttpConn};
 use loadtest::target::{self, Reach, Target, TargetOptions};
 use loadtest::Transport;
@@ -194,7 +194,7 @@ fn dial<'a>(transport: Transport, target: &'a Target) -> Dial<'a> {
         target,
         src: None,
         rcvbuf: None,
-        token: "t",
+        sub: Subscribe::Token("t"),
         since: None,
         seed: 7,
         connect_timeout: Duration::from_secs(5),

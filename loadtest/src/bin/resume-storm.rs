@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use loadtest::conn::{ReadOutcome, WsConn};
+use loadtest::conn::{ReadOutcome, Subscribe, WsConn};
 use loadtest::event::{classify, Pos, ServerFrame};
 use loadtest::net::{post_events_request, HttpConn};
 use loadtest::target::{resolve_all, Reach, Target, TargetOptions};
@@ -231,7 +231,16 @@ async fn resume_one(
     seed: u64,
     deadline: Instant,
 ) -> anyhow::Result<(u64, bool)> {
-    let mut ws = WsConn::open(node, None, None, token, Some(since), seed, deadline).await?;
+    let mut ws = WsConn::open(
+        node,
+        None,
+        None,
+        Subscribe::Token(token),
+        Some(since),
+        seed,
+        deadline,
+    )
+    .await?;
     let mut seen = 0u64;
     let mut at = since.seq;
     let mut resynced = false;

@@ -4,7 +4,8 @@
 //! each hands the same JSON frames (welcome, events, resync) to the same callback.
 //!
 //! Layout (each file imports only `outcome` among its siblings; this file imports all):
-//! - `outcome`  [`ConnError`], [`ReadOutcome`], [`DrainEnd`]: what every transport reports
+//! - `outcome`  [`ConnError`], [`ReadOutcome`], [`DrainEnd`]: what every transport reports;
+//!   [`Subscribe`]: how a subscriber names itself (relay token or harness session)
 //! - `ws`       a WebSocket (`GET /ws`), frames parsed with [`crate::ws`]
 //! - `sse`      an event stream (`GET /sse`), blocks parsed with [`crate::sse`]
 //! - `poll`     a loop of long-polls (`GET /poll`), answers read with [`crate::poll`]
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use outcome::{ConnError, DrainEnd, ReadOutcome};
+pub use outcome::{ConnError, DrainEnd, ReadOutcome, Subscribe};
 pub use poll::PollConn;
 pub use sse::SseConn;
 pub use ws::WsConn;
@@ -40,7 +41,8 @@ pub struct Dial<'a> {
     pub src: Option<IpAddr>,
     /// SO_RCVBUF (slow consumers), streams only.
     pub rcvbuf: Option<u32>,
-    pub token: &'a str,
+    /// Who the subscriber is, as the target kind spells it.
+    pub sub: Subscribe<'a>,
     /// Resume after this position: `since=` (ws), `Last-Event-ID` (sse), the first
     /// poll's `since=` (poll).
     pub since: Option<Pos>,
@@ -61,31 +63,27 @@ impl Conn {
     /// Opens a subscriber as `d` says, welcomed within `deadline`. Frames after the
     /// welcome (a replay, a resync) are left for the first [`Conn::read_some`].
     pub async fn open(d: &Dial<'_>, deadline: Instant) -> Result<Conn, ConnError> {
+        let token = match (d.transport, d.sub) {
+            (Transport::Ws, _) => "",
+            (_, Subscribe::Token(t)) => t,
+            (t, Subscribe::Session(_)) => return Err(ConnError::NotOnHarness(t)),
+        };
         Ok(match d.transport {
             Transport::Ws => Conn::Ws(
-                WsConn::open(
-                    d.target, d.src, d.rcvbuf, d.token, d.since, d.seed, deadline,
-                )
-                .await?,
+                WsConn::open(d.target, d.src, d.rcvbuf, d.sub, d.since, d.seed, deadline).await?,
             ),
-            Transport::Sse => Conn::Sse(
-                SseConn::open(d.target, d.src, d.rcvbuf, d.token, d.since, deadline).await?,
-            ),
+            Transport::Sse => {
+                Conn::Sse(SseConn::open(d.target, d.src, d.rcvbuf, token, d.since, deadline).await?)
+            }
             Transport::Poll => Conn::Poll(
-                PollConn::open(
-                    d.target,
-                    d.src,
-                    d.token,
-                    d.since,
-                    d.connect_timeout,
-                    deadline,
-                )
-                .await?,
+                PollConn::open(d.target, d.src, token, d.since, d.connect_timeout, deadline)
+                    .await?,
             ),
         })
     }
 
-    /// The position the welcome announced: the session's last seq when it joined.
+    /// The position the welcome announced: the session's last seq when it joined (`None`
+    /// on a harness, which sends no welcome).
     pub fn welcome(&self) -> Option<Pos> {
         match self {
             Conn::Ws(c) => c.welcome(),

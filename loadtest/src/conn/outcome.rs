@@ -1,5 +1,6 @@
 //! What opening and reading a subscriber report, whatever its transport: [`ConnError`]
-//! (with the short `kind()` the report counts), [`ReadOutcome`] and [`DrainEnd`].
+//! (with the short `kind()` the report counts), [`ReadOutcome`] and [`DrainEnd`]; and
+//! [`Subscribe`], how a subscriber names itself in its request.
 //!
 //! Owns: these types only, so that every transport's file can return them without
 //! depending on another's. May not import any other `conn` module.
@@ -43,6 +44,10 @@ pub enum ConnError {
     /// The first text frame was not a welcome.
     #[error("first frame was not a welcome")]
     NoWelcome,
+    /// A harness target was asked for a transport it does not serve (validation refuses
+    /// such scenarios; this guards the library entry).
+    #[error("a harness serves only WebSockets (`GET /ws?session=S`), not {0}")]
+    NotOnHarness(crate::scenario::Transport),
     /// The connect + upgrade + welcome took longer than `connect_timeout`.
     #[error("timed out")]
     Timeout,
@@ -86,9 +91,21 @@ impl ConnError {
             ConnError::Poll(e) => e.kind(),
             ConnError::ClosedBeforeWelcome(_) => "closed_before_welcome".into(),
             ConnError::NoWelcome => "no_welcome".into(),
+            ConnError::NotOnHarness(_) => "harness_transport".into(),
             ConnError::Timeout => "handshake_timeout".into(),
         }
     }
+}
+
+/// How a subscriber names itself and its session in the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscribe<'a> {
+    /// A relay node: `?token=JWT` (the token names the session); open once the welcome
+    /// frame arrives.
+    Token(&'a str),
+    /// A harness (`target = "harness"`): `GET /ws?session=S`, no token; open once the
+    /// `101` arrives (no welcome frame). WebSocket only.
+    Session(&'a str),
 }
 
 /// What one read brought.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
-use super::outcome::{ConnError, ReadOutcome};
+use super::outcome::{ConnError, ReadOutcome, Subscribe};
 use crate::event::{self, Pos, ServerFrame};
 use crate::stream::{self, Stream};
 use crate::target::Target;
@@ -38,13 +38,14 @@ pub struct WsConn {
 
 impl WsConn {
     /// Connect from `src` (TLS handshake included for a TLS target), upgrade with `?token=` (and `&since=EPOCH:SEQ` to resume
-    /// after `since`), wait for the welcome frame. Frames after the welcome (a replay, a
+    /// after `since`), wait for the welcome frame. A harness ([`Subscribe::Session`])
+    /// upgrades with `?session=S` and is open at the `101`. Frames after the welcome (a replay, a
     /// resync) stay buffered for the first [`WsConn::read_some`].
     pub async fn open(
         target: &Target,
         src: Option<IpAddr>,
         rcvbuf: Option<u32>,
-        token: &str,
+        sub: Subscribe<'_>,
         since: Option<Pos>,
         seed: u64,
         deadline: Instant,
@@ -66,9 +67,10 @@ impl WsConn {
             rng,
             welcome: None,
         };
-        let path = match since {
-            Some(p) => format!("/ws?token={token}&since={}", p.since()),
-            None => format!("/ws?token={token}"),
+        let path = match (sub, since) {
+            (Subscribe::Token(token), Some(p)) => format!("/ws?token={token}&since={}", p.since()),
+            (Subscribe::Token(token), None) => format!("/ws?token={token}"),
+            (Subscribe::Session(session), _) => format!("/ws?session={session}"),
         };
         let req = ws::upgrade_request(&path, &target.host, &key);
         match timeout_at(deadline, c.stream.send(&req)).await {
@@ -92,6 +94,10 @@ impl WsConn {
                 return Err(ConnError::Handshake(HandshakeError::Malformed));
             }
             c.end += n;
+        }
+        if matches!(sub, Subscribe::Session(_)) {
+            // A harness sends no welcome: the socket has joined once the 101 arrived.
+            return Ok(c);
         }
         // The first text frame must be the welcome; reading stops right after it.
         let mut welcome = None;

@@ -83,11 +83,12 @@ pub fn run_process(
         .iter()
         .map(|t| target::source_addrs(t.addr.ip(), scn.source_addrs))
         .collect();
-    let needs_sockets = scn.total_sockets() > 0 || scn.kind == Kind::Churn;
-    let minter = if needs_sockets {
+    let signs = (scn.total_sockets() > 0 || scn.kind == Kind::Churn) && scn.needs_credentials();
+    let minter = if signs {
         Minter::new(&cfg.secret)?
     } else {
-        // publish-throughput without sockets signs nothing; any valid key will do.
+        // publish-throughput without sockets, and a harness, sign nothing; any valid key
+        // will do.
         Minter::new(&"-".repeat(crate::token::MIN_SECRET_BYTES))?
     };
     let sessions: Vec<String> = (0..scn.sessions)
@@ -97,7 +98,11 @@ pub fn run_process(
     // Tokens are minted before the clock starts so the connect phase measures the server.
     let mut tokens = Vec::with_capacity(specs.len());
     for s in &specs {
-        tokens.push(minter.mint(&sessions[s.session as usize], &format!("u{}", s.g))?);
+        tokens.push(if signs {
+            minter.mint(&sessions[s.session as usize], &format!("u{}", s.g))?
+        } else {
+            String::new()
+        });
     }
     let (start_tx, start_rx) = watch::channel(0u64);
     let threads = cfg.threads.max(1);

@@ -7,6 +7,10 @@
 //! because tokio's timer wheel has 1 ms granularity and would add up to 1 ms of the tool's
 //! own lateness to every publish.
 //!
+//! A relay gets `POST /events` with the API key and a JSON event (or batch), accepted with
+//! `202`; a harness (`target = "harness"`) gets `POST /publish/S` with the event's `data`
+//! as the body, accepted with any `2xx`.
+//!
 //! Owns: the HTTP side of a run (target, API key, request bodies) and the publisher half
 //! of the board in [`Shared`]. May not know any kind: a kind that needs the `202`
 //! receipts (resume) hands in a [`ReceiptSink`].
@@ -24,8 +28,9 @@ use tokio::task::{spawn_local, LocalSet};
 use super::plan;
 use super::shared::{Ctx, Shared};
 use crate::event::{self, unix_ns, Stamp};
-use crate::net::{post_events_request, HttpConn, HttpError};
+use crate::net::{post_events_request, post_publish_request, HttpConn, HttpError};
 use crate::output::Progress;
+use crate::scenario::TargetKind;
 use crate::stats::Part;
 use crate::target::{self, Target};
 
@@ -258,17 +263,29 @@ async fn publisher_conn(
         }
         let Some(c) = conn.as_mut() else { continue };
         let first = j * batch;
-        let events = (first..first + batch).map(|e| {
-            (
-                sh.sessions[plan::event_session(e, sessions)].as_str(),
-                Stamp {
-                    scheduled_ns: sched,
-                    seq: e,
-                },
-            )
-        });
-        event::publish_body(&mut body, events, batch as usize, scn.event_bytes);
-        post_events_request(&mut req, &to.target.host, &to.api_key, &body);
+        let stamp = |e| Stamp {
+            scheduled_ns: sched,
+            seq: e,
+        };
+        match scn.target {
+            TargetKind::Relay => {
+                let events = (first..first + batch).map(|e| {
+                    (
+                        sh.sessions[plan::event_session(e, sessions)].as_str(),
+                        stamp(e),
+                    )
+                });
+                event::publish_body(&mut body, events, batch as usize, scn.event_bytes);
+                post_events_request(&mut req, &to.target.host, &to.api_key, &body);
+            }
+            TargetKind::Harness => {
+                // One event per request (validation holds batch at 1): its data is the body.
+                body.clear();
+                event::write_data(&mut body, stamp(first), scn.event_bytes);
+                let session = &sh.sessions[plan::event_session(first, sessions)];
+                post_publish_request(&mut req, &to.target.host, session, &body);
+            }
+        }
         {
             let mut p = ctx.part.borrow_mut();
             p.requests_sent += 1;
@@ -276,8 +293,12 @@ async fn publisher_conn(
         }
         let result = tokio::time::timeout(scn.request_timeout.0, c.round_trip(&req)).await;
         let now = unix_ns();
+        let accepted = |status: u16| match scn.target {
+            TargetKind::Relay => status == 202,
+            TargetKind::Harness => (200..300).contains(&status),
+        };
         match result {
-            Ok(Ok(202)) => {
+            Ok(Ok(status)) if accepted(status) => {
                 let mut p = ctx.part.borrow_mut();
                 p.requests_accepted += 1;
                 p.events_accepted += batch;

@@ -15,8 +15,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::plan::{self, Slice};
+use crate::conn::Subscribe;
 use crate::output::Progress;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, TargetKind};
 use crate::stats::Part;
 use crate::target::Target;
 use crate::token::Minter;
@@ -80,6 +81,15 @@ impl Shared {
             start_rx,
             publish_done: AtomicBool::new(false),
             progress,
+        }
+    }
+
+    /// How a subscriber of session index `session` names itself: its `token` on a relay,
+    /// the session's name on a harness (which takes no token).
+    pub fn subscribe<'a>(&'a self, session: usize, token: &'a str) -> Subscribe<'a> {
+        match self.scn.target {
+            TargetKind::Relay => Subscribe::Token(token),
+            TargetKind::Harness => Subscribe::Session(&self.sessions[session]),
         }
     }
 

@@ -131,7 +131,7 @@ async fn connect_one(
         target,
         src,
         rcvbuf,
-        token: &token,
+        sub: sh.subscribe(spec.session as usize, &token),
         since: None,
         seed: spec.g ^ began,
         connect_timeout: scn.connect_timeout.0,

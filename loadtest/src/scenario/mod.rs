@@ -1,6 +1,7 @@
 //! Scenario files: the TOML schema, `--set key=value` overrides, and validation.
 //!
-//! Layout: this file holds the schema ([`Scenario`], [`Kind`], [`Transport`]) and what follows from it
+//! Layout: this file holds the schema ([`Scenario`], [`Kind`], [`Transport`],
+//! [`TargetKind`]) and what follows from it
 //! (socket and request counts, the error budget); `duration` the `10s`-style
 //! durations; `load` reading text and overrides; `validate` the ranges; `error` why a
 //! scenario was refused.
@@ -104,6 +105,32 @@ impl fmt::Display for Transport {
     }
 }
 
+/// What kind of server the run drives: the relay's contract, or a thin harness of the shape
+/// other servers are benchmarked with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// A relay node: `GET /ws?token=JWT` (welcome frame, `seq`, `epoch`), `POST /events`
+    /// with the API key and a JSON event (or `{"events": [...]}`), answered `202` with receipts.
+    #[default]
+    Relay,
+    /// A harness: `GET /ws?session=S` joins topic S (no token; a socket counts as joined
+    /// once the `101` arrives, no welcome frame), and `POST /publish/S` with the event's
+    /// `data` bytes as the body, one event per request, answered with any `2xx`. Frames
+    /// are the published bytes as they were sent: there is no seq, epoch or receipt, so
+    /// latency and loss are read from the loadtest's own stamp (`"lt":"ns:id"`).
+    Harness,
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetKind::Relay => "relay",
+            TargetKind::Harness => "harness",
+        })
+    }
+}
+
 /// One scenario, fully resolved (file + overrides). Field docs name the unit.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +144,10 @@ pub struct Scenario {
     /// deliveries, latency and loss the same way over each.
     #[serde(default)]
     pub transport: Transport,
+    /// What the nodes are: `relay` (default) or `harness` (`GET /ws?session=S`,
+    /// `POST /publish/S`; see [`TargetKind::Harness`] for what it cannot measure).
+    #[serde(default)]
+    pub target: TargetKind,
     /// Node that publishers (and, unless `nodes` is set, sockets) talk to:
     /// `[http|https|ws|wss://]HOST[:PORT]`, loopback unless the run has `--allow-remote`
     /// (see [`crate::target::parse`]).
@@ -141,6 +172,7 @@ pub struct Scenario {
     #[serde(default = "defaults::event_bytes")]
     pub event_bytes: usize,
     /// Events per `POST /events` request: 1 sends a single event, more send `{"events": [...]}`.
+    /// A harness target takes exactly 1.
     #[serde(default = "defaults::one")]
     pub batch: u32,
     /// Keep-alive HTTP connections used by the publisher.
@@ -279,6 +311,11 @@ impl Scenario {
         }
         let life = self.connect_timeout.0 + self.churn_life.0 + Duration::from_secs(1);
         (self.churn_rate * life.as_secs_f64()).ceil() as u64 + 1
+    }
+
+    /// Whether subscribers need a signed token and publishers the API key: only a relay.
+    pub fn needs_credentials(&self) -> bool {
+        self.target == TargetKind::Relay
     }
 
     /// Whether socket `g` (global index) is a slow consumer: `slow_percent` of the sockets,

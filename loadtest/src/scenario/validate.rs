@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use super::error::ScenarioError;
-use super::{Kind, Scenario, Transport, MAX_BATCH, MAX_DURATION, MAX_PUBLISHERS, MAX_SOCKETS};
+use super::{
+    Kind, Scenario, TargetKind, Transport, MAX_BATCH, MAX_DURATION, MAX_PUBLISHERS, MAX_SOCKETS,
+};
 
 fn invalid(field: &'static str, why: impl Into<String>) -> ScenarioError {
     ScenarioError::Invalid {
@@ -133,6 +135,50 @@ impl Scenario {
         if !(self.max_error_ratio.is_finite() && (0.0..=1.0).contains(&self.max_error_ratio)) {
             return Err(invalid("max_error_ratio", "must be between 0 and 1"));
         }
+        if self.target == TargetKind::Harness {
+            self.validate_harness()?;
+        }
+        Ok(())
+    }
+
+    /// What a harness target (`GET /ws?session=S`, `POST /publish/S`) cannot do: it has
+    /// no seq, epoch, resume, receipts, batches, event streams or polls, and no
+    /// slow-consumer close. Each refusal names the scenario key that asked for it.
+    fn validate_harness(&self) -> Result<(), ScenarioError> {
+        match self.kind {
+            Kind::Resume => {
+                return Err(invalid(
+                    "kind",
+                    "resume cannot run against target = \"harness\": it needs seq, epochs, \
+                     `since=` and the 202 receipts, which a harness does not have",
+                ))
+            }
+            Kind::SlowConsumers => {
+                return Err(invalid(
+                    "kind",
+                    "slow-consumers cannot run against target = \"harness\": it expects the \
+                     relay's 4008 close for a socket that does not read",
+                ))
+            }
+            _ => {}
+        }
+        if self.transport != Transport::Ws {
+            return Err(invalid(
+                "transport",
+                format!(
+                    "target = \"harness\" serves only `GET /ws?session=S`: transport must be \
+                     ws, not {}",
+                    self.transport
+                ),
+            ));
+        }
+        if self.kind.publishes() && self.batch != 1 {
+            return Err(invalid(
+                "batch",
+                "target = \"harness\" takes one event per `POST /publish/S` request: \
+                 batches are not supported, set batch = 1",
+            ));
+        }
         Ok(())
     }
 }
@@ -141,7 +187,7 @@ impl Scenario {
 mod tests {
     use super::*;
     use crate::scenario::tests::FANOUT;
-    use crate::scenario::{from_str, Dur};
+    use crate::scenario::{from_str, Dur, TargetKind};
 
     #[test]
     fn out_of_range_fields_name_the_field() {
@@ -187,6 +233,58 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(from_str(FANOUT, &["transport=poll".into()]).is_ok());
+    }
+
+    #[test]
+    fn a_harness_target_refuses_what_it_cannot_measure_by_key() {
+        let h = |extra: &str, o: &[&str]| {
+            let text = format!("target = \"harness\"\n{extra}");
+            let o: Vec<String> = o.iter().map(|s| (*s).to_owned()).collect();
+            from_str(&text, &o)
+        };
+        let ok = h("kind = \"fanout\"\n", &[]).expect("valid");
+        assert_eq!(ok.target, TargetKind::Harness);
+        assert!(!ok.needs_credentials());
+        assert!(h("kind = \"churn\"\nchurn_rate = 5\n", &[]).is_ok());
+        assert!(h("kind = \"connect-storm\"\n", &[]).is_ok());
+        for (extra, o, field, says) in [
+            ("kind = \"resume\"\n", "batch=1", "kind", "receipts"),
+            (
+                "kind = \"slow-consumers\"\nslow_percent = 5\n",
+                "batch=1",
+                "kind",
+                "4008",
+            ),
+            (
+                "kind = \"fanout\"\n",
+                "batch=10",
+                "batch",
+                "batches are not supported",
+            ),
+            (
+                "kind = \"fanout\"\n",
+                "transport=sse",
+                "transport",
+                "not sse",
+            ),
+            (
+                "kind = \"fanout\"\n",
+                "transport=poll",
+                "transport",
+                "not poll",
+            ),
+        ] {
+            match h(extra, &[o]) {
+                Err(e @ ScenarioError::Invalid { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(&format!("`{field}`")), "{msg}");
+                    assert!(msg.contains(says) && msg.contains("harness"), "{msg}");
+                }
+                other => panic!("{extra} {o}: {other:?}"),
+            }
+        }
+        // The relay target keeps batches.
+        assert!(from_str(FANOUT, &["target=\"relay\"".into()]).is_ok());
     }
 
     #[test]

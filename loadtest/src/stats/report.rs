@@ -257,7 +257,7 @@ impl Report {
         let mut failures = Vec::new();
         if l.lost > 0 {
             failures.push(format!(
-                "lost {} of {} expected deliveries (published with 202, never received)",
+                "lost {} of {} expected deliveries (accepted by the node, never received)",
                 l.lost, l.expected
             ));
         }

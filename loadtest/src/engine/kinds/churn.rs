@@ -65,12 +65,16 @@ async fn churn_one(ctx: Rc<Ctx>, c: u64, _slot: LiveSlot) {
     let sh = ctx.shared.clone();
     let scn = &sh.scn;
     let (session, node) = churn_target(c, scn.sessions, sh.nodes.len());
-    let token = match sh.minter.mint(&sh.sessions[session], &format!("churn{c}")) {
-        Ok(t) => t,
-        Err(_) => {
-            ctx.error("token");
-            return;
+    let token = if scn.needs_credentials() {
+        match sh.minter.mint(&sh.sessions[session], &format!("churn{c}")) {
+            Ok(t) => t,
+            Err(_) => {
+                ctx.error("token");
+                return;
+            }
         }
+    } else {
+        String::new()
     };
     let began = unix_ns();
     let deadline = Instant::now() + scn.connect_timeout.0;
@@ -80,7 +84,7 @@ async fn churn_one(ctx: Rc<Ctx>, c: u64, _slot: LiveSlot) {
         target: &sh.nodes[node],
         src,
         rcvbuf: None,
-        token: &token,
+        sub: sh.subscribe(session, &token),
         since: None,
         seed: c ^ began,
         connect_timeout: scn.connect_timeout.0,

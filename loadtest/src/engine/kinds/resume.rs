@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::receive::{finish, Ending};
-use crate::conn::{Conn, ConnError, Dial, ReadOutcome};
+use crate::conn::{Conn, ConnError, Dial, ReadOutcome, Subscribe};
 use crate::engine::plan::{event_session, SocketSpec};
 use crate::engine::publisher::ReceiptSink;
 use crate::engine::shared::{Ctx, CLOSE_WAIT};
@@ -235,7 +235,7 @@ async fn reconnect(
             target,
             src,
             rcvbuf: None,
-            token,
+            sub: Subscribe::Token(token),
             since: Some(pos),
             seed: spec.g ^ began,
             connect_timeout: scn.connect_timeout.0,
