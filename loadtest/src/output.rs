@@ -195,6 +195,13 @@ pub fn table(r: &Report) -> String {
                 ),
             );
             row(&mut o, "resume ms", lat(&r.resume_ms));
+            if s.failover {
+                row(
+                    &mut o,
+                    "failover ms",
+                    format!("{} failovers: {}", r.failovers, lat(&r.failover_ms)),
+                );
+            }
         }
         if let Some(n) = &r.node_latency_ms {
             let f = |k: &str| n.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);

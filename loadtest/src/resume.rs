@@ -34,6 +34,10 @@ pub struct ResumeCounts {
     pub gap_events: u64,
     /// Events at or below the socket's position in the same epoch.
     pub duplicates: u64,
+    /// Connections lost without a drop of ours (node killed), reconnected to another node
+    /// (`failover = true`).
+    #[serde(default)]
+    pub failovers: u64,
 }
 
 impl ResumeCounts {
@@ -47,6 +51,7 @@ impl ResumeCounts {
         self.gaps += o.gaps;
         self.gap_events += o.gap_events;
         self.duplicates += o.duplicates;
+        self.failovers += o.failovers;
     }
 }
 

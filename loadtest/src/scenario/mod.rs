@@ -170,6 +170,11 @@ pub struct Scenario {
     /// How long a dropped socket stays away before it reconnects (resume).
     #[serde(default = "defaults::away")]
     pub away: Dur,
+    /// resume: a socket whose connection fails (reset, EOF, or a close the socket did not
+    /// ask for: its node died or drained) reconnects with `since=` to the next node of
+    /// `nodes`, as a client holding a list of node URLs does, instead of ending.
+    #[serde(default)]
+    pub failover: bool,
     /// Source addresses 127.0.0.2 … 127.0.0.(N+1) to bind before connect; 0 binds none.
     #[serde(default = "defaults::source_addrs")]
     pub source_addrs: u32,

@@ -160,6 +160,13 @@ pub struct Report {
     /// resume: reconnect start → welcome.
     #[serde(default)]
     pub resume_ms: LatencyMs,
+    /// resume with failover: connections lost without a drop of ours and reconnected.
+    #[serde(default)]
+    pub failovers: u64,
+    /// resume with failover: connection lost → welcome from another node (its p99 is when
+    /// 99 % of those sockets were back).
+    #[serde(default)]
+    pub failover_ms: LatencyMs,
     pub server_rss: Option<Rss>,
     /// The node's own `GET /latency` at the end (accepted → written to the socket, since
     /// the node started), when it answers: separates the node's share of the latency from
@@ -331,6 +338,8 @@ impl Report {
             epoch_mismatch,
             duplicates: rc.duplicates,
             resume_ms: part.resume_handshake.summary(),
+            failovers: rc.failovers,
+            failover_ms: part.failover_time.summary(),
             server_rss: rss,
             node_latency_ms: None,
             load_cpu_percent: pct(part.load_cpu_ns),
