@@ -344,6 +344,8 @@ pub struct Progress {
     pub deliveries: AtomicU64,
     pub accepted: AtomicU64,
     pub errors: AtomicU64,
+    /// resume: events skipped without a resync so far (the end check adds the tail).
+    pub silent: AtomicU64,
 }
 
 impl Progress {
@@ -403,7 +405,7 @@ impl ProgressLine {
         let rate = (d - self.last_deliveries.min(d)) as f64 / dt;
         self.last_deliveries = d;
         let line = format!(
-            "[{}] {:>6.1}s {:<10} sockets {:>7}  accepted {:>9}  deliveries {:>10} ({:>9.0}/s)  errors {}",
+            "[{}] {:>6.1}s {:<10} sockets {:>7}  accepted {:>9}  deliveries {:>10} ({:>9.0}/s)  errors {}  silent {}",
             self.label,
             self.started.elapsed().as_secs_f64(),
             phase,
@@ -411,7 +413,8 @@ impl ProgressLine {
             p.accepted.load(Ordering::Relaxed),
             d,
             rate,
-            p.errors.load(Ordering::Relaxed)
+            p.errors.load(Ordering::Relaxed),
+            p.silent.load(Ordering::Relaxed)
         );
         let mut err = std::io::stderr().lock();
         if self.tty {

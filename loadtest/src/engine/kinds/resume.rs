@@ -30,6 +30,7 @@ use crate::engine::publisher::ReceiptSink;
 use crate::engine::shared::{Ctx, CLOSE_WAIT};
 use crate::engine::window::{instant_at, ReceiveWindow, Step};
 use crate::event::{self, unix_ns, Pos};
+use crate::output::Progress;
 use crate::resume::{self, ResumeTally, Seen, Tracker};
 use crate::stats::Part;
 use crate::ws::CLOSE_NORMAL;
@@ -177,9 +178,13 @@ pub(super) async fn resume_socket(
         let mut recv_ns = 0u64;
         let r = c
             .read_some(until, |payload| {
+                let gaps_before = t.counts.gap_events;
                 let Some(seen) = t.frame(event::classify(payload)) else {
                     return;
                 };
+                if seen == Seen::AfterGap {
+                    Progress::add(&sh.progress.silent, t.counts.gap_events - gaps_before);
+                }
                 if recv_ns == 0 {
                     recv_ns = unix_ns();
                 }
