@@ -143,12 +143,14 @@ impl Phase {
         let ms =
             |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()));
         eprintln!(
-            "FAULT {}: noticed {} | recovered {} | publishes {:?} | accepted {} | silent losses {} | duplicates {} | resyncs {} | failovers {} (p99 back {:.0} ms) | resume p99 {:.0} ms | socket errors {:?}",
+            "FAULT {}: noticed {} | recovered {} | publishes {:?} (202 p99 {:.0} ms) | accepted {} | delivery p99 {:.0} ms | silent losses {} | duplicates {} | resyncs {} | failovers {} (p99 back {:.0} ms) | resume p99 {:.0} ms | socket errors {:?}",
             self.name,
             ms(self.noticed),
             ms(self.recovered),
             self.status_mix(),
+            r.publish_latency_ms.p99,
             r.events_accepted,
+            r.latency_ms.p99,
             r.silent_losses,
             r.duplicates,
             r.resyncs,
