@@ -9,14 +9,15 @@
 #
 # Knobs (environment): SOAK_DURATION s (3600), SOAK_SOCKETS (15000), SOAK_SESSIONS (100),
 # SOAK_RATE events/s (1000), SOAK_CHURN share of sockets dropped a minute (0.05),
+# SOAK_RESUME_SHARE share of those back with since= (0.5),
 # SOAK_BURST_EVERY s (300) and SOAK_BURST_SECS (5): a burst of 10 x SOAK_RATE from a
 # second publisher; SOAK_WARMUP s (1200) and the fit over the last SOAK_TAIL s (2400);
 # OUT (soak-out/DATE). Everything binds 127.0.0.1 and stops by itself (or on Ctrl-C).
 #
 # The churn: each second a share SOAK_CHURN/60 of the sockets drops (half with a reset,
-# half with a close frame) and comes back after 200 ms resuming with since= (the resume
-# kind resumes every reconnect; the issue's "half of them resuming" is covered by the
-# resync half: a resume past what history keeps gets a resync). The bursts publish to
+# half with a close frame) and comes back after 200 ms, SOAK_RESUME_SHARE (0.5) of them
+# resuming with since= and the others fresh (no since: a client that lost its place,
+# owed nothing; the checker starts it over at its welcome). The bursts publish to
 # sessions of their own that no socket holds: they load the nodes' publish path, Redis
 # and history memory, not the sockets.
 set -euo pipefail
@@ -27,6 +28,7 @@ SOCKETS=${SOAK_SOCKETS:-15000}
 SESSIONS=${SOAK_SESSIONS:-100}
 RATE=${SOAK_RATE:-1000}
 CHURN=${SOAK_CHURN:-0.05}
+RESUME_SHARE=${SOAK_RESUME_SHARE:-0.5}
 BURST_EVERY=${SOAK_BURST_EVERY:-300}
 BURST_SECS=${SOAK_BURST_SECS:-5}
 WARMUP=${SOAK_WARMUP:-1200}
@@ -89,7 +91,7 @@ DROP=$(python3 -c "print($CHURN / 60)")
 "$LOADTEST" run loadtest/scenarios/resume.toml \
   --url "http://127.0.0.1:$P1" --nodes "http://127.0.0.1:$P1,http://127.0.0.1:$P2" \
   --duration "${DURATION}s" --set sessions="$SESSIONS" --set sockets_per_session="$PER_SESSION" \
-  --set rate="$RATE" --set drop_fraction="$DROP" --set drain=10s --set max_errors=1000000 \
+  --set rate="$RATE" --set drop_fraction="$DROP" --set resume_share="$RESUME_SHARE" --set drain=10s --set max_errors=1000000 \
   --set connect_timeout=30s --json "$OUT/report.json" \
   >"$OUT/loadtest.txt" 2>"$OUT/loadtest.log" &
 LOAD=$!

@@ -172,11 +172,12 @@ pub fn table(r: &Report) -> String {
                 &mut o,
                 "resume",
                 format!(
-                    "{} drops ({} away), {} resumes ({} failed), {} replayed, {} resyncs",
+                    "{} drops ({} away), {} resumes ({} failed), {} fresh, {} replayed, {} resyncs",
                     r.drops,
                     crate::scenario::format_duration(s.away.0),
                     r.resumes,
                     r.resume_failed,
+                    r.fresh_reconnects,
                     r.replayed,
                     r.resyncs
                 ),

@@ -167,6 +167,10 @@ pub struct Scenario {
     /// Share of the sockets dropped each second and resumed with `since=` (resume), 0..=1.
     #[serde(default = "defaults::drop_fraction")]
     pub drop_fraction: f64,
+    /// Share of those drops that come back with `since=` (resume), 0..=1; the others
+    /// reconnect fresh, without `since`, as a client that lost its place does.
+    #[serde(default = "defaults::resume_share")]
+    pub resume_share: f64,
     /// How long a dropped socket stays away before it reconnects (resume).
     #[serde(default = "defaults::away")]
     pub away: Dur,
@@ -229,6 +233,9 @@ mod defaults {
     }
     pub fn drop_fraction() -> f64 {
         0.1
+    }
+    pub fn resume_share() -> f64 {
+        1.0
     }
     pub fn away() -> Dur {
         Dur::millis(200)

@@ -136,6 +136,9 @@ pub struct Report {
     /// resume: events received after a resume with seq ≤ its welcome's seq.
     #[serde(default)]
     pub replayed: u64,
+    /// resume: drops that came back fresh, without `since` (`resume_share` below 1).
+    #[serde(default)]
+    pub fresh_reconnects: u64,
     /// resume: resync frames received.
     #[serde(default)]
     pub resyncs: u64,
@@ -330,6 +333,7 @@ impl Report {
             resumes: rc.resumes,
             resume_failed: rc.resume_failed,
             replayed: rc.replayed,
+            fresh_reconnects: rc.fresh,
             resyncs: rc.resyncs,
             silent_losses,
             gaps: rc.gaps,

@@ -150,11 +150,14 @@ pub(super) async fn resume_socket(
                     }
                 }
                 tokio::time::sleep(scn.away.0).await;
-                match reconnect(&ctx, &spec, &mut node, &token, t.pos, window.hard_end).await {
+                let since =
+                    resume::resumes(board.seed, spec.g, at, scn.resume_share).then_some(t.pos);
+                match reconnect(&ctx, &spec, &mut node, &token, since, window.hard_end).await {
                     Some(c) => {
-                        match c.welcome() {
-                            Some(w) => t.resumed(w),
-                            None => ctx.error("welcome_without_position"),
+                        match (c.welcome(), since) {
+                            (Some(w), Some(_)) => t.resumed(w),
+                            (Some(w), None) => t.fresh(w),
+                            (None, _) => ctx.error("welcome_without_position"),
                         }
                         conn = Some(c);
                     }
@@ -224,7 +227,7 @@ pub(super) async fn resume_socket(
             old.abort();
         }
         node = (node + 1) % sh.nodes.len().max(1);
-        match reconnect(&ctx, &spec, &mut node, &token, t.pos, window.hard_end).await {
+        match reconnect(&ctx, &spec, &mut node, &token, Some(t.pos), window.hard_end).await {
             Some(c) => {
                 match c.welcome() {
                     Some(w) => t.resumed(w),
@@ -250,14 +253,14 @@ pub(super) async fn resume_socket(
     finish(&ctx, ending, conn).await;
 }
 
-/// Reopens a resume socket with `since=pos` on `node`, retrying every `away` after a
+/// Reopens a resume socket on `node` (with `since=pos`, or fresh with `None`), retrying every `away` after a
 /// failure (each counted) until `hard_end`; with `failover`, each retry tries the next node.
 async fn reconnect(
     ctx: &Ctx,
     spec: &SocketSpec,
     node: &mut usize,
     token: &str,
-    pos: Pos,
+    pos: Option<Pos>,
     hard_end: Instant,
 ) -> Option<Conn> {
     let sh = &ctx.shared;
@@ -273,7 +276,7 @@ async fn reconnect(
             src,
             rcvbuf: None,
             token,
-            since: Some(pos),
+            since: pos,
             seed: spec.g ^ began,
             connect_timeout: scn.connect_timeout.0,
         };
