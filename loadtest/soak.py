@@ -2,15 +2,17 @@
 """The soak's sampler and plot (driven by loadtest/soak.sh; needs matplotlib).
 
   soak.py sample OUT_DIR LOADTEST_LOG NAME=PID@HOST:PORT ...   every 10 s until killed
-  soak.py plot OUT_DIR [WARMUP_S] [TAIL_S]                     samples.csv -> soak.png, summary.txt
+  soak.py plot OUT_DIR [WARMUP_S] [TAIL_S] [END_S]             samples.csv -> soak.png, summary.txt
 
 Each sample row: seconds since start, node, RSS (KiB, /proc/PID/status), open fds
 (/proc/PID/fd), history bytes (relay_history_bytes), deliveries/s and p99 ms over the
 last interval (deltas of relay_deliveries_total and of the relay_latency_seconds
 buckets, as histogram_quantile over a rate does), and the load generator's silent
 losses and errors so far (its progress line). The plot draws RSS, fds and p99 per node;
-the summary fits a line to RSS and fds after the warm-up and gives the slope in % per
-hour, the pass criteria of docs/reliability.md.
+the summary fits a line to RSS and fds over the last TAIL_S seconds of the load (after
+the warm-up, and not past END_S, the load's scheduled end: the drain after it closes
+the sockets) and gives the slope in % per hour, the pass criteria of
+docs/reliability.md.
 """
 
 import csv
@@ -148,7 +150,7 @@ def slope_pct_per_hour(ts, ys):
     return k * 3600.0 / my * 100.0
 
 
-def plot(out, warmup, tail):
+def plot(out, warmup, tail, load_end=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -158,7 +160,9 @@ def plot(out, warmup, tail):
     fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
     lines = []
     end = max(float(r["t_s"]) for r in rows) if rows else 0.0
-    # The fit covers the last `tail` seconds, and never the warm-up.
+    if load_end is not None:
+        end = min(end, load_end)
+    # The fit covers the last `tail` seconds of the load, and never the warm-up.
     fit_from = max(warmup, end - tail) if tail > 0 else warmup
     for name in names:
         rs = [r for r in rows if r["node"] == name]
@@ -166,19 +170,25 @@ def plot(out, warmup, tail):
         axes[0].plot(t, [int(r["rss_kib"]) / 1024.0 for r in rs], label=name)
         axes[1].plot(t, [int(r["fds"]) for r in rs], label=name)
         axes[2].plot(t, [float(r["p99_ms"]) for r in rs], label=name)
-        fit = [r for r in rs if float(r["t_s"]) >= fit_from]
+        fit = [r for r in rs if fit_from <= float(r["t_s"]) <= end]
         ft = [float(r["t_s"]) for r in fit]
         for col in ("rss_kib", "fds"):
             s = slope_pct_per_hour(ft, [float(r[col]) for r in fit])
-            lines.append(f"{name} {col} slope after {fit_from:.0f} s: {s:+.2f} %/h "
+            lines.append(f"{name} {col} slope {fit_from:.0f}-{end:.0f} s: {s:+.2f} %/h "
                          f"({'flat' if abs(s) < 1.0 else 'NOT flat'} by the < 1 %/h rule)")
         p99s = [float(r["p99_ms"]) for r in fit if r["p99_ms"] != "nan"]
         if p99s:
-            lines.append(f"{name} p99 ms per 10 s after warm-up: max {max(p99s):.1f}, "
+            lines.append(f"{name} p99 ms per 10 s in the fit window: max {max(p99s):.1f}, "
                          f"median {sorted(p99s)[len(p99s) // 2]:.1f}")
+        rss = [int(r["rss_kib"]) / 1024.0 for r in fit]
+        fds = [int(r["fds"]) for r in fit]
+        hist = [float(r["history_bytes"]) / 1048576.0 for r in fit]
+        if rss:
+            lines.append(f"{name} in the fit window: RSS {min(rss):.1f}-{max(rss):.1f} MiB, "
+                         f"fds {min(fds)}-{max(fds)}, history {min(hist):.1f}-{max(hist):.1f} MiB")
         rates = [float(r["deliveries_per_s"]) for r in fit if r["deliveries_per_s"] != "nan"]
         if rates:
-            lines.append(f"{name} deliveries/s after warm-up: mean {sum(rates) / len(rates):.0f}")
+            lines.append(f"{name} deliveries/s in the fit window: mean {sum(rates) / len(rates):.0f}")
     if rows:
         lines.append(f"silent losses (live gaps): {rows[-1]['silent_losses']}; "
                      f"load errors: {rows[-1]['errors']}")
@@ -188,9 +198,11 @@ def plot(out, warmup, tail):
     axes[2].set_xlabel("minutes")
     for ax in axes:
         ax.axvline(warmup / 60.0, color="grey", linestyle=":", linewidth=1)
+        ax.axvspan(fit_from / 60.0, end / 60.0, color="green", alpha=0.06)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right")
-    fig.suptitle("relay soak: two nodes on one Redis (dotted: end of warm-up)")
+    fig.suptitle("relay soak: two nodes on one Redis (dotted: end of warm-up; "
+                 "shaded: the slope fit)")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "soak.png"), dpi=90)
     with open(os.path.join(out, "summary.txt"), "w") as f:
@@ -204,7 +216,8 @@ if __name__ == "__main__":
     elif len(sys.argv) >= 3 and sys.argv[1] == "plot":
         warm = float(sys.argv[3]) if len(sys.argv) > 3 else 1200.0
         tail = float(sys.argv[4]) if len(sys.argv) > 4 else 2400.0
-        plot(sys.argv[2], warm, tail)
+        load_end = float(sys.argv[5]) if len(sys.argv) > 5 else None
+        plot(sys.argv[2], warm, tail, load_end)
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

@@ -116,7 +116,7 @@ PIDS+=($!)
 status=0
 wait "$LOAD" || status=$?
 sleep 11  # one more sample after the drain
-"$VENV/bin/python" loadtest/soak.py plot "$OUT" "$WARMUP" "$TAIL" | tee -a "$OUT/summary.txt.log"
+"$VENV/bin/python" loadtest/soak.py plot "$OUT" "$WARMUP" "$TAIL" "$DURATION"
 grep -E "silent losses|errors|resume|verdict|PASS|FAIL" "$OUT/loadtest.txt" | tee -a "$OUT/summary.txt"
 echo "soak: load exit $status; files in $OUT"
 exit "$status"
