@@ -7,7 +7,8 @@
 # (relay_history_evicted_streams_total), its RSS and the cgroup's peak and OOM kills.
 #
 #   loadtest/memory-pressure.sh 128 67108864     # limit 128 MiB, --history-memory 64 MiB
-#   loadtest/memory-pressure.sh 128 268435456    # the default cap (256 MiB) over the limit
+#   loadtest/memory-pressure.sh 128 268435456    # a cap set above the limit: OOM-killed
+#   loadtest/memory-pressure.sh 128 default      # no cap set: the node takes half the limit
 #
 # Needs root and a memory cgroup (v1 or v2) it may create a child in: the child is made
 # under this shell's own memory cgroup and removed at the end. Loopback only; the spray
@@ -15,7 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIMIT_MIB=${1:?limit in MiB}
-CAP=${2:?--history-memory in bytes}
+CAP=${2:?--history-memory in bytes, or default}
+CAP_ARGS=()
+[ "$CAP" = default ] || CAP_ARGS=(--history-memory "$CAP")
+unset RELAY_HISTORY_MEMORY
 TARGET=${CARGO_TARGET_DIR:-target}
 export JWT_SIGNING_SECRET=${JWT_SIGNING_SECRET:-mem-secret-0123456789abcdef0123456789}
 export RELAY_API_KEY=${RELAY_API_KEY:-mem-key-0123456789abcdef}
@@ -49,7 +53,7 @@ LOG=$(mktemp)
 # The node joins the cgroup before it execs, so every byte it allocates is counted there.
 bash -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' _ "$CG" \
   "$TARGET/release/relay" serve --host 127.0.0.1 --port "$PORT" --shards 1 \
-  --publish-rate 0 --history-memory "$CAP" >"$LOG" 2>&1 &
+  --publish-rate 0 "${CAP_ARGS[@]}" >"$LOG" 2>&1 &
 NODE=$!
 for _ in $(seq 100); do
   curl -s -o /dev/null "http://127.0.0.1:$PORT/readyz" && break
@@ -70,4 +74,5 @@ else
 fi
 echo "cgroup peak: $(( $(peak) / 1024 / 1024 )) MiB, OOM kills: $(ooms)"
 grep -E "accepted|errors" "$LOG.load" | head -3
+grep -E "history cap|HISTORY_MEMORY" "$LOG" | head -2 || true
 rm -f "$LOG" "$LOG.load"
