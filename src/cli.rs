@@ -189,8 +189,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_HISTORY_TTL", default_value = "2m")]
     pub history_ttl: humantime::Duration,
     /// History bytes on the node, all sessions together; the oldest go first.
-    #[arg(long, env = "RELAY_HISTORY_MEMORY", default_value_t = config::DEFAULT_HISTORY_MEMORY)]
-    pub history_memory: usize,
+    /// [default: 268435456, or half the cgroup's memory limit if that is less]
+    #[arg(long, env = "RELAY_HISTORY_MEMORY")]
+    pub history_memory: Option<usize>,
     /// How long an event id is remembered: a republish within it is not delivered again.
     #[arg(long, env = "RELAY_DEDUPE_WINDOW", default_value = "5m")]
     pub dedupe_window: humantime::Duration,
@@ -424,7 +425,9 @@ impl ServeArgs {
             events: args.history_events,
             bytes: args.history_bytes,
             max_age: args.history_ttl.into(),
-            memory: args.history_memory,
+            memory: args
+                .history_memory
+                .unwrap_or(config::DEFAULT_HISTORY_MEMORY),
             dedupe_window: args.dedupe_window.into(),
             store: args.history,
         };

@@ -10,7 +10,7 @@ use clap::Parser;
 use relay::cli::{
     Cli, Command, CommonArgs, HealthcheckArgs, LogFormat, PublishArgs, ServeArgs, TokenArgs,
 };
-use relay::config::{self, Secret};
+use relay::config::{self, memory_limit, Secret};
 
 /// Exit status for a configuration the node refuses (the contract's 2).
 const EXIT_CONFIG: u8 = 2;
@@ -78,14 +78,35 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         fill_from_env(&mut args.common);
     }
-    let config = match args.to_config() {
+    let mut config = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("relay: {e}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    // Under a container's memory limit, history must shed before the OOM killer acts.
+    let limit = memory_limit::cgroup_memory_limit();
+    let fit = limit.map(|l| {
+        memory_limit::fit_history_memory(config.history.memory, args.history_memory.is_some(), l)
+    });
+    if let Some(memory_limit::HistoryFit::Lowered { to }) = fit {
+        config.history.memory = to;
+    }
     let (set_log_level, _log_guard) = init_logging(&config.live.log_level, config.log_format);
+    match (fit, limit) {
+        (Some(memory_limit::HistoryFit::Lowered { to }), Some(limit)) => tracing::info!(
+            history_memory = to,
+            memory_limit = limit,
+            "history cap lowered to half the cgroup's memory limit (RELAY_HISTORY_MEMORY unset)"
+        ),
+        (Some(memory_limit::HistoryFit::Above), Some(limit)) => tracing::warn!(
+            history_memory = config.history.memory,
+            memory_limit = limit,
+            "RELAY_HISTORY_MEMORY is above half the cgroup's memory limit: the kernel may kill the node before history sheds"
+        ),
+        _ => {}
+    }
     relay::runtime::run(config, set_log_level)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -244,6 +244,25 @@ fn resume_drops_and_reconnects_sockets_without_silent_loss() {
 }
 
 #[test]
+fn half_the_drops_coming_back_fresh_are_not_counted_as_losses() {
+    let node = load_node();
+    let scn = scenario::from_str(
+        &format!(
+            "kind = \"resume\"\nurl = \"http://{}\"\nsessions = 20\nsockets_per_session = 5\nrate = 500\nduration = \"3s\"\ndrain = \"2s\"\ndrop_fraction = 0.1\nresume_share = 0.5\naway = \"200ms\"\n",
+            node.addr
+        ),
+        &[],
+    )
+    .expect("scenario");
+    let r = run(&scn, &opts()).expect("run");
+    assert!(r.passed, "{:?} {:?}", r.failures, r.errors);
+    assert_eq!(r.silent_losses, 0, "{r:?}");
+    assert_eq!(r.duplicates, 0);
+    assert!(r.resumes > 0 && r.fresh_reconnects > 0, "{r:?}");
+    assert_eq!(r.resumes + r.fresh_reconnects, r.drops);
+}
+
+#[test]
 fn resumed_event_streams_replay_from_last_event_id_without_silent_loss() {
     let node = load_node();
     let scn = scenario::from_str(

@@ -7,8 +7,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use loadtest::fault_proxy::FaultProxy;
 
 /// Reads events until `n` have arrived (skipping resyncs); returns each one's id,
 /// epoch and seq.
@@ -854,82 +855,21 @@ fn rediss_url_with_a_private_ca_carries_events_over_tls() {
     assert!(delivered, "event not delivered over TLS");
 }
 
-/// A TCP proxy in front of Redis that can be frozen: it then stops forwarding
-/// in both directions but keeps every connection open (no FIN, no RST), like a
-/// black-holed network path.
-struct FreezableProxy {
-    port: u16,
-    frozen: Arc<AtomicBool>,
-}
-
-impl FreezableProxy {
-    fn start(upstream: u16) -> FreezableProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let frozen = Arc::new(AtomicBool::new(false));
-        let f = frozen.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if f.load(Ordering::SeqCst) {
-                    // Hold the connection open and silent.
-                    std::mem::forget(client);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                for (mut from, mut to) in [
-                    (
-                        client.try_clone().expect("clone"),
-                        server.try_clone().expect("clone"),
-                    ),
-                    (server, client),
-                ] {
-                    let f = f.clone();
-                    std::thread::spawn(move || {
-                        let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
-                        let mut buf = [0u8; 16 * 1024];
-                        loop {
-                            if f.load(Ordering::SeqCst) {
-                                std::thread::sleep(Duration::from_millis(20));
-                                continue;
-                            }
-                            match from.read(&mut buf) {
-                                Ok(0) => return,
-                                Ok(n) => {
-                                    if to.write_all(&buf[..n]).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock
-                                            | std::io::ErrorKind::TimedOut
-                                    ) => {}
-                                Err(_) => return,
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        FreezableProxy { port, frozen }
-    }
-}
-
 #[test]
 fn black_holed_redis_is_detected_by_timeouts_and_never_hangs_a_publisher() {
     let redis = Redis::start();
-    let proxy = FreezableProxy::start(redis.port);
+    // A black hole between node and Redis: every connection kept open, nothing
+    // forwarded (no FIN, no RST).
+    let proxy = FaultProxy::start("127.0.0.1:0", &format!("127.0.0.1:{}", redis.port))
+        .expect("fault proxy");
     let node = Node::builder()
-        .env("REDIS_URL", &format!("redis://127.0.0.1:{}", proxy.port))
+        .env("REDIS_URL", &format!("redis://127.0.0.1:{}", proxy.port()))
         .start();
     assert!(wait_ready(&node, PROMPT));
     let _ws = node.ws_welcomed("hole");
     node.publish_ok(&event("hole", "before", "1"), 1);
 
-    proxy.frozen.store(true, Ordering::SeqCst);
+    proxy.black_hole();
     // Let reads already under way in the proxy finish; from here nothing passes.
     std::thread::sleep(Duration::from_millis(100));
     let frozen_at = Instant::now();

@@ -1,5 +1,5 @@
-//! The command line: `loadtest run FILE [flags]`, `loadtest check FILE`, and the hidden
-//! `loadtest child` used by `--procs`.
+//! The command line: `loadtest run FILE [flags]`, `loadtest check FILE`, `loadtest
+//! fault-proxy`, and the hidden `loadtest child` used by `--procs`.
 //!
 //! Owns: flag → override translation and where results are written. Precedence for every
 //! scenario field: the file, then `--set key=value` in order, then the dedicated flags.
@@ -28,6 +28,20 @@ pub enum Command {
     Summary {
         /// Report files written by `run --json`.
         files: Vec<PathBuf>,
+    },
+    /// A TCP proxy that injects faults (delay, black hole, resets) between two loopback
+    /// peers, driven by lines on a control port: `delay MS`, `blackhole`, `heal`, `reset`,
+    /// `refuse on|off`, `status`. Runs until killed.
+    FaultProxy {
+        /// Where clients connect, e.g. 127.0.0.1:6380.
+        #[arg(long)]
+        listen: String,
+        /// Where connections are forwarded, e.g. 127.0.0.1:6379.
+        #[arg(long)]
+        to: String,
+        /// Where the control lines are read, e.g. 127.0.0.1:6390.
+        #[arg(long)]
+        control: String,
     },
     /// Internal: one load process of `run --procs N` (reads its config on stdin).
     #[command(hide = true)]

@@ -24,6 +24,7 @@
 //! - `stats/`    histograms, per-worker parts and their merge, loss and rate math (pure)
 //! - `output`    table, JSON, hgrm, progress line
 //! - `sys`       RLIMIT_NOFILE, CPU pinning, VmRSS
+//! - `fault_proxy` a TCP proxy that adds delay, black-holes, resets (`loadtest fault-proxy`)
 //!
 //! Data flow:
 //! ```text
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod conn;
 pub mod engine;
 pub mod event;
+pub mod fault_proxy;
 pub mod net;
 pub mod output;
 pub mod poll;

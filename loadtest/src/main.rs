@@ -18,6 +18,11 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Check(args) => check(&args),
         Command::Summary { files } => summary(&files),
+        Command::FaultProxy {
+            listen,
+            to,
+            control,
+        } => fault_proxy(&listen, &to, &control),
         Command::Child => loadtest::run::child_main()
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
@@ -29,6 +34,19 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn fault_proxy(listen: &str, to: &str, control: &str) -> anyhow::Result<ExitCode> {
+    let proxy = loadtest::fault_proxy::FaultProxy::start(listen, to)?;
+    let ctl =
+        std::net::TcpListener::bind(control).with_context(|| format!("control port {control}"))?;
+    println!(
+        "fault-proxy {} -> {to}, control {}",
+        proxy.addr(),
+        ctl.local_addr().context("control address")?
+    );
+    proxy.serve_control(ctl).context("control port")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(args: &loadtest::cli::ScenarioArgs) -> anyhow::Result<ExitCode> {

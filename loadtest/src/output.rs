@@ -175,11 +175,12 @@ pub fn table(r: &Report) -> String {
                 &mut o,
                 "resume",
                 format!(
-                    "{} drops ({} away), {} resumes ({} failed), {} replayed, {} resyncs",
+                    "{} drops ({} away), {} resumes ({} failed), {} fresh, {} replayed, {} resyncs",
                     r.drops,
                     crate::scenario::format_duration(s.away.0),
                     r.resumes,
                     r.resume_failed,
+                    r.fresh_reconnects,
                     r.replayed,
                     r.resyncs
                 ),
@@ -198,6 +199,13 @@ pub fn table(r: &Report) -> String {
                 ),
             );
             row(&mut o, "resume ms", lat(&r.resume_ms));
+            if s.failover {
+                row(
+                    &mut o,
+                    "failover ms",
+                    format!("{} failovers: {}", r.failovers, lat(&r.failover_ms)),
+                );
+            }
         }
         if let Some(n) = &r.node_latency_ms {
             let f = |k: &str| n.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
@@ -340,6 +348,8 @@ pub struct Progress {
     pub deliveries: AtomicU64,
     pub accepted: AtomicU64,
     pub errors: AtomicU64,
+    /// resume: events skipped without a resync so far (the end check adds the tail).
+    pub silent: AtomicU64,
 }
 
 impl Progress {
@@ -399,7 +409,7 @@ impl ProgressLine {
         let rate = (d - self.last_deliveries.min(d)) as f64 / dt;
         self.last_deliveries = d;
         let line = format!(
-            "[{}] {:>6.1}s {:<10} sockets {:>7}  accepted {:>9}  deliveries {:>10} ({:>9.0}/s)  errors {}",
+            "[{}] {:>6.1}s {:<10} sockets {:>7}  accepted {:>9}  deliveries {:>10} ({:>9.0}/s)  errors {}  silent {}",
             self.label,
             self.started.elapsed().as_secs_f64(),
             phase,
@@ -407,7 +417,8 @@ impl ProgressLine {
             p.accepted.load(Ordering::Relaxed),
             d,
             rate,
-            p.errors.load(Ordering::Relaxed)
+            p.errors.load(Ordering::Relaxed),
+            p.silent.load(Ordering::Relaxed)
         );
         let mut err = std::io::stderr().lock();
         if self.tty {

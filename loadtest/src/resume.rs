@@ -34,6 +34,14 @@ pub struct ResumeCounts {
     pub gap_events: u64,
     /// Events at or below the socket's position in the same epoch.
     pub duplicates: u64,
+    /// Connections lost without a drop of ours (node killed), reconnected to another node
+    /// (`failover = true`).
+    #[serde(default)]
+    pub failovers: u64,
+    /// Drops that came back fresh, without `since` (`resume_share` below 1): the socket
+    /// starts over at that welcome's position.
+    #[serde(default)]
+    pub fresh: u64,
 }
 
 impl ResumeCounts {
@@ -47,6 +55,8 @@ impl ResumeCounts {
         self.gaps += o.gaps;
         self.gap_events += o.gap_events;
         self.duplicates += o.duplicates;
+        self.failovers += o.failovers;
+        self.fresh += o.fresh;
     }
 }
 
@@ -89,6 +99,14 @@ impl Tracker {
         self.counts.resumes += 1;
         self.replay_to =
             (welcome.epoch == self.pos.epoch && welcome.seq > self.pos.seq).then_some(welcome);
+    }
+
+    /// A reconnect without `since` got this welcome: the socket starts over there, as a
+    /// client that lost its place does; what it missed meanwhile is not a loss.
+    pub fn fresh(&mut self, welcome: Pos) {
+        self.counts.fresh += 1;
+        self.pos = welcome;
+        self.replay_to = None;
     }
 
     /// Applies one server text frame; `Some` for events.
@@ -232,6 +250,16 @@ pub fn drop_in_second(seed: u64, g: u64, k: u64, fraction: f64) -> Option<Planne
     })
 }
 
+/// Whether socket `g`'s drop at `at_ns` comes back with `since=`: with probability
+/// `share`, deterministic in (`seed`, `g`, `at_ns`).
+pub fn resumes(seed: u64, g: u64, at_ns: u64, share: f64) -> bool {
+    if share >= 1.0 {
+        return true;
+    }
+    let h = mix(seed ^ 0x5EED_F2E5 ^ mix(g ^ at_ns.rotate_left(17)));
+    ((h >> 11) as f64 / (1u64 << 53) as f64) < share
+}
+
 /// Socket `g`'s next drop at or after `from` (UNIX ns) and before `end_ns`, the scheduled
 /// end of a run that started at `start_ns`: (when, which), from [`drop_in_second`] over
 /// the seconds of the run.
@@ -294,6 +322,33 @@ mod tests {
         t.resumed(at(8));
         assert_eq!(t.frame(ev(9)), Some(Seen::Live));
         assert_eq!(t.counts.replayed, 3);
+    }
+
+    #[test]
+    fn a_fresh_reconnect_starts_over_at_its_welcome() {
+        let mut t = Tracker::new(at(3));
+        t.frame(ev(4));
+        // Dropped at 4, back without `since` when the session stood at 9: 5..=9 are not
+        // owed, 10 is live.
+        t.fresh(at(9));
+        assert_eq!(t.frame(ev(10)), Some(Seen::Live));
+        assert_eq!(t.frame(ev(10)), Some(Seen::Duplicate));
+        assert_eq!(t.counts.fresh, 1);
+        assert_eq!(t.counts.resumes, 0);
+        assert_eq!(t.counts.gaps, 0);
+    }
+
+    #[test]
+    fn resume_share_splits_the_drops() {
+        let n = 20_000u64;
+        let back = (0..n)
+            .filter(|g| resumes(42, *g, 1_000_000_000 + g * 7, 0.5))
+            .count() as f64
+            / n as f64;
+        assert!((back - 0.5).abs() < 0.02, "{back}");
+        assert!((0..100).all(|g| resumes(1, g, g, 1.0)));
+        assert!(!(0..100).any(|g| resumes(1, g, g, 0.0)));
+        assert_eq!(resumes(3, 4, 5, 0.5), resumes(3, 4, 5, 0.5));
     }
 
     #[test]

@@ -49,6 +49,29 @@ pub enum Lost {
     Timeout,
     #[error("the connection to redis closed")]
     Closed,
+    /// `REDIS_URL` names a read-only replica (after a failover, the old primary's
+    /// address): publishes would all fail, so the node stays unready until the address
+    /// is a primary again. Point `REDIS_URL` at an endpoint that follows failover.
+    #[error("redis at REDIS_URL is a read-only replica (of {0}); waiting for a primary there")]
+    Replica(String),
+}
+
+/// `Some(primary)` when a `ROLE` reply says the server is a replica. An error (ROLE
+/// renamed or not permitted on a managed Redis) or any other role is not refused.
+fn replica_of(reply: &Value) -> Option<String> {
+    let Value::Array(parts) = reply else {
+        return None;
+    };
+    let role = parts.first().and_then(bytes)?;
+    if role != b"slave" && role != b"replica" {
+        return None;
+    }
+    let host = parts.get(1).and_then(bytes).unwrap_or_default();
+    let port = match parts.get(2) {
+        Some(Value::Int(p)) => p.to_string(),
+        _ => String::new(),
+    };
+    Some(format!("{}:{port}", String::from_utf8_lossy(&host)))
 }
 
 pub async fn timed<T>(
@@ -199,8 +222,20 @@ impl Link {
                     .set_connection_timeout(Some(REDIS_TIMEOUT))
                     .set_response_timeout(Some(REDIS_TIMEOUT))
                     .set_push_sender(sender);
-                let publisher =
+                let mut publisher =
                     timed(client.get_multiplexed_async_connection_with_config(&config)).await?;
+                // A replica accepts the connection and subscriptions but no publish.
+                if let Ok(role) =
+                    timed(redis::cmd("ROLE").query_async::<Value>(&mut publisher)).await
+                {
+                    if let Some(primary) = replica_of(&role) {
+                        // Said on every attempt (backoff-spaced): the run loop tells only
+                        // the first loss, and this one lasts until someone acts.
+                        let lost = Lost::Replica(primary);
+                        tracing::warn!(error = %lost, "not ready: REDIS_URL should follow failover");
+                        return Err(lost);
+                    }
+                }
                 let load = |script: &'static str| {
                     let mut publisher = publisher.clone();
                     async move {
@@ -591,7 +626,7 @@ impl Link {
 
 #[cfg(test)]
 mod tests {
-    use super::{range_payloads, runs, Value};
+    use super::{range_payloads, replica_of, runs, Value};
 
     fn entry(id: &str, payload: &str) -> Value {
         Value::Array(vec![
@@ -636,6 +671,23 @@ mod tests {
         assert!(range_payloads(Value::Int(3), 4).is_err());
         let no_payload = Value::Array(vec![Value::Array(vec![Value::BulkString(b"5-0".to_vec())])]);
         assert!(range_payloads(no_payload, 4).is_err());
+    }
+
+    #[test]
+    fn a_replica_s_role_names_its_primary_and_a_primary_s_is_accepted() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let replica = Value::Array(vec![
+            bulk("slave"),
+            bulk("10.0.0.5"),
+            Value::Int(6379),
+            bulk("connected"),
+            Value::Int(14),
+        ]);
+        assert_eq!(replica_of(&replica).as_deref(), Some("10.0.0.5:6379"));
+        let primary = Value::Array(vec![bulk("master"), Value::Int(14), Value::Array(vec![])]);
+        assert_eq!(replica_of(&primary), None);
+        // ROLE refused (renamed on a managed Redis): not a reason to stay unready.
+        assert_eq!(replica_of(&Value::Nil), None);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! tests build a [`Config`] directly.
 //!
 //! This module does no network I/O; the only file it touches is `.env.local`
-//! in `--dev` mode.
+//! in `--dev` mode, and [`memory_limit`] reads the cgroup's memory limit once at
+//! start (for `main`, which may lower the default history cap under it).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub use crate::auth::{JwtRules, OriginPolicy, Secret};
 use crate::limiter::LimiterConfig;
 
+pub mod memory_limit;
 mod reload;
 pub use crate::subscribe::Transports;
 pub use reload::{parse_trusted_proxies, secret_value, RELOADABLE};

@@ -199,9 +199,18 @@ pub struct Scenario {
     /// Share of the sockets dropped each second and resumed with `since=` (resume), 0..=1.
     #[serde(default = "defaults::drop_fraction")]
     pub drop_fraction: f64,
+    /// Share of those drops that come back with `since=` (resume), 0..=1; the others
+    /// reconnect fresh, without `since`, as a client that lost its place does.
+    #[serde(default = "defaults::resume_share")]
+    pub resume_share: f64,
     /// How long a dropped socket stays away before it reconnects (resume).
     #[serde(default = "defaults::away")]
     pub away: Dur,
+    /// resume: a socket whose connection fails (reset, EOF, or a close the socket did not
+    /// ask for: its node died or drained) reconnects with `since=` to the next node of
+    /// `nodes`, as a client holding a list of node URLs does, instead of ending.
+    #[serde(default)]
+    pub failover: bool,
     /// Source addresses 127.0.0.2 … 127.0.0.(N+1) to bind before connect; 0 binds none.
     #[serde(default = "defaults::source_addrs")]
     pub source_addrs: u32,
@@ -256,6 +265,9 @@ mod defaults {
     }
     pub fn drop_fraction() -> f64 {
         0.1
+    }
+    pub fn resume_share() -> f64 {
+        1.0
     }
     pub fn away() -> Dur {
         Dur::millis(200)

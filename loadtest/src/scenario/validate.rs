@@ -120,6 +120,9 @@ impl Scenario {
         if !(self.drop_fraction.is_finite() && (0.0..=1.0).contains(&self.drop_fraction)) {
             return Err(invalid("drop_fraction", "must be between 0 and 1"));
         }
+        if !(self.resume_share.is_finite() && (0.0..=1.0).contains(&self.resume_share)) {
+            return Err(invalid("resume_share", "must be between 0 and 1"));
+        }
         if self.source_addrs > 250 {
             return Err(invalid(
                 "source_addrs",
@@ -294,6 +297,13 @@ mod tests {
         assert!(s.kind.publishes());
         assert!((s.drop_fraction - 0.1).abs() < 1e-12);
         assert_eq!(s.away, Dur::millis(200));
+        assert!((s.resume_share - 1.0).abs() < 1e-12);
+        for bad in ["resume_share=2", "resume_share=-1"] {
+            match from_str("kind = \"resume\"\n", &[bad.into()]) {
+                Err(ScenarioError::Invalid { field, .. }) => assert_eq!(field, "resume_share"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
         for bad in ["drop_fraction=1.5", "drop_fraction=-0.1"] {
             match from_str("kind = \"resume\"\n", &[bad.into()]) {
                 Err(ScenarioError::Invalid { field, .. }) => assert_eq!(field, "drop_fraction"),

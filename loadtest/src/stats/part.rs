@@ -72,6 +72,9 @@ pub struct Part {
     pub accepted_last: Vec<Pos>,
     /// resume: reconnect start → welcome.
     pub resume_handshake: Hist,
+    /// resume with failover: connection lost → welcome from another node.
+    #[serde(default)]
+    pub failover_time: Hist,
     /// CPU the load process(es) used from the start signal to the end, ns (summed).
     pub load_cpu_ns: u64,
     /// UNIX ns when the process finished (latest over processes).
@@ -147,6 +150,7 @@ impl Part {
         self.resume_sockets.extend(other.resume_sockets);
         resume::merge_last(&mut self.accepted_last, &other.accepted_last);
         self.resume_handshake.merge(&other.resume_handshake);
+        self.failover_time.merge(&other.failover_time);
         self.load_cpu_ns += other.load_cpu_ns;
         self.end_ns = self.end_ns.max(other.end_ns);
         self.cpu_from_ns = min_nonzero(self.cpu_from_ns, other.cpu_from_ns);

@@ -136,6 +136,9 @@ pub struct Report {
     /// resume: events received after a resume with seq ≤ its welcome's seq.
     #[serde(default)]
     pub replayed: u64,
+    /// resume: drops that came back fresh, without `since` (`resume_share` below 1).
+    #[serde(default)]
+    pub fresh_reconnects: u64,
     /// resume: resync frames received.
     #[serde(default)]
     pub resyncs: u64,
@@ -160,6 +163,13 @@ pub struct Report {
     /// resume: reconnect start → welcome.
     #[serde(default)]
     pub resume_ms: LatencyMs,
+    /// resume with failover: connections lost without a drop of ours and reconnected.
+    #[serde(default)]
+    pub failovers: u64,
+    /// resume with failover: connection lost → welcome from another node (its p99 is when
+    /// 99 % of those sockets were back).
+    #[serde(default)]
+    pub failover_ms: LatencyMs,
     pub server_rss: Option<Rss>,
     /// The node's own `GET /latency` at the end (accepted → written to the socket, since
     /// the node started), when it answers: separates the node's share of the latency from
@@ -323,6 +333,7 @@ impl Report {
             resumes: rc.resumes,
             resume_failed: rc.resume_failed,
             replayed: rc.replayed,
+            fresh_reconnects: rc.fresh,
             resyncs: rc.resyncs,
             silent_losses,
             gaps: rc.gaps,
@@ -331,6 +342,8 @@ impl Report {
             epoch_mismatch,
             duplicates: rc.duplicates,
             resume_ms: part.resume_handshake.summary(),
+            failovers: rc.failovers,
+            failover_ms: part.failover_time.summary(),
             server_rss: rss,
             node_latency_ms: None,
             load_cpu_percent: pct(part.load_cpu_ns),

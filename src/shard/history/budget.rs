@@ -193,6 +193,8 @@ mod tests {
         let cap = 64 << 10;
         let mut h = History::new(config(100, 1 << 20, cap), 1, 7);
         let per_stream = STREAM_OVERHEAD + "spray-000000".len();
+        let slot = std::mem::size_of::<(Rc<str>, Box<super::super::SessionStream>)>() + 1;
+        let mut most = 0;
         for i in 0..100_000 {
             let s: Rc<str> = Rc::from(format!("spray-{i:06}"));
             h.place(&s, Some(i), now);
@@ -200,6 +202,15 @@ mod tests {
                 h.figures().bytes <= cap + per_stream + 64,
                 "{}",
                 h.figures().bytes
+            );
+            // The map's table (buckets are a power of two past capacity's 7/8, and
+            // forgotten streams' tombstones make it grow while still half empty)
+            // stays within the seven slots a stream is charged for.
+            most = most.max(h.streams.len());
+            let buckets = (h.streams.capacity() * 8 / 7).next_power_of_two();
+            assert!(
+                buckets * slot <= 7 * slot * most + 1024,
+                "{buckets} buckets for at most {most} streams"
             );
         }
         let f = h.figures();

@@ -31,7 +31,8 @@ pub struct History {
     pub(super) config: HistoryConfig,
     /// This shard's share of the node's memory cap.
     pub(super) budget: usize,
-    pub(super) streams: HashMap<Rc<str>, SessionStream>,
+    /// Boxed: the map's slack (see [`STREAM_OVERHEAD`]) is then a pointer a slot.
+    pub(super) streams: HashMap<Rc<str>, Box<SessionStream>>,
     /// Every retained frame in the order it was added, for the age bound and the
     /// memory cap: the oldest frames of the shard go first, whatever their session.
     /// Entries whose frame a session already dropped are skipped when reached.
@@ -114,11 +115,11 @@ impl History {
     }
 
     pub fn get(&self, session: &str) -> Option<&SessionStream> {
-        self.streams.get(session)
+        self.streams.get(session).map(|s| &**s)
     }
 
     pub fn position(&self, session: &str) -> Option<StreamPos> {
-        self.streams.get(session).map(SessionStream::position)
+        self.streams.get(session).map(|s| s.position())
     }
 
     /// The stream of `session`, made (live, at seq 0, with a new epoch) if absent.
@@ -152,8 +153,10 @@ impl History {
         if self.used.bytes > self.budget {
             self.enforce_budget();
         }
-        self.streams
-            .insert(session.clone(), SessionStream::new(epoch, seq, live, now));
+        self.streams.insert(
+            session.clone(),
+            Box::new(SessionStream::new(epoch, seq, live, now)),
+        );
         self.idle.push_back((now, session.clone()));
     }
 

@@ -13,13 +13,22 @@ use super::ring::{Ring, Usage};
 use crate::stream::StreamPos;
 
 /// What a stream costs besides its frames and ids, the session name's bytes
-/// aside: its slot in the shard's map, counted twice because a hash map is
-/// between half and seven eighths full; the name's allocation header and rounding;
-/// its entry in an idle queue, also twice for the queue's growth. Measured by
-/// publishing to a million sessions nobody holds (docs/benchmarks.md): with these
-/// counts the node's RSS stays within `RELAY_HISTORY_MEMORY` plus a fixed amount.
-pub(super) const STREAM_OVERHEAD: usize =
-    2 * std::mem::size_of::<(std::rc::Rc<str>, SessionStream)>() + 32 + 64;
+/// aside: the stream itself, boxed (its allocation and the allocator's header);
+/// its slot in the shard's map, counted seven times: a hash map grows to twice its
+/// buckets when, tombstones of forgotten streams taken, it is past half of seven
+/// eighths full (so a slot per live stream can reach 2 / 0.4375 = 4.6), and while it
+/// grows the old table is still there (6.9); the name's allocation header and
+/// rounding; its entry in an idle queue, three times for stale entries and the
+/// queue's doubling. The map holds boxes so that those seven slots are 25 bytes, not
+/// a whole stream's. Measured by publishing to a million sessions nobody holds
+/// under a memory cgroup (docs/reliability.md, fault 4): with these counts the
+/// node's peak, not only its RSS after, stays within `RELAY_HISTORY_MEMORY` plus a
+/// fixed amount.
+pub(super) const STREAM_OVERHEAD: usize = std::mem::size_of::<SessionStream>()
+    + 16
+    + 7 * (std::mem::size_of::<(std::rc::Rc<str>, Box<SessionStream>)>() + 1)
+    + 32
+    + 3 * std::mem::size_of::<(Instant, std::rc::Rc<str>)>();
 
 pub struct SessionStream {
     pub epoch: u64,

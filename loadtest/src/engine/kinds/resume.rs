@@ -6,6 +6,11 @@
 //! it stops once publishing is over and it stands at its session's last receipt (when
 //! the publisher is in this process), or after `drain` of silence.
 //!
+//! With `failover = true`, a connection that fails without a drop of ours (its node was
+//! killed, or drained) is not the end: the socket reconnects `since=` its position to the
+//! next node of `nodes` (and on, round the list, while connects fail), as a client with a
+//! list of node URLs does; the loss → welcome time goes into `failover_time`.
+//!
 //! Owns: the resume kind's process-wide state ([`Board`]: the drop seed and the last
 //! receipt per session, written by the publisher through [`ReceiptSink`], read by the
 //! sockets), its sockets' loops and reconnects. The continuity rule itself is pure and
@@ -25,6 +30,7 @@ use crate::engine::publisher::ReceiptSink;
 use crate::engine::shared::{Ctx, CLOSE_WAIT};
 use crate::engine::window::{instant_at, ReceiveWindow, Step};
 use crate::event::{self, unix_ns, Pos};
+use crate::output::Progress;
 use crate::resume::{self, ResumeTally, Seen, Tracker};
 use crate::stats::Part;
 use crate::ws::CLOSE_NORMAL;
@@ -124,6 +130,8 @@ pub(super) async fn resume_socket(
         )
     };
     let mut planned = next_drop(start_ns);
+    // The node this socket is on now; failovers move it round `nodes`.
+    let mut node = spec.node;
     let mut last_frame = window.publish_end;
     let ending = loop {
         let now = Instant::now();
@@ -142,11 +150,14 @@ pub(super) async fn resume_socket(
                     }
                 }
                 tokio::time::sleep(scn.away.0).await;
-                match reconnect(&ctx, &spec, &token, t.pos, window.hard_end).await {
+                let since =
+                    resume::resumes(board.seed, spec.g, at, scn.resume_share).then_some(t.pos);
+                match reconnect(&ctx, &spec, &mut node, &token, since, window.hard_end).await {
                     Some(c) => {
-                        match c.welcome() {
-                            Some(w) => t.resumed(w),
-                            None => ctx.error("welcome_without_position"),
+                        match (c.welcome(), since) {
+                            (Some(w), Some(_)) => t.resumed(w),
+                            (Some(w), None) => t.fresh(w),
+                            (None, _) => ctx.error("welcome_without_position"),
                         }
                         conn = Some(c);
                     }
@@ -170,9 +181,13 @@ pub(super) async fn resume_socket(
         let mut recv_ns = 0u64;
         let r = c
             .read_some(until, |payload| {
+                let gaps_before = t.counts.gap_events;
                 let Some(seen) = t.frame(event::classify(payload)) else {
                     return;
                 };
+                if seen == Seen::AfterGap {
+                    Progress::add(&sh.progress.silent, t.counts.gap_events - gaps_before);
+                }
                 if recv_ns == 0 {
                     recv_ns = unix_ns();
                 }
@@ -192,15 +207,39 @@ pub(super) async fn resume_socket(
             last_frame = Instant::now();
             ctx.delivered(n, recv_ns);
         }
-        match r {
+        let lost = match r {
             Ok(ReadOutcome::Data) | Ok(ReadOutcome::Idle) => {
                 if planned.is_none() && sh.publish_done() && board.caught_up(session, t.pos) {
                     break Ending::Done;
                 }
+                continue;
             }
-            Ok(ReadOutcome::Closed(code)) => break Ending::ClosedByServer(code),
-            Ok(ReadOutcome::Eof) => break Ending::Failed("healthy_eof".to_owned()),
-            Err(e) => break Ending::Failed(e.kind()),
+            Ok(ReadOutcome::Closed(code)) => Ending::ClosedByServer(code),
+            Ok(ReadOutcome::Eof) => Ending::Failed("healthy_eof".to_owned()),
+            Err(e) => Ending::Failed(e.kind()),
+        };
+        if !scn.failover {
+            break lost;
+        }
+        // Failover: the node is gone (or going); on to the next one, since our position.
+        let lost_at = unix_ns();
+        if let Some(old) = conn.take() {
+            old.abort();
+        }
+        node = (node + 1) % sh.nodes.len().max(1);
+        match reconnect(&ctx, &spec, &mut node, &token, Some(t.pos), window.hard_end).await {
+            Some(c) => {
+                match c.welcome() {
+                    Some(w) => t.resumed(w),
+                    None => ctx.error("welcome_without_position"),
+                }
+                let mut p = ctx.part.borrow_mut();
+                p.resume.failovers += 1;
+                p.failover_time.record_ns(unix_ns().saturating_sub(lost_at));
+                drop(p);
+                conn = Some(c);
+            }
+            None => break Ending::Failed("failover_gave_up".to_owned()),
         }
     };
     {
@@ -214,20 +253,21 @@ pub(super) async fn resume_socket(
     finish(&ctx, ending, conn).await;
 }
 
-/// Reopens a resume socket with `since=pos`, retrying every `away` after a failure (each
-/// counted) until `hard_end`.
+/// Reopens a resume socket on `node` (with `since=pos`, or fresh with `None`), retrying every `away` after a
+/// failure (each counted) until `hard_end`; with `failover`, each retry tries the next node.
 async fn reconnect(
     ctx: &Ctx,
     spec: &SocketSpec,
+    node: &mut usize,
     token: &str,
-    pos: Pos,
+    pos: Option<Pos>,
     hard_end: Instant,
 ) -> Option<Conn> {
     let sh = &ctx.shared;
     let scn = &sh.scn;
-    let target = &sh.nodes[spec.node];
-    let src = sh.src_for(spec.node, spec.g);
     loop {
+        let target = &sh.nodes[*node];
+        let src = sh.src_for(*node, spec.g);
         let began = unix_ns();
         let deadline = (Instant::now() + scn.connect_timeout.0).min(hard_end);
         let dial = Dial {
@@ -236,7 +276,7 @@ async fn reconnect(
             src,
             rcvbuf: None,
             sub: Subscribe::Token(token),
-            since: Some(pos),
+            since: pos,
             seed: spec.g ^ began,
             connect_timeout: scn.connect_timeout.0,
         };
@@ -256,6 +296,9 @@ async fn reconnect(
                 ctx.error(format!("resume_{}", e.kind()));
                 if Instant::now() + scn.away.0 >= hard_end {
                     return None;
+                }
+                if scn.failover {
+                    *node = (*node + 1) % sh.nodes.len().max(1);
                 }
                 tokio::time::sleep(scn.away.0).await;
             }
