@@ -18,7 +18,7 @@
 //! a silent loss.
 //!
 //! Owns the waiting list, the reads in flight and their chunking; the commands'
-//! shape is `link`'s ([`Reader::range`]), the answers `state`'s. Runs on the bridge
+//! shape is `reader`'s ([`Reader::range`]), the answers `state`'s. Runs on the bridge
 //! thread only.
 
 use std::collections::{HashMap, VecDeque};
@@ -27,7 +27,8 @@ use std::pin::Pin;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-use super::link::{Lost, Reader};
+use super::link::Lost;
+use super::reader::Reader;
 use crate::router::FetchPurpose;
 use crate::stream::StreamPos;
 

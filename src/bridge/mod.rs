@@ -51,6 +51,7 @@
 //! - `keys`: channel and key names; `scripts`: the Lua scripts and their replies;
 //! - `link`: one connected period to Redis (standalone or Cluster) and its commands;
 //! - `fetches`: history reads waiting and in flight, in chunks, beside publishes;
+//!   `reader`: the connection they run on and the `XRANGE` reply's check;
 //! - `presence`: each node's presence share of a session (a hash field, and a
 //!   marked message on the session's channel), heartbeats, dead nodes;
 //! - `state`: the bridge thread's state and its answers to shards;
@@ -69,6 +70,7 @@ mod keys;
 mod link;
 mod presence;
 mod pushes;
+mod reader;
 mod requests;
 mod run;
 mod scripts;
