@@ -12,8 +12,6 @@
 //! Owns the connections and the commands sent on them; the scripts' text and
 //! replies are `scripts`', names are `keys`'. Runs on the bridge thread only.
 
-use std::time::Duration;
-
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -23,6 +21,8 @@ use redis::{PushInfo, PushKind, Value};
 
 use super::handle::{OutgoingEvent, PublishRules};
 use super::keys::{channel_of, dedupe_key, history_key, position_key};
+use super::lost::bad_reply;
+pub use super::lost::{timed, Lost, REDIS_TIMEOUT};
 use super::pushes::{bounded, PushBuffer};
 use super::reader::Reader;
 use super::scripts::{
@@ -30,32 +30,6 @@ use super::scripts::{
     POSITION_TTL_SECS, PUBLISH_SCRIPT,
 };
 use crate::stream::StreamPos;
-
-pub(super) fn bad_reply() -> Lost {
-    Lost::Redis(redis::RedisError::from((
-        redis::ErrorKind::UnexpectedReturnType,
-        "unexpected reply from a relay script",
-    )))
-}
-
-/// A connect, subscribe or publish call that takes longer is a failure.
-pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why a link ended.
-#[derive(Debug, thiserror::Error)]
-pub enum Lost {
-    #[error("redis error: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {REDIS_TIMEOUT:?}")]
-    Timeout,
-    #[error("the connection to redis closed")]
-    Closed,
-    /// `REDIS_URL` names a read-only replica (after a failover, the old primary's
-    /// address): publishes would all fail, so the node stays unready until the address
-    /// is a primary again. Point `REDIS_URL` at an endpoint that follows failover.
-    #[error("redis at REDIS_URL is a read-only replica (of {0}); waiting for a primary there")]
-    Replica(String),
-}
 
 /// `Some(primary)` when a `ROLE` reply says the server is a replica. An error (ROLE
 /// renamed or not permitted on a managed Redis) or any other role is not refused.
@@ -73,15 +47,6 @@ fn replica_of(reply: &Value) -> Option<String> {
         _ => String::new(),
     };
     Some(format!("{}:{port}", String::from_utf8_lossy(&host)))
-}
-
-pub async fn timed<T>(
-    f: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, Lost> {
-    match tokio::time::timeout(REDIS_TIMEOUT, f).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(Lost::Timeout),
-    }
 }
 
 /// Where Redis is.

@@ -50,6 +50,7 @@
 //!   [`OutgoingEvent`], [`PublishRules`], [`BridgeStatus`], [`BridgeError`]);
 //! - `keys`: channel and key names; `scripts`: the Lua scripts and their replies;
 //! - `link`: one connected period to Redis (standalone or Cluster) and its commands;
+//!   `lost`: why a link ends, and the timeout its commands run under;
 //! - `fetches`: history reads waiting and in flight, in chunks, beside publishes;
 //!   `reader`: the connection they run on and the `XRANGE` reply's check;
 //! - `presence`: each node's presence share of a session (a hash field, and a
@@ -68,6 +69,7 @@ mod fetches;
 mod handle;
 mod keys;
 mod link;
+mod lost;
 mod presence;
 mod pushes;
 mod reader;

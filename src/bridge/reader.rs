@@ -4,14 +4,14 @@
 //!
 //! Owns the read command and its reply's shape; which reads run when is
 //! `fetches`', the connection is made by `link` with the rest of a connected
-//! period. Runs on the bridge thread only.
+//! period (this module does not know `link`). Runs on the bridge thread only.
 
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::Value;
 
 use super::keys::history_key;
-use super::link::{bad_reply, timed, Lost};
+use super::lost::{bad_reply, timed, Lost};
 use super::scripts::bytes;
 
 /// A connection of the link's own for history reads ([`Reader::range`]), so their

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use glommio::net::TcpStream;
 
-use super::registry::SocketState;
+use super::socket::SocketState;
 use super::{Settings, Shard};
 use crate::http::publish::{PublishBatch, PublishError};
 use crate::http::response::Refusal;
