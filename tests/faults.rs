@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use loadtest::fault_proxy::FaultProxy;
-use loadtest::{run, scenario, Report, RunOptions};
+use loadtest::{run, scenario, Report};
 
 fn full() -> bool {
     std::env::var_os("RELAY_FAULTS_FULL").is_some()
@@ -33,16 +33,6 @@ fn full() -> bool {
 /// The length of a fault: `short` in the suite, `long` with `RELAY_FAULTS_FULL=1`.
 fn hold(short: u64, long: u64) -> Duration {
     Duration::from_secs(if full() { long } else { short })
-}
-
-fn opts() -> RunOptions {
-    RunOptions {
-        secret: Some(SECRET.into()),
-        api_key: Some(API_KEY.into()),
-        procs: 1,
-        threads: Some(2),
-        ..RunOptions::default()
-    }
 }
 
 /// A `resume` run: `sessions` × 5 sockets, `rate` events/s for `duration`, no drops of
@@ -189,7 +179,7 @@ fn phase(
     let text = resume_scenario(nodes, 200, lead + fault_len + tail, failover);
     let scn = scenario::from_str(&text, &[]).expect("scenario");
     let watcher = Watcher::start(watch);
-    let load = std::thread::spawn(move || run(&scn, &opts()).expect("load run"));
+    let load = std::thread::spawn(move || run(&scn, &loadtest_opts()).expect("load run"));
     std::thread::sleep(lead);
     let fault_at = Instant::now();
     fault();

@@ -8,17 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::*;
-use loadtest::{run, scenario, RunOptions};
-
-fn opts() -> RunOptions {
-    RunOptions {
-        secret: Some(SECRET.into()),
-        api_key: Some(API_KEY.into()),
-        procs: 1,
-        threads: Some(2),
-        ..RunOptions::default()
-    }
-}
+use loadtest::{run, scenario};
 
 /// A node for load: the per-address connect limit would refuse a storm from one
 /// loopback address, which is the point of it, not of these tests.
@@ -37,7 +27,7 @@ fn seconds_long_fanout_loses_nothing_and_fills_the_histogram() {
         &[],
     )
     .expect("scenario");
-    let r = run(&scn, &opts()).expect("run");
+    let r = run(&scn, &loadtest_opts()).expect("run");
     assert!(r.passed, "{:?} {:?}", r.failures, r.errors);
     assert_eq!(r.sockets_connected, 100);
     assert_eq!(r.events_accepted, 1000);
@@ -68,7 +58,7 @@ fn fanout_over(transport: &str, sessions: u64, rate: u64) -> (Node, loadtest::Re
         &[format!("transport={transport}")],
     )
     .expect("scenario");
-    let r = run(&scn, &opts()).expect("run");
+    let r = run(&scn, &loadtest_opts()).expect("run");
     assert!(r.passed, "{transport}: {:?} {:?}", r.failures, r.errors);
     assert_eq!(r.sockets_connected, sessions * 5);
     assert_eq!(r.events_accepted, 2 * rate);
@@ -120,7 +110,7 @@ fn slow_consumers_are_closed_with_4008_and_healthy_sockets_lose_nothing() {
         &[],
     )
     .expect("scenario");
-    let r = run(&scn, &opts()).expect("run");
+    let r = run(&scn, &loadtest_opts()).expect("run");
     assert_eq!(r.lost, 0, "healthy sockets lost events");
     assert_eq!(
         r.close_codes.get("4008"),
@@ -174,7 +164,7 @@ fn cross_node_fanout_through_redis_loses_nothing() {
         &[],
     )
     .expect("scenario");
-    let r = run(&scn, &opts()).expect("run");
+    let r = run(&scn, &loadtest_opts()).expect("run");
     let _ = redis.kill();
     let _ = redis.wait();
     assert!(r.passed, "{:?} {:?}", r.failures, r.errors);
@@ -194,12 +184,12 @@ fn wrong_secret_is_counted_as_handshake_401_and_fails_the_run() {
         &[],
     )
     .expect("scenario");
-    let mut wrong = opts();
+    let mut wrong = loadtest_opts();
     wrong.secret = Some("another-secret-0123456789abcdef01234".into());
     let r = run(&scn, &wrong).expect("run");
     assert!(!r.passed);
     assert_eq!(r.errors.get("handshake_http_401"), Some(&6));
-    let r = run(&scn, &opts()).expect("run");
+    let r = run(&scn, &loadtest_opts()).expect("run");
     assert!(r.passed, "{:?}", r.failures);
     assert_eq!(r.handshake_ms.count, 6);
 }
@@ -208,7 +198,7 @@ fn wrong_secret_is_counted_as_handshake_401_and_fails_the_run() {
 fn non_loopback_targets_are_refused_before_any_traffic() {
     let scn = scenario::from_str("kind = \"fanout\"\nurl = \"http://10.1.2.3:3000\"\n", &[])
         .expect("scenario");
-    let err = run(&scn, &opts()).expect_err("refused");
+    let err = run(&scn, &loadtest_opts()).expect_err("refused");
     assert!(err.to_string().contains("is not on this machine"), "{err}");
     assert!(err.to_string().contains("--allow-remote"), "{err}");
     // The flag accepts it (checked only: no test sends traffic off the machine).
@@ -230,7 +220,7 @@ fn resume_drops_and_reconnects_sockets_without_silent_loss() {
         &[],
     )
     .expect("scenario");
-    let r = run(&scn, &opts()).expect("run");
+    let r = run(&scn, &loadtest_opts()).expect("run");
     assert!(r.passed, "{:?} {:?}", r.failures, r.errors);
     assert_eq!(r.sockets_connected, 100);
     assert_eq!(r.events_accepted, 1500);
@@ -254,7 +244,7 @@ fn half_the_drops_coming_back_fresh_are_not_counted_as_losses() {
         &[],
     )
     .expect("scenario");
-    let r = run(&scn, &opts()).expect("run");
+    let r = run(&scn, &loadtest_opts()).expect("run");
     assert!(r.passed, "{:?} {:?}", r.failures, r.errors);
     assert_eq!(r.silent_losses, 0, "{r:?}");
     assert_eq!(r.duplicates, 0);
@@ -273,7 +263,7 @@ fn resumed_event_streams_replay_from_last_event_id_without_silent_loss() {
         &[],
     )
     .expect("scenario");
-    let r = run(&scn, &opts()).expect("run");
+    let r = run(&scn, &loadtest_opts()).expect("run");
     assert!(r.passed, "{:?} {:?}", r.failures, r.errors);
     assert_eq!(r.events_accepted, 900);
     assert_eq!(r.silent_losses, 0, "{r:?}");

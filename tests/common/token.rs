@@ -2,7 +2,7 @@
 //! with) and JWTs for test sockets: arbitrary claims signed with any algorithm and secret,
 //! and the valid HS256 session tokens most tests need.
 //!
-//! Owns credentials and token minting only; what the node makes of a token is for the tests
+//! Owns credentials (also as the load generator's options) and token minting only; what the node makes of a token is for the tests
 //! to assert.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,6 +14,18 @@ use serde_json::{json, Value};
 pub const SECRET: &str = "integration-test-signing-secret-0123456789abcdef";
 /// Publisher key the test nodes accept on `POST /events`.
 pub const API_KEY: &str = "integration-test-api-key-0123456789";
+
+/// The load generator's options for a run against test nodes: their credentials,
+/// one process of two threads.
+pub fn loadtest_opts() -> loadtest::RunOptions {
+    loadtest::RunOptions {
+        secret: Some(SECRET.into()),
+        api_key: Some(API_KEY.into()),
+        procs: 1,
+        threads: Some(2),
+        ..loadtest::RunOptions::default()
+    }
+}
 
 pub fn now() -> i64 {
     SystemTime::now()
