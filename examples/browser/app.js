@@ -32,6 +32,19 @@ function log(line) {
   el.textContent = `${new Date().toISOString().slice(11, 23)} ${line}\n` + el.textContent.slice(0, 20000);
 }
 
+// The counter on screen is redrawn at most once per animation frame, not once per
+// event: at thousands of events a second a DOM write per event is most of the page's
+// (and the compositor's) work.
+let countShown = false;
+function showCount() {
+  if (countShown) return;
+  countShown = true;
+  requestAnimationFrame(() => {
+    countShown = false;
+    $('count').textContent = String(app.count);
+  });
+}
+
 async function getToken(session) {
   // The tests provide the token (and can make it fail); a person uses serve.mjs's /token.
   if (typeof window.relayGetToken === 'function') return window.relayGetToken();
@@ -67,7 +80,7 @@ window.relayStart = (cfg) => {
         if (l > b.max) b.max = l;
         b.all.push(l);
       }
-      $('count').textContent = String(app.count);
+      showCount();
       if (app.keep && app.count <= 2000) log(`event ${e.epoch}:${e.seq} ${e.event} ${JSON.stringify(d)}`);
     },
     onResync(r) {
@@ -109,5 +122,6 @@ window.relayLag = () =>
 
 const q = new URLSearchParams(location.search);
 if (q.get('url')) {
-  window.relayStart({ url: q.get('url').split(','), session: q.get('session') || 'demo' });
+  // keep=0: count and time events but keep no per-event record (the keep-up test).
+  window.relayStart({ url: q.get('url').split(','), session: q.get('session') || 'demo', keep: q.get('keep') !== '0' });
 }
