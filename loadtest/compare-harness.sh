@@ -6,10 +6,17 @@
 # in the summary), each with --server-pid for its CPU.
 #
 #   [RELAY=target/release/relay] [LOADTEST=target/release/loadtest] [ROUNDS=3] \
-#     [ONLY="1x1000-50 …"] loadtest/compare-harness.sh [OUTDIR]
+#     [ONLY="1x1000-50 …"] [SERVERS="relay node-ws"] loadtest/compare-harness.sh [OUTDIR]
 #
-# Needs Node.js and `npm ci` in loadtest/harness/node-ws (the `ws` package from the npm
-# registry). Each run is 10 s of publishing (bounded), loopback only. Writes one JSON and
+# Any other server of the harness shape joins with HARNESS_CMD (a command that takes
+# `--port N` and prints `listening on HOST:PORT` on stdout) and HARNESS_NAME (its name
+# in the tables, default `harness`), e.g. a uWebSockets harness you built yourself:
+#
+#   HARNESS_NAME=uws HARNESS_CMD=/path/to/your/harness SERVERS="relay uws" \
+#     loadtest/compare-harness.sh
+#
+# node-ws needs Node.js and `npm ci` in loadtest/harness/node-ws (the `ws` package from
+# the npm registry). Each run is 10 s of publishing (bounded), loopback only. Writes one JSON and
 # one table per run, the load average before each, and OUTDIR/summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +25,17 @@ LT=${LOADTEST:-target/release/loadtest}
 OUT=${1:-target/compare-harness/$(date -u +%Y%m%dT%H%M%SZ)}
 ROUNDS=${ROUNDS:-3}
 NODE_DIR=loadtest/harness/node-ws
-[ -e "$NODE_DIR/node_modules/ws/package.json" ] || {
-  echo "run \`npm ci\` in $NODE_DIR first" >&2
+HARNESS_NAME=${HARNESS_NAME:-harness}
+HARNESS_CMD=${HARNESS_CMD:-}
+if [ -n "$HARNESS_CMD" ]; then
+  SERVERS=${SERVERS:-relay node-ws $HARNESS_NAME}
+else
+  SERVERS=${SERVERS:-relay node-ws}
+fi
+if [[ " $SERVERS " == *" node-ws "* ]] && [ ! -e "$NODE_DIR/node_modules/ws/package.json" ]; then
+  echo "run \`npm ci\` in $NODE_DIR first (or leave node-ws out of SERVERS)" >&2
   exit 2
-}
+fi
 mkdir -p "$OUT"
 export JWT_SIGNING_SECRET=${JWT_SIGNING_SECRET:-$(head -c 32 /dev/urandom | base64)}
 export RELAY_API_KEY=${RELAY_API_KEY:-bench-key}
@@ -34,6 +48,9 @@ SCENARIOS=(
   "1x1000-300|--set sessions=1 --set sockets_per_session=1000 --set rate=300"
   "100x10-1k|--set rate=1000"
   "100x10-3k|--set rate=3000"
+  "1x1000-600|--set sessions=1 --set sockets_per_session=1000 --set rate=600"
+  "100x10-6k|--set rate=6000"
+  "100x10-9k|--set rate=9000"
 )
 ONLY=${ONLY:-}
 
@@ -48,6 +65,16 @@ start() { # server name
     ;;
   node-ws)
     (cd "$NODE_DIR" && exec taskset -c 0 node server.mjs --port 0) >"$log.out" 2>"$log.err" &
+    PID=$!
+    local pattern='s/^listening on .*:\([0-9]*\)$/\1/p'
+    ;;
+  *)
+    [ "$server" = "$HARNESS_NAME" ] && [ -n "$HARNESS_CMD" ] || {
+      echo "unknown server $server: set HARNESS_CMD and HARNESS_NAME=$server" >&2
+      exit 2
+    }
+    # shellcheck disable=SC2086 # HARNESS_CMD is a command line
+    taskset -c 0 $HARNESS_CMD --port 0 >"$log.out" 2>"$log.err" &
     PID=$!
     local pattern='s/^listening on .*:\([0-9]*\)$/\1/p'
     ;;
@@ -80,8 +107,9 @@ for round in $(seq "$ROUNDS"); do
     name=${entry%%|*}
     [ -z "$ONLY" ] || [[ " $ONLY " == *" $name "* ]] || continue
     read -r -a args <<<"${entry#*|}"
-    run_one relay "$round" "$name" "${args[@]}"
-    run_one node-ws "$round" "$name" "${args[@]}"
+    for server in $SERVERS; do
+      run_one "$server" "$round" "$name" "${args[@]}"
+    done
   done
 done
 

@@ -23,6 +23,12 @@ use crate::shard::registry::{Outgoing, SocketState};
 /// Queue entries handed to one `sendmsg`.
 const MAX_IOVECS: usize = 64;
 
+/// Entries (24 B each) a drained queue may keep allocated for the next burst. A
+/// queue that grew past this while its socket was slow (up to its byte cap, many
+/// thousands of entries) gives the room back once it is empty, instead of holding
+/// its high-water mark for the socket's life.
+const KEEP_QUEUE_ENTRIES: usize = 16;
+
 /// Writes the queue until it is empty (`Ready(Ok)`) or the socket is full
 /// (`Pending`, with glommio waiting for writability).
 pub fn poll_flush(
@@ -61,6 +67,9 @@ pub fn write_queue_now(state: &SocketState, stats: &ShardStats) -> io::Result<bo
     loop {
         let mut queue = state.queue();
         if queue.is_empty() {
+            if queue.capacity() > KEEP_QUEUE_ENTRIES {
+                *queue = VecDeque::new();
+            }
             return Ok(true);
         }
         let head_written = state.head_written.get();
@@ -155,5 +164,55 @@ pub fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::registry::mono_ms;
+    use crate::subscribe::Transport;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::rc::Rc;
+
+    fn socket_pair() -> (SocketState, UnixStream, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let state = SocketState::new(1, Rc::from("s"), Transport::Ws, u64::MAX, mono_ms());
+        state.fd.set(ours.as_raw_fd());
+        (state, ours, theirs)
+    }
+
+    #[test]
+    fn a_queue_that_grew_gives_its_room_back_once_written() {
+        let (state, _ours, mut theirs) = socket_pair();
+        let stats = ShardStats::default();
+        for _ in 0..1_000 {
+            state.push_control(Outgoing::Static(b"0123456789"));
+        }
+        assert!(state.queue().capacity() >= 1_000);
+        assert!(write_queue_now(&state, &stats).expect("write"));
+        assert_eq!(state.queue().len(), 0);
+        assert_eq!(state.queue().capacity(), 0, "the high-water room is freed");
+        let mut got = vec![0u8; 10_000];
+        theirs
+            .read_exact(&mut got)
+            .expect("all 10,000 bytes arrive");
+    }
+
+    #[test]
+    fn a_small_queue_keeps_its_room() {
+        let (state, _ours, _theirs) = socket_pair();
+        let stats = ShardStats::default();
+        for _ in 0..3 {
+            state.push_control(Outgoing::Static(b"x"));
+        }
+        let room = state.queue().capacity();
+        assert!(write_queue_now(&state, &stats).expect("write"));
+        assert_eq!(
+            state.queue().capacity(),
+            room,
+            "no free and allocate per burst"
+        );
     }
 }
