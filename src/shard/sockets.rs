@@ -36,7 +36,7 @@ impl Shard {
     ) -> Result<(), Box<(TcpStream, Refusal)>> {
         let owner = shard_for(&upgrade.claims.session, self.node.router.shards());
         if owner == self.id {
-            self.start_socket(fresh_stream(stream), upgrade, permit);
+            self.start_socket(stream, upgrade, permit);
             return Ok(());
         }
         // SAFETY: dup() of a descriptor we own; the duplicate is owned by `fd` only.
@@ -392,22 +392,4 @@ impl Shard {
                 .all(|(f, seq)| f.seq == seq);
         complete.then_some(frames)
     }
-}
-
-/// The same socket under a new glommio stream (a `dup` of its descriptor), the
-/// HTTP task's stream dropped. That stream's I/O sources hold wakers of the
-/// finished HTTP task, which keep its memory (about 220 B, and a source of about
-/// 230 B) alive for as long as the socket lives: on an idle socket, for ever. A
-/// socket handed to another shard gets its new stream the same way. Keeps the
-/// stream as it is when `dup` fails.
-fn fresh_stream(stream: TcpStream) -> TcpStream {
-    // SAFETY: dup() of a descriptor we own; the duplicate is owned by the new
-    // stream only.
-    let dup = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&stream)) };
-    if dup < 0 {
-        return stream;
-    }
-    drop(stream);
-    // SAFETY: `dup` is a valid, fresh descriptor that nothing else owns.
-    unsafe { TcpStream::from_raw_fd(dup) }
 }
