@@ -1,4 +1,4 @@
-//! Unit tests of the router: shard hashing, inbox budgets, reserved reply room.
+//! Unit tests of the router: shard hashing, inbox budgets, the doorbell, reserved reply room.
 
 use super::*;
 
