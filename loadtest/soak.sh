@@ -12,7 +12,9 @@
 # SOAK_RESUME_SHARE share of those back with since= (0.5),
 # SOAK_BURST_EVERY s (300) and SOAK_BURST_SECS (5): a burst of 10 x SOAK_RATE from a
 # second publisher; SOAK_WARMUP s (1200) and the fit over the last SOAK_TAIL s (2400);
-# OUT (soak-out/DATE). Everything binds 127.0.0.1 and stops by itself (or on Ctrl-C).
+# OUT (soak-out/DATE); SOAK_RELAY, a relay binary to soak instead of this tree's
+# build (an A/B of two builds in one sitting). Everything binds 127.0.0.1 and stops
+# by itself (or on Ctrl-C).
 #
 # The churn: each second a share SOAK_CHURN/60 of the sockets drops (half with a reset,
 # half with a close frame) and comes back after 200 ms, SOAK_RESUME_SHARE (0.5) of them
@@ -43,7 +45,7 @@ OUT=$(cd "$OUT" && pwd)
 echo "soak: ${DURATION}s, $SOCKETS sockets over $SESSIONS sessions, $RATE events/s -> $OUT"
 
 nice -n 5 cargo build --release --locked -p relay -p loadtest >&2
-RELAY=$TARGET/release/relay
+RELAY=${SOAK_RELAY:-$TARGET/release/relay}
 LOADTEST=$TARGET/release/loadtest
 
 # matplotlib in a venv of our own (PyPI), made once.

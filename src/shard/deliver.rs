@@ -1,12 +1,13 @@
 //! Sequencing and fan-out: an event this shard owns (published here or routed
 //! here) or one that arrived from Redis gets its place in the session's stream,
 //! is encoded once, kept in the ring if someone may resume, and pushed as the same
-//! `Rc` bytes onto every socket's bounded queue. Resync frames go out from here too.
+//! `Rc` bytes onto every socket's bounded queue (a queue that was empty goes on
+//! `flush`'s list). Resync frames go out from here too.
 //!
 //! It may not read the network or Redis: catch-up decisions are `catch_up`'s.
 
 use super::history::{Arrival, ResyncReason, StreamPos};
-use super::registry::SocketState;
+use super::registry::{Queued, SocketState};
 use super::{event_parts, IdSource, Shard, CATCH_UP_HOLD};
 use crate::config::SlowConsumer;
 use crate::http::publish::PublishBatch;
@@ -170,7 +171,10 @@ impl Shard {
         let (mut written, mut queued, mut dropped) = (0, 0, 0);
         for s in sockets {
             let mut slow = false;
-            if !s.push_event(frame, max) {
+            let put = s.queue_event(frame, max);
+            if put == Queued::First {
+                self.flushes.add(s);
+            } else if put == Queued::Full {
                 // Full queue: write what the kernel takes now (a long-poll's task
                 // reads its queue itself: nothing to write through), then judge.
                 let flushed = match s.transport {

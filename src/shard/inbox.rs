@@ -33,6 +33,8 @@ impl Shard {
         glommio::spawn_local(async move { inbox_shard.inbox_loop().await }).detach();
         let hk = self.clone();
         glommio::spawn_local(async move { hk.housekeeping().await }).detach();
+        let flusher = self.clone();
+        glommio::spawn_local(async move { flusher.flusher().await }).detach();
 
         let _ = self.drain_signal.acquire(1).await;
         // Unready first (the node's flag, set by the signal thread), still serving,

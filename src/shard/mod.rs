@@ -9,6 +9,7 @@
 //!   [`ctx::AcceptError`], and `http` renders them
 //! - `pending`: one table for requests waiting on answers (publish receipts, scrapes)
 //! - `deliver`: sequencing and fan-out, resync frames
+//! - `flush`: writing fanned-out queues from one flusher task, not each socket's
 //! - `catch_up`: reading missed events back from Redis, or resyncing
 //! - `sockets`: placement (handoff by `dup`), greeting, replay on resume
 //! - `housekeeping`: pings, expiry, dead sockets, the history sweep, visiting only
@@ -32,6 +33,7 @@ mod announce;
 mod catch_up;
 pub mod ctx;
 mod deliver;
+mod flush;
 pub mod history;
 mod housekeeping;
 mod inbox;
@@ -153,6 +155,8 @@ pub struct Shard {
     timers: RefCell<timers::Timers<registry::SocketState>>,
     /// Wakes housekeeping when a deadline comes before its nap ends.
     alarm: housekeeping::Alarm,
+    /// Sockets a fan-out left with bytes to write, for the flusher task.
+    flushes: flush::Flushes,
     /// Sessions whose missed events are being read back from Redis, with the events
     /// that arrived meanwhile (held, in order, until the read-back is delivered).
     catching_up: RefCell<HashMap<Rc<str>, Vec<HeldEvent>>>,
@@ -220,6 +224,7 @@ impl Shard {
             registry: RefCell::new(Registry::default()),
             timers: RefCell::new(timers::Timers::default()),
             alarm: housekeeping::Alarm::default(),
+            flushes: flush::Flushes::default(),
             catching_up: RefCell::new(HashMap::new()),
             history: RefCell::new(history),
             settings: RefCell::new(settings),

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::ctx::ConnCtx;
 use super::socket::NOT_WELCOMED;
-pub use super::socket::{mono_ms, Outgoing, SocketState, PONG_OPCODE_BYTE};
+pub use super::socket::{mono_ms, Outgoing, Queued, SocketState, PONG_OPCODE_BYTE};
 use super::Shard;
 use crate::limiter::SocketPermit;
 use crate::stream::StreamPos;
@@ -244,6 +244,9 @@ impl Drop for SocketGuard {
             reason = self.reason.metric_reason(),
             "socket closed"
         );
+        // The connection is about to close: nothing may write to its number (the
+        // flush list can still hold the state).
+        self.state.fd.set(-1);
     }
 }
 

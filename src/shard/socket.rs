@@ -60,6 +60,17 @@ impl Outgoing {
     }
 }
 
+/// What queueing an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// The queue was empty: nothing is set to write it yet.
+    First,
+    /// Queued behind others (or dropped silently: the socket is closing).
+    Behind,
+    /// Nothing queued: it would pass the queue's byte cap.
+    Full,
+}
+
 /// A socket's state shared between fan-out and its task.
 ///
 /// Writers: fan-out and housekeeping push frames and request closes; the socket task
@@ -190,22 +201,44 @@ impl SocketState {
         self.closing.get()
     }
 
-    /// Queues an event frame. Returns false, queueing nothing, when the queue
-    /// would pass `max_bytes`; the caller decides whether the socket is slow.
+    /// Queues an event frame and wakes the socket's task if the queue was empty.
+    /// Returns false, queueing nothing, when the queue would pass `max_bytes`; the
+    /// caller decides whether the socket is slow.
     pub fn push_event(&self, frame: &Rc<EncodedFrame>, max_bytes: usize) -> bool {
+        match self.queue_event(frame, max_bytes) {
+            Queued::Full => false,
+            Queued::First => {
+                self.wake();
+                true
+            }
+            Queued::Behind => true,
+        }
+    }
+
+    /// Queues an event frame like [`SocketState::push_event`] but wakes no one:
+    /// on [`Queued::First`] the caller sees that the queue gets written.
+    pub fn queue_event(&self, frame: &Rc<EncodedFrame>, max_bytes: usize) -> Queued {
         if self.closing.get() || self.close_request_pending() {
-            return true;
+            return Queued::Behind;
         }
         let len = self.entry_len(frame);
         if self.queued_bytes.get() + len > max_bytes {
-            return false;
+            return Queued::Full;
         }
         let out = match self.transport {
             Transport::Ws | Transport::Poll => Outgoing::Event(frame.clone()),
             Transport::Sse => Outgoing::SseEvent(frame.clone()),
         };
-        self.push(out, len);
-        true
+        let mut q = self.queue.borrow_mut();
+        let first = q.is_empty();
+        q.push_back(out);
+        drop(q);
+        self.queued_bytes.set(self.queued_bytes.get() + len);
+        if first {
+            Queued::First
+        } else {
+            Queued::Behind
+        }
     }
 
     /// Makes room for `frame` by dropping the oldest queued events that have not
