@@ -47,7 +47,8 @@
 //!               Redis ─▶ every node's bridge ─▶ owning shard (one channel per session,
 //!               subscribed while its stream lives) ─▶ seq check, history ring, fan-out
 //!   fan-out: encode the frame once ─▶ push the same Rc'd bytes onto each socket's
-//!            bounded queue ─▶ each socket task writes its whole queue in one sendmsg
+//!            bounded queue ─▶ the shard's flusher task writes each socket's whole
+//!            queue in one sendmsg (a full socket waits in its own task)
 //! ```
 
 pub mod auth;
