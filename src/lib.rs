@@ -24,7 +24,6 @@
 //! - [`clock`]: the wall clock, read in one place.
 //! - [`offcore`]: sending to a shard, retrying, from threads that are not shards.
 //! - [`latency`]: per-shard HdrHistogram of accepted→written latency, merged into `/latency`.
-//! - [`trim`]: a thread that gives the heap's free pages back to the kernel (glibc).
 //!
 //! - [`bridge`]: with `REDIS_URL`, the thread that carries events (and each node's
 //!   presence share) between nodes through Redis pub/sub; the only module that
@@ -70,5 +69,4 @@ pub mod shard;
 pub mod sse;
 pub mod stream;
 pub mod subscribe;
-pub mod trim;
 pub mod ws;

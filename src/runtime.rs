@@ -47,8 +47,6 @@ pub enum RuntimeError {
     ShardPanicked(usize),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-    #[error("cannot start the heap-trimming thread: {0}")]
-    Trim(std::io::Error),
     #[error(transparent)]
     Bridge(#[from] crate::bridge::BridgeError),
 }
@@ -148,7 +146,6 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
         )),
     });
     install_signal_thread(node.clone(), set_log_level)?;
-    crate::trim::start().map_err(RuntimeError::Trim)?;
 
     let cpus = allowed_cpus();
     let mut admin_fds: Vec<Option<OwnedFd>> = match admin.as_ref() {
