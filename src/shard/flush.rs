@@ -92,20 +92,13 @@ fn write_or_hand_over(s: &SocketState, stats: &ShardStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::pending::tests::Count;
     use crate::shard::registry::{mono_ms, Outgoing};
     use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     fn socket(transport: Transport) -> (Rc<SocketState>, Arc<Count>) {
         let s = Rc::new(SocketState::new(

@@ -170,13 +170,14 @@ fn wake<T>(w: &mut Waiting<T>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::task::Wake;
 
-    struct Count(AtomicUsize);
+    /// A waker that counts its wakes (the shard's other tests use it too).
+    pub(in crate::shard) struct Count(pub(in crate::shard) AtomicUsize);
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);

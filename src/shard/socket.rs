@@ -229,12 +229,7 @@ impl SocketState {
             Transport::Ws | Transport::Poll => Outgoing::Event(frame.clone()),
             Transport::Sse => Outgoing::SseEvent(frame.clone()),
         };
-        let mut q = self.queue.borrow_mut();
-        let first = q.is_empty();
-        q.push_back(out);
-        drop(q);
-        self.queued_bytes.set(self.queued_bytes.get() + len);
-        if first {
+        if self.push_quiet(out, len) {
             Queued::First
         } else {
             Queued::Behind
@@ -407,14 +402,19 @@ impl SocketState {
     }
 
     fn push(&self, out: Outgoing, len: usize) {
+        if self.push_quiet(out, len) {
+            self.wake();
+        }
+    }
+
+    /// Queues `out` and counts its bytes; true when the queue was empty.
+    fn push_quiet(&self, out: Outgoing, len: usize) -> bool {
         let mut q = self.queue.borrow_mut();
         let was_empty = q.is_empty();
         q.push_back(out);
         drop(q);
         self.queued_bytes.set(self.queued_bytes.get() + len);
-        if was_empty {
-            self.wake();
-        }
+        was_empty
     }
 
     /// Drops queued frames that have not started to go out (keeping a partly written
