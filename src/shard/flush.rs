@@ -63,17 +63,13 @@ impl Shard {
     pub(super) async fn flusher(self: Rc<Self>) {
         loop {
             self.flushes.wait().await;
-            let mut round = self.flushes.spare.take();
-            std::mem::swap(&mut round, &mut *self.flushes.due.borrow_mut());
+            let spare = self.flushes.spare.take();
+            let mut round = std::mem::replace(&mut *self.flushes.due.borrow_mut(), spare);
             for s in round.drain(..) {
-                self.flush_one(&s);
+                write_or_hand_over(&s, &self.stats);
             }
             *self.flushes.spare.borrow_mut() = round;
         }
-    }
-
-    fn flush_one(&self, s: &SocketState) {
-        write_or_hand_over(s, &self.stats);
     }
 }
 
