@@ -14,7 +14,9 @@
 //! - [`router`]: [`router::shard_for`] and the bounded hop to the owning shard.
 //! - [`http`]: request-head parsing (pure), the publish body (pure), the 202's receipts,
 //!   the HTTP connection loop.
-//! - [`ws`]: the upgrade decision (pure), event-frame encoding, the socket loop, close codes.
+//! - [`ws`]: the upgrade decision (pure), event-frame encoding, one socket's turn, close codes.
+//! - [`ready`]: a shard's epoll set for upgraded WebSockets, watched by a helper thread
+//!   that rings the shard's doorbell (no glommio source or task per idle socket).
 //! - [`auth`]: JWT verification and minting, API-key check, origin matching (all pure).
 //! - [`limiter`]: node-wide rate limiters and caps (connects, publishes, tenants, the
 //!   connection cap) and the [`limiter::SocketPermit`] a connection holds.
@@ -47,7 +49,7 @@
 //!               subscribed while its stream lives) ─▶ seq check, history ring, fan-out
 //!   fan-out: encode the frame once ─▶ push the same Rc'd bytes onto each socket's
 //!            bounded queue ─▶ the shard's flusher task writes each socket's whole
-//!            queue in one sendmsg (a full socket waits in its own task)
+//!            queue in one sendmsg (a full socket waits for epoll's writable edge)
 //! ```
 
 pub mod auth;
@@ -63,6 +65,7 @@ pub mod metrics;
 pub mod offcore;
 pub mod outbound;
 pub mod poll;
+pub mod ready;
 pub mod router;
 pub mod runtime;
 pub mod shard;

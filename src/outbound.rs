@@ -140,7 +140,7 @@ fn consume(state: &SocketState, stats: &ShardStats, queue: &mut VecDeque<Outgoin
 }
 
 /// Makes the coming close(2) send RST instead of FIN.
-pub fn reset_on_close(stream: &TcpStream) {
+pub fn reset_on_close(stream: &impl AsRawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -157,7 +157,7 @@ pub fn reset_on_close(stream: &TcpStream) {
     }
 }
 
-pub fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+pub fn shutdown_write(stream: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: shutdown(2) on a descriptor we own; no memory is involved.
     let r = unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
     if r < 0 {

@@ -363,13 +363,7 @@ impl Inbox {
     /// The shard's end of the doorbell. Call on the shard's own executor: the
     /// socket is registered with that executor's io_uring.
     pub fn waiter(&self) -> std::io::Result<DoorbellWaiter> {
-        use std::os::fd::{FromRawFd, IntoRawFd};
-        let fd = self.doorbell_socket.try_clone()?.into_raw_fd();
-        Ok(DoorbellWaiter {
-            // SAFETY: `fd` is a fresh duplicate that nothing else owns.
-            socket: unsafe { glommio::net::UnixStream::from_raw_fd(fd) },
-            doorbell: self.doorbell.clone(),
-        })
+        DoorbellWaiter::new(self.doorbell.clone(), &self.doorbell_socket)
     }
 }
 
@@ -383,6 +377,18 @@ pub struct DoorbellWaiter {
 }
 
 impl DoorbellWaiter {
+    /// The waiting end of `doorbell`, over a duplicate of its `socket`. Call on
+    /// the executor that will wait: the socket is registered with its io_uring.
+    pub fn new(doorbell: Arc<Doorbell>, socket: &UnixStream) -> std::io::Result<DoorbellWaiter> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let fd = socket.try_clone()?.into_raw_fd();
+        Ok(DoorbellWaiter {
+            // SAFETY: `fd` is a fresh duplicate that nothing else owns.
+            socket: unsafe { glommio::net::UnixStream::from_raw_fd(fd) },
+            doorbell,
+        })
+    }
+
     /// Re-arms the doorbell. Call before draining the inbox, so a message pushed
     /// during the drain rings again instead of being missed.
     pub fn rearm(&self) {
@@ -396,6 +402,24 @@ impl DoorbellWaiter {
         match self.socket.read(&mut buf).await? {
             0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
             _ => Ok(()),
+        }
+    }
+
+    /// [`DoorbellWaiter::wait`] for a hand-written future: `Ready` once a ring
+    /// came, `Pending` with `cx` woken by the next one.
+    pub fn poll_wait(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures_lite::AsyncRead;
+        let mut buf = [0u8; 64];
+        match std::pin::Pin::new(&mut self.socket).poll_read(cx, &mut buf) {
+            std::task::Poll::Ready(Ok(0)) => {
+                std::task::Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()))
+            }
+            std::task::Poll::Ready(Ok(_)) => std::task::Poll::Ready(Ok(())),
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
         }
     }
 }

@@ -49,6 +49,8 @@ pub enum RuntimeError {
     Signals(std::io::Error),
     #[error(transparent)]
     Bridge(#[from] crate::bridge::BridgeError),
+    #[error(transparent)]
+    Ready(#[from] crate::ready::ReadyError),
 }
 
 /// Binds `count` sockets to one address with SO_REUSEPORT, so the kernel spreads
@@ -166,6 +168,8 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
     {
         let node = node.clone();
         let cpu = cpus[i % cpus.len()];
+        // Made here, so its helper thread is not pinned to the shard's core.
+        let ready = crate::ready::ReadySet::new(format!("ready-{i}"))?;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{i}"))
             .io_memory(SHARD_IO_MEMORY)
@@ -183,7 +187,7 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), RuntimeErro
                         true,
                     ));
                 }
-                let shard = Rc::new(Shard::new(i, node, inbox));
+                let shard = Rc::new(Shard::new(i, node, inbox, ready));
                 shard.run(listeners).await;
             })
             .map_err(|e| RuntimeError::Executor {

@@ -470,7 +470,7 @@ fn a_drain_turns_unready_first_then_spreads_its_1012s_over_the_window() {
 }
 
 #[test]
-fn a_socket_task_that_panics_closes_with_1011_and_the_node_serves_on() {
+fn a_socket_whose_turn_panics_closes_with_1011_and_the_node_serves_on() {
     let node = Node::builder().env("RELAY_DEBUG_FAULTS", "1").start();
     let mut doomed = node.ws_welcomed("fault");
     let mut other = node.ws_welcomed("fault");
@@ -488,5 +488,7 @@ fn a_socket_task_that_panics_closes_with_1011_and_the_node_serves_on() {
     // The same session, on the same shard, goes on.
     node.publish_ok(&event("fault", "e", "1"), 1);
     assert_eq!(other.next_event(PROMPT)["data"], 1);
-    assert!(node.log().contains("connection task panicked"));
+    assert!(node
+        .log()
+        .contains("socket turn panicked; connection dropped"));
 }

@@ -4,7 +4,8 @@
 //! Events queued by tasks that ran before the flusher leave together, as they did
 //! when each socket's task wrote its own queue; what the flusher saves is a task
 //! wake and poll per delivery. A socket the kernel cannot take more from (or whose
-//! write failed) gets its own task woken, which waits for writability or ends.
+//! write failed) is woken: a WebSocket's next turn (`parked`) waits for epoll's
+//! writable edge or ends it, an SSE task waits through glommio.
 //!
 //! Owns the list and the flusher task only; the bytes and their accounting are
 //! `outbound`'s, the queue is the socket's. Shard-local, non-blocking writes only.
@@ -74,7 +75,7 @@ impl Shard {
 }
 
 /// Writes what the kernel takes of one socket's queue now; hands the rest (or a
-/// failed write) to the socket's task. A socket whose task has ended is skipped.
+/// failed write) to whatever turns the socket. A socket that has ended is skipped.
 fn write_or_hand_over(s: &SocketState, stats: &ShardStats) {
     if s.fd.get() < 0 {
         return;

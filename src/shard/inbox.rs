@@ -35,6 +35,7 @@ impl Shard {
         glommio::spawn_local(async move { hk.housekeeping().await }).detach();
         let flusher = self.clone();
         glommio::spawn_local(async move { flusher.flusher().await }).detach();
+        glommio::spawn_local(self.clone().drive_parked()).detach();
 
         let _ = self.drain_signal.acquire(1).await;
         // Unready first (the node's flag, set by the signal thread), still serving,

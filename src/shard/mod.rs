@@ -9,6 +9,8 @@
 //!   [`ctx::AcceptError`], and `http` renders them
 //! - `pending`: one table for requests waiting on answers (publish receipts, scrapes)
 //! - `deliver`: sequencing and fan-out, resync frames
+//! - `parked`: upgraded WebSockets with no task each, turned by one driver task on
+//!   epoll's reports (`crate::ready`) and their state's wakes.
 //! - `flush`: writing fanned-out queues from one flusher task, not each socket's
 //! - `catch_up`: reading missed events back from Redis, or resyncing
 //! - `sockets`: placement (handoff by `dup`), greeting, replay on resume
@@ -37,6 +39,7 @@ mod flush;
 pub mod history;
 mod housekeeping;
 mod inbox;
+mod parked;
 mod pending;
 pub mod presence;
 mod publish;
@@ -65,6 +68,7 @@ use crate::bridge::BridgeHandle;
 use crate::config::{Config, LiveConfig};
 use crate::http::publish::{EventSpans, PublishBatch, PublishParser};
 use crate::metrics::{ShardStats, StatsSnapshot};
+use crate::ready::ReadySet;
 use crate::router::{Inbox, NodeDelivery, Receipt, Router};
 use crate::ws::frame::{EncodedFrame, EventParts};
 use history::{History, StreamPos};
@@ -157,6 +161,10 @@ pub struct Shard {
     alarm: housekeeping::Alarm,
     /// Sockets a fan-out left with bytes to write, for the flusher task.
     flushes: flush::Flushes,
+    /// The epoll set that watches upgraded WebSockets' descriptors.
+    ready: ReadySet,
+    /// Upgraded WebSockets, turned by the driver task (`parked`).
+    parked: parked::Parked,
     /// Sessions whose missed events are being read back from Redis, with the events
     /// that arrived meanwhile (held, in order, until the read-back is delivered).
     catching_up: RefCell<HashMap<Rc<str>, Vec<HeldEvent>>>,
@@ -204,7 +212,7 @@ fn event_parts<'a>(
 }
 
 impl Shard {
-    pub fn new(id: usize, node: Arc<NodeShared>, inbox: Inbox) -> Shard {
+    pub fn new(id: usize, node: Arc<NodeShared>, inbox: Inbox, ready: ReadySet) -> Shard {
         let settings = Rc::new(Settings::new(Arc::new(node.config.live.clone())));
         let salt = xxhash_rust::xxh3::xxh3_64(
             format!("{}-{id}-{}", node.node_tag, unix_now_ns()).as_bytes(),
@@ -225,6 +233,8 @@ impl Shard {
             timers: RefCell::new(timers::Timers::default()),
             alarm: housekeeping::Alarm::default(),
             flushes: flush::Flushes::default(),
+            ready,
+            parked: parked::Parked::default(),
             catching_up: RefCell::new(HashMap::new()),
             history: RefCell::new(history),
             settings: RefCell::new(settings),

@@ -3,8 +3,8 @@
 //! close request, liveness times and token expiry.
 //!
 //! Shard-local (`Rc`, `Cell`, `RefCell`). Fan-out and housekeeping push and ask to
-//! close; the subscriber's task (`ws::conn`, `sse::conn`, `poll`) pops what it
-//! wrote. Nothing here does I/O, and it knows nothing of sessions' lists
+//! close; whoever writes the subscriber (the flusher, a WebSocket's turn in
+//! `ws::conn`, the `sse::conn` and `poll` tasks) pops what it wrote. Nothing here does I/O, and it knows nothing of sessions' lists
 //! (`registry`'s).
 
 use super::timers::{Timed, NOT_DUE, UNTRACKED};
@@ -427,6 +427,16 @@ impl SocketState {
                 self.queued_bytes
                     .set(self.queued_bytes.get() - out.bytes().len());
             }
+        }
+    }
+
+    /// Frees an empty queue's buffer, so a socket that went quiet holds none. For
+    /// the turns of a WebSocket's own frames (welcome, ping, pong), not for
+    /// fan-out's writes, which keep a small buffer for the next event.
+    pub fn release_idle_queue(&self) {
+        let mut q = self.queue.borrow_mut();
+        if q.is_empty() && q.capacity() > 0 {
+            *q = VecDeque::new();
         }
     }
 

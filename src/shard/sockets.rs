@@ -3,7 +3,8 @@
 //! session's stream with Redis, and the 101 + welcome with the replay or resync
 //! a resuming client is owed (from the ring, or read back from Redis).
 //!
-//! The socket's own loop is `ws::conn`'s; this room only starts it.
+//! A WebSocket's own turns are `ws::conn`'s, driven by `parked`; this room only
+//! starts it.
 
 use super::history::{Resume, ResyncReason, StreamPos};
 use super::registry::SocketGuard;
@@ -178,9 +179,7 @@ impl Shard {
         self.track(&state);
         let guard = SocketGuard::new(self.clone(), state, permit);
         match upgrade.answer {
-            Answer::Switch { .. } => {
-                spawn_guarded(self.id, "socket", crate::ws::conn::run(guard, stream))
-            }
+            Answer::Switch { .. } => self.park_ws(guard, stream),
             Answer::EventStream { .. } => {
                 spawn_guarded(self.id, "sse", crate::sse::conn::run(guard, stream))
             }

@@ -1,31 +1,31 @@
-//! One upgraded socket's task: reads client frames through tungstenite, writes the
-//! socket's queue, and ends with a [`Disconnect`].
+//! One upgraded socket ([`WsConn`]): reads client frames through tungstenite,
+//! writes the socket's queue, and ends with a [`Disconnect`].
 //!
-//! One task per socket does both directions in a single `poll_fn`, so a socket costs
-//! one task and no per-socket read buffer: reads land in the shard's scratch buffer
-//! and only what tungstenite must keep (a partial frame) stays with the socket.
-//! Writes go out with one `sendmsg` over every queued frame, so frames queued while
-//! the socket waited leave together. Runs only on the shard that owns the socket.
+//! It has no task: `shard::parked` calls [`WsConn::turn`] when epoll reports the
+//! descriptor or the socket's state asks, and the turn does what can be done
+//! without waiting (non-blocking `recv` and `sendmsg` only). A socket therefore
+//! costs its record and no per-socket read buffer: reads land in the shard's
+//! scratch buffer and only what tungstenite must keep (a partial frame) stays with
+//! the socket. Writes go out with one `sendmsg` over every queued frame, so frames
+//! queued while the socket waited leave together. Runs only on the shard that owns
+//! the socket; it sees the shard only through its `SocketGuard`.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 
-use futures_lite::AsyncRead;
-use glommio::net::TcpStream;
 use tungstenite::Message;
 
 use crate::clock::unix_now;
-use crate::outbound::{poll_flush, reset_on_close, shutdown_write};
+use crate::outbound::{reset_on_close, shutdown_write, write_queue_now};
 use crate::shard::registry::{mono_ms, Outgoing};
 use crate::shard::{SocketGuard, CLOSE_GRACE};
 use crate::ws::close::Disconnect;
 use crate::ws::frame::close_frame;
 use crate::ws::reader::{ClientInput, ClientReader};
 
-/// Reads handled in one poll before yielding, so one chatty client cannot starve
-/// the shard.
-const READS_PER_POLL: usize = 8;
+/// Reads handled in one turn before the socket waits for the next, so one chatty
+/// client cannot starve the shard.
+const READS_PER_TURN: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -35,73 +35,92 @@ enum Phase {
     Closing(Disconnect),
 }
 
-struct SocketTask {
-    /// The socket's shard and state; unregisters the socket when the task ends.
-    guard: SocketGuard,
+/// What a turn left the socket as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Waiting for its descriptor or its state to call for another turn.
+    Waiting,
+    /// More may be readable now: turn it again after others had theirs.
+    Again,
+    /// Ended: drop it (its guard unregisters it, then its descriptor closes).
+    Done(Disconnect),
+}
+
+/// An upgraded WebSocket with no task of its own: `shard::parked` turns it when
+/// epoll reports its descriptor or its state asks (a frame queued on an empty
+/// queue, a close request, a deadline).
+pub struct WsConn {
+    /// The socket's shard and state; unregisters the socket when dropped, before
+    /// the descriptor below closes.
+    pub guard: SocketGuard,
     stream: TcpStream,
     /// The client-frame parser; it holds no buffer until the client sends a byte.
     reader: ClientReader,
     phase: Phase,
     write_shut: bool,
+    /// epoll reported something to read that is not read yet.
+    readable: bool,
     /// The client's message budget: a token bucket refilled at
     /// `limits.client_message_rate` per second, holding two seconds' worth.
     tokens: f32,
     tokens_at: u64,
 }
 
-/// Serves an upgraded socket until it ends. The 101 and welcome are already queued.
-///
-/// A plain `poll_fn` over the task rather than an `async fn`, so the future is the
-/// task and nothing more: its size is most of what an idle socket costs.
-pub fn run(guard: SocketGuard, stream: TcpStream) -> impl std::future::Future<Output = ()> {
-    let _ = stream.set_read_timeout(None);
-    let _ = stream.set_write_timeout(None);
-    let max_message = guard.ctx().settings().live.limits.max_message_bytes;
-    let mut task = SocketTask {
-        guard,
-        stream,
-        reader: ClientReader::new(max_message),
-        phase: Phase::Open,
-        write_shut: false,
-        tokens: 0.0,
-        tokens_at: 0,
-    };
-    futures_lite::future::poll_fn(move |cx| task.poll(cx).map(|reason| task.guard.reason = reason))
-}
+impl WsConn {
+    /// An upgraded socket over `stream` (non-blocking). The 101 and welcome may
+    /// already be queued; the first turn writes them.
+    pub fn new(guard: SocketGuard, stream: TcpStream) -> WsConn {
+        let max_message = guard.ctx().settings().live.limits.max_message_bytes;
+        WsConn {
+            guard,
+            stream,
+            reader: ClientReader::new(max_message),
+            phase: Phase::Open,
+            write_shut: false,
+            readable: true,
+            tokens: 0.0,
+            tokens_at: 0,
+        }
+    }
 
-impl SocketTask {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
-        self.guard.state.set_waker(cx.waker());
+    /// epoll reported input (or a hang-up) on the descriptor.
+    pub fn mark_readable(&mut self) {
+        self.readable = true;
+    }
+
+    /// Does whatever the socket can do now: a requested close, reads, writes of its
+    /// queue, the close handshake's deadline.
+    pub fn turn(&mut self) -> Turn {
         if let Some(reason) = self.guard.state.take_close_request() {
             self.begin_close(reason);
         }
-        if let Poll::Ready(reason) = self.poll_reads(cx) {
-            return Poll::Ready(reason);
-        }
-        match self.poll_flush(cx) {
-            Poll::Ready(Ok(())) => {
+        let again = match self.read_some() {
+            Reads::Ended(reason) => return Turn::Done(reason),
+            Reads::More => true,
+            Reads::Drained => false,
+        };
+        let ctx = self.guard.ctx().clone();
+        match write_queue_now(&self.guard.state, ctx.stats()) {
+            Ok(true) => {
+                self.guard.state.release_idle_queue();
                 if let Phase::Closing(reason) = self.phase {
                     if !self.write_shut {
                         self.write_shut = true;
                         let _ = shutdown_write(&self.stream);
-                        self.guard.ctx().set_close_deadline(
+                        ctx.set_close_deadline(
                             &self.guard.state,
                             mono_ms() + CLOSE_GRACE.as_millis() as u64,
                         );
                     }
                     if reason == Disconnect::ClientClosed {
                         // Our reply to the client's close is out: the handshake is done.
-                        return Poll::Ready(reason);
+                        return Turn::Done(reason);
                     }
                 }
             }
-            Poll::Ready(Err(_)) => {
-                return Poll::Ready(match self.phase {
-                    Phase::Closing(r) => r,
-                    Phase::Open => Disconnect::IoError,
-                })
-            }
-            Poll::Pending => {}
+            // The kernel took what it could: the next writable edge turns it again.
+            Ok(false) => {}
+            Err(_) => return Turn::Done(self.ending(Disconnect::IoError)),
         }
         if let Phase::Closing(reason) = self.phase {
             let deadline = self.guard.state.close_deadline.get();
@@ -111,10 +130,23 @@ impl SocketTask {
                     // the cut-off stream for a clean end.
                     reset_on_close(&self.stream);
                 }
-                return Poll::Ready(reason);
+                return Turn::Done(reason);
             }
         }
-        Poll::Pending
+        if again {
+            Turn::Again
+        } else {
+            Turn::Waiting
+        }
+    }
+
+    /// The reason the socket ends with when its connection does: the close it was
+    /// in, else `open_reason`.
+    fn ending(&self, open_reason: Disconnect) -> Disconnect {
+        match self.phase {
+            Phase::Closing(r) => r,
+            Phase::Open => open_reason,
+        }
     }
 
     /// Queues a close frame and stops taking events.
@@ -142,38 +174,45 @@ impl SocketTask {
         }
     }
 
-    fn poll_reads(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
-        for _ in 0..READS_PER_POLL {
+    /// Reads what the kernel has, up to [`READS_PER_TURN`] chunks, and acts on it.
+    fn read_some(&mut self) -> Reads {
+        if !self.readable {
+            return Reads::Drained;
+        }
+        let fd = self.stream.as_raw_fd();
+        for _ in 0..READS_PER_TURN {
             let ctx = self.guard.ctx().clone();
-            let n = {
+            {
                 let mut scratch = ctx.scratch();
-                match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(_)) => {
-                        return Poll::Ready(match self.phase {
-                            Phase::Closing(r) => r,
-                            Phase::Open => Disconnect::IoError,
-                        })
-                    }
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(match self.phase {
-                            Phase::Closing(r) => r,
-                            Phase::Open => Disconnect::ClientClosed,
-                        })
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        self.reader.push(&scratch[..n]);
-                        n
+                // SAFETY: recv into a buffer we hold mutably for the call.
+                let n = unsafe {
+                    libc::recv(
+                        fd,
+                        scratch.as_mut_ptr() as *mut libc::c_void,
+                        scratch.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                match n {
+                    0 => return Reads::Ended(self.ending(Disconnect::ClientClosed)),
+                    n if n > 0 => self.reader.push(&scratch[..n as usize]),
+                    _ => {
+                        let err = std::io::Error::last_os_error();
+                        match err.kind() {
+                            std::io::ErrorKind::WouldBlock => {
+                                self.readable = false;
+                                return Reads::Drained;
+                            }
+                            std::io::ErrorKind::Interrupted => continue,
+                            _ => return Reads::Ended(self.ending(Disconnect::IoError)),
+                        }
                     }
                 }
-            };
-            debug_assert!(n > 0);
+            }
             self.guard.state.last_heard.set(mono_ms());
             self.handle_input();
         }
-        // More may be waiting: come back after other tasks had a turn.
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        Reads::More
     }
 
     /// Acts on every complete client message read so far.
@@ -327,20 +366,24 @@ impl SocketTask {
             Err(_) => self.begin_close(Disconnect::Policy),
         }
     }
+}
 
-    /// Writes the queue until it is empty or the socket is full.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let ctx = self.guard.ctx().clone();
-        poll_flush(&self.guard.state, ctx.stats(), &mut self.stream, cx)
-    }
+/// What a turn's reads found.
+enum Reads {
+    /// The kernel has nothing more for now.
+    Drained,
+    /// The turn's share is read; more may wait.
+    More,
+    /// The connection ended (EOF or an error) with this reason.
+    Ended(Disconnect),
 }
 
 /// Debug builds only, and only with `RELAY_DEBUG_FAULTS` set: the client message
-/// `{"type":"debug-panic"}` makes this socket's task panic, so tests can see what
+/// `{"type":"debug-panic"}` makes this socket's turn panic, so tests can see what
 /// a client gets when the relay fails (close 1011).
 #[cfg(debug_assertions)]
 fn debug_fault(text: &str) {
     if text == r#"{"type":"debug-panic"}"# && std::env::var_os("RELAY_DEBUG_FAULTS").is_some() {
-        panic!("debug fault hook: a socket task panics on request");
+        panic!("debug fault hook: a socket panics on request");
     }
 }
