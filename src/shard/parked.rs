@@ -168,11 +168,7 @@ impl Shard {
             // Its guard unregisters it, then its descriptor closes.
             Ok(Turn::Done(reason)) => conn.guard.reason = reason,
             Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let msg = super::tasks::panic_message(&*panic);
                 // Its guard's reason is still `Internal`: the client is told 1011.
                 tracing::error!(shard = self.id, socket = id, panic = %msg,
                     "socket turn panicked; connection dropped");

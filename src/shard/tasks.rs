@@ -20,16 +20,21 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for Contained<F> {
         let this = self.project();
         this.inner.poll(cx).map(|result| {
             if let Err(panic) = result {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let msg = panic_message(&*panic);
                 tracing::error!(shard = *this.shard, what = *this.what, panic = %msg,
                     "connection task panicked; connection dropped");
             }
         })
     }
+}
+
+/// What a caught panic said (its `&str` or `String` payload), or nothing.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// Spawns a per-connection task whose panic is logged and contained: one bad
