@@ -64,7 +64,7 @@ pub enum ReadyError {
 #[derive(Debug)]
 pub struct ReadySet {
     epoll: Arc<OwnedFd>,
-    stop: Arc<OwnedFd>,
+    stop: OwnedFd,
     rx: Receiver<Report>,
     doorbell: Arc<Doorbell>,
     doorbell_socket: UnixStream,
@@ -86,7 +86,7 @@ impl ReadySet {
             return Err(ReadyError::Stop(io::Error::last_os_error()));
         }
         // SAFETY: as above.
-        let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(stop) });
+        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
         add(
             epoll.as_raw_fd(),
             stop.as_raw_fd(),

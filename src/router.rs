@@ -397,12 +397,7 @@ impl DoorbellWaiter {
 
     /// Waits for the next ring. Errors only if the doorbell socket broke.
     pub async fn wait(&mut self) -> std::io::Result<()> {
-        use futures_lite::AsyncReadExt;
-        let mut buf = [0u8; 64];
-        match self.socket.read(&mut buf).await? {
-            0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
-            _ => Ok(()),
-        }
+        futures_lite::future::poll_fn(|cx| self.poll_wait(cx)).await
     }
 
     /// [`DoorbellWaiter::wait`] for a hand-written future: `Ready` once a ring

@@ -4,8 +4,8 @@
 //!
 //! Shard-local (`Rc`, `Cell`, `RefCell`). Fan-out and housekeeping push and ask to
 //! close; whoever writes the subscriber (the flusher, a WebSocket's turn in
-//! `ws::conn`, the `sse::conn` and `poll` tasks) pops what it wrote. Nothing here does I/O, and it knows nothing of sessions' lists
-//! (`registry`'s).
+//! `ws::conn`, the `sse::conn` and `poll` tasks) pops what it wrote. Nothing here
+//! does I/O, and it knows nothing of sessions' lists (`registry`'s).
 
 use super::timers::{Timed, NOT_DUE, UNTRACKED};
 use std::cell::{Cell, RefCell};

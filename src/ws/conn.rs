@@ -99,15 +99,14 @@ impl WsConn {
             Reads::More => true,
             Reads::Drained => false,
         };
-        let ctx = self.guard.ctx().clone();
-        match write_queue_now(&self.guard.state, ctx.stats()) {
+        match write_queue_now(&self.guard.state, self.guard.ctx().stats()) {
             Ok(true) => {
                 self.guard.state.release_idle_queue();
                 if let Phase::Closing(reason) = self.phase {
                     if !self.write_shut {
                         self.write_shut = true;
                         let _ = shutdown_write(&self.stream);
-                        ctx.set_close_deadline(
+                        self.guard.ctx().set_close_deadline(
                             &self.guard.state,
                             mono_ms() + CLOSE_GRACE.as_millis() as u64,
                         );
@@ -181,9 +180,8 @@ impl WsConn {
         }
         let fd = self.stream.as_raw_fd();
         for _ in 0..READS_PER_TURN {
-            let ctx = self.guard.ctx().clone();
             {
-                let mut scratch = ctx.scratch();
+                let mut scratch = self.guard.ctx().scratch();
                 // SAFETY: recv into a buffer we hold mutably for the call.
                 let n = unsafe {
                     libc::recv(
