@@ -270,6 +270,13 @@ impl WsConn {
                 // The close reply is the last frame.
                 self.guard.state.push_close(out);
             } else if single_pong {
+                // A pong still queued goes out first while the kernel takes it, so
+                // only a client that stopped reading has older pongs replaced by
+                // the newest (`SocketState::push_pong`). A failed write is the
+                // turn's to see when it writes the queue.
+                if self.guard.state.queued_bytes() > 0 {
+                    let _ = write_queue_now(&self.guard.state, self.guard.ctx().stats());
+                }
                 self.guard.state.push_pong(out.into_boxed_slice());
             } else {
                 self.guard
